@@ -1,0 +1,404 @@
+"""The POP3 Mail Configuration block: one per mailbox, fields in the seed's order."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
+from tasks.pop3.models import (
+    DEFAULT_PORTS,
+    Authentication,
+    ConnectionSettings,
+    HeaderFilter,
+    LoginMethod,
+    ReceiveOptions,
+    SaveOptions,
+    Security,
+    Status,
+)
+
+from .service_settings import POP3MailServiceSettings
+
+ENTRA_DEFAULT_SCOPE = "https://outlook.office365.com/.default"
+_OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
+_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+class POP3MailConfiguration(Block):
+    """Details of a POP3 mail server and how to retrieve its mail: the seed's
+    "POP3 mail Configuration". The block document's name is the configuration's ID.
+
+    Attributes:
+        description: What this configuration is for.
+        status: Active or Inactive; an inactive configuration cannot be used.
+        server: Host name or IP address of the POP3 server.
+        user: The user profile (mailbox) to log in as.
+        password: The password for the user profile.
+        port: The POP3 port; 0 means 110, or 995 for Implicit SSL/TLS.
+        security: None, Explicit SSL/TLS (STLS) or Implicit SSL/TLS.
+        public_key_name: Names the private key store used to decrypt S/MIME mail.
+        public_key_password: Password of that key store.
+        save_mail_text: Save each message's text (and HTML) body.
+        save_mail_attachments: Save each message's attachments.
+        save_directory: Where saved mail goes, one folder per message.
+        remove_from_server_after_read: Delete messages once everything is saved.
+        authentication: Basic (password) or OAUTH2 (client credentials token).
+        client_id: OAuth2 client (application) ID.
+        client_secret: OAuth2 client secret.
+        token_endpoint: OAuth2 token endpoint URL.
+        scope: OAuth2 scope.
+
+    Example:
+        Load a saved configuration and receive its mail:
+        ```python
+        from blocks import POP3MailConfiguration
+        from flows import receive_all_mail
+
+        config = POP3MailConfiguration.load("BLOCK_NAME")
+        received = receive_all_mail(config)
+        ```
+    """
+
+    # Validation errors must not echo the input: it may hold the password.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    _block_type_name = "POP3 Mail Configuration"
+    _block_type_slug = "pop3-mail-configuration"
+    _logo_url = "https://cdn.jsdelivr.net/gh/twitter/twemoji@14.0.2/assets/72x72/1f4e8.png"  # type: ignore[assignment]
+    _documentation_url = "https://github.com/pop3mail/pop3mail-prefect#readme"  # type: ignore[assignment]
+
+    # --- the seed's fields, in its order --------------------------------------------
+    description: str = Field(
+        default="", title="Description", description="What this configuration is for."
+    )
+    status: Status = Field(
+        default=Status.ACTIVE,
+        title="Status",
+        description="Active or Inactive. Runs that use an inactive configuration end in error.",
+    )
+    server: str = Field(
+        default="",
+        title="POP3 Mail Server",
+        description="Host name or IP address of the mail server. If empty, POP3MAIL_SERVER "
+        "from the environment or .env is used.",
+    )
+    user: str = Field(
+        default="",
+        title="POP3 MailServer user profile",
+        description="User profile (usually the mailbox address) to log in with. If empty, "
+        "POP3MAIL_USER is used.",
+    )
+    password: SecretStr = Field(
+        default=SecretStr(""),
+        title="POP3 MailServer password",
+        description="Password for the user profile. If empty, POP3MAIL_PASSWORD is used. "
+        "Not used with OAUTH2.",
+    )
+    port: int = Field(
+        default=0,
+        title="POP3 port",
+        description="Optional. 0 means the default: 110, or 995 for Implicit SSL/TLS.",
+        ge=0,
+        le=65535,
+    )
+    security: Security = Field(
+        default=Security.IMPLICIT,
+        title="Use secure connection (SSL)",
+        description="None (plain text), Explicit SSL/TLS (STLS on port 110, never falls "
+        "back to plain text) or Implicit SSL/TLS (TLS from the start, port 995).",
+    )
+    public_key_name: str = Field(
+        default="",
+        title="Public key name",
+        description="Optional. Names the private key store '<name>.p12' in POP3MAIL_KEY_STORE_DIR "
+        "used to decrypt S/MIME messages encrypted with your public key.",
+    )
+    public_key_password: SecretStr = Field(
+        default=SecretStr(""),
+        title="Public key password",
+        description="Optional. Password of the key store named by the public key name.",
+    )
+    save_mail_text: bool = Field(
+        default=True,
+        title="Save mail text",
+        description="Save the text of each message (and its HTML body) in the save directory.",
+    )
+    save_mail_attachments: bool = Field(
+        default=True,
+        title="Save mail attachments",
+        description="Save each message's attachments in the save directory.",
+    )
+    save_directory: str = Field(
+        default="",
+        title="Save directory",
+        description="Folder on the machine running the flow where mail is saved, one folder "
+        "per message. Required when anything is saved.",
+    )
+    remove_from_server_after_read: bool = Field(
+        default=False,
+        title="Remove from server after read",
+        description="Delete each message from the server once everything for it is saved. If "
+        "off, messages stay and 'New messages only' decides whether they are read again.",
+    )
+    authentication: Authentication = Field(
+        default=Authentication.BASIC,
+        title="Authentication",
+        description="Basic (user profile and password) or OAUTH2 (token-based, for example "
+        "Microsoft 365).",
+    )
+    client_id: str = Field(
+        default="",
+        title="Client ID",
+        description="OAUTH2 only: the application (client) ID registered with the provider.",
+    )
+    client_secret: SecretStr = Field(
+        default=SecretStr(""),
+        title="Client Secret",
+        description="OAUTH2 only: the application's secret, known only to it and the provider.",
+    )
+    token_endpoint: str = Field(
+        default="",
+        title="Authentication Token Endpoint",
+        description="OAUTH2 only: the provider's token URL, e.g. "
+        "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token.",
+    )
+    scope: str = Field(
+        default="",
+        title="Authentication Scope",
+        description="OAUTH2 only: the scope to request. Empty means "
+        "https://outlook.office365.com/.default for Microsoft endpoints.",
+    )
+
+    # --- fields we add ----------------------------------------------------------------
+    tls_verify: bool = Field(
+        default=True,
+        title="Verify TLS certificate",
+        description="Check the server's certificate and host name. Turn off only for testing.",
+    )
+    tls_ca_file: str = Field(
+        default="",
+        title="TLS CA file",
+        description="Optional PEM file of the CA that signed the server's (and token "
+        "endpoint's) certificate, for private CAs.",
+    )
+    save_original: bool = Field(
+        default=True,
+        title="Save original",
+        description="Keep each message's original as message.eml in its folder.",
+    )
+    new_messages_only: bool = Field(
+        default=True,
+        title="New messages only",
+        description="Skip messages already saved by an earlier run (recorded by UIDL in a "
+        "journal beside the saved files). Turn off to read messages left on the server again.",
+    )
+    timeout: float = Field(
+        default=60.0,
+        title="Timeout (seconds)",
+        description="How long to wait for the server to connect or answer.",
+        gt=0,
+        le=3600,
+    )
+    login_method: LoginMethod = Field(
+        default=LoginMethod.AUTO,
+        title="Login method",
+        description="auto uses USER/PASS for Basic and XOAUTH2 for OAUTH2; apop, plain "
+        "(SASL PLAIN) and oauthbearer are available on request.",
+    )
+    max_message_size: int = Field(
+        default=0,
+        title="Maximum message size (bytes)",
+        description="Messages larger than this are skipped with a warning and left on the "
+        "server. 0 means no limit.",
+        ge=0,
+    )
+    max_messages: int = Field(
+        default=0,
+        title="Maximum messages per run",
+        description="Receive at most this many messages in one run. 0 means no limit.",
+        ge=0,
+    )
+    commit_every: int = Field(
+        default=0,
+        title="Commit every N messages",
+        description="With removal on, end the session and reconnect after this many "
+        "messages so deletions are committed as the run goes. 0 means once at the end.",
+        ge=0,
+    )
+    private_files: bool = Field(
+        default=True,
+        title="Private files",
+        description="Make saved folders and files readable by their owner only.",
+    )
+
+    # --- validation -------------------------------------------------------------------
+    @field_validator("server", "user", "save_directory", "client_id", "token_endpoint",
+                     "scope", "public_key_name", "tls_ca_file", "description")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> POP3MailConfiguration:
+        saves = self.save_mail_text or self.save_mail_attachments or self.save_original
+        if saves and not self.save_directory:
+            raise ValueError(
+                "save_directory: must be set when mail text, attachments or originals are saved"
+            )
+        if self.authentication is Authentication.OAUTH2:
+            missing = [n for n in ("client_id", "token_endpoint") if not getattr(self, n)]
+            if not _secret(self.client_secret):
+                missing.append("client_secret")
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: required when authentication is OAUTH2")
+            if not self.token_endpoint.lower().startswith("https://"):
+                raise ValueError("token_endpoint: must be an https:// URL")
+            if self.login_method not in _OAUTH_METHODS | {LoginMethod.AUTO}:
+                raise ValueError(
+                    f"login_method: {self.login_method.value} cannot be used with OAUTH2; "
+                    "choose auto, xoauth2 or oauthbearer"
+                )
+        elif self.login_method in _OAUTH_METHODS:
+            raise ValueError(f"login_method: {self.login_method.value} needs authentication OAUTH2")
+        if _secret(self.public_key_password) and not self.public_key_name:
+            raise ValueError("public_key_password: set only together with a public key name")
+        if self.security is Security.NONE and self.tls_ca_file:
+            raise ValueError("tls_ca_file: has no use when security is None")
+        if self.commit_every and not self.remove_from_server_after_read:
+            raise ValueError(
+                "commit_every: only applies when remove_from_server_after_read is on"
+            )
+        return self
+
+    # --- what the engine needs ----------------------------------------------------------
+    @property
+    def configuration_name(self) -> str:
+        """The seed's ID: the saved block document's name."""
+        return getattr(self, "_block_document_name", None) or "unsaved-configuration"
+
+    def ensure_active(self) -> None:
+        if self.status is not Status.ACTIVE:
+            raise InactiveConfigurationError(self.configuration_name)
+
+    def connection_settings(
+        self,
+        service: POP3MailServiceSettings | None = None,
+        token_provider=None,
+    ) -> ConnectionSettings:
+        """Resolve empty fields from the service settings; errors name both places."""
+        service = service or POP3MailServiceSettings()
+        server = self.server or service.server
+        user = self.user or service.user
+        if not server:
+            raise ConfigurationError(
+                "server", "not set in the configuration nor as POP3MAIL_SERVER (environment or .env)"
+            )
+        if not user:
+            raise ConfigurationError(
+                "user", "not set in the configuration nor as POP3MAIL_USER (environment or .env)"
+            )
+        password = None
+        if self.authentication is Authentication.BASIC:
+            secret = _secret(self.password) or _secret(service.password)
+            if not secret:
+                raise ConfigurationError(
+                    "password",
+                    "not set in the configuration nor as POP3MAIL_PASSWORD (environment or .env)",
+                )
+            password = SecretStr(secret)
+        elif token_provider is None:
+            raise ConfigurationError("authentication", "OAUTH2 needs a token provider")
+        return ConnectionSettings(
+            host=server,
+            port=self.port or DEFAULT_PORTS[self.security],
+            security=self.security,
+            user=user,
+            password=password,
+            login_method=self.login_method,
+            tls_verify=self.tls_verify,
+            tls_ca_file=self.tls_ca_file or None,
+            timeout=self.timeout,
+            token_provider=token_provider,
+        )
+
+    def save_options(
+        self,
+        service: POP3MailServiceSettings | None = None,
+        *,
+        save_mail_text: bool | None = None,
+        save_mail_attachments: bool | None = None,
+        save_directory: str | None = None,
+    ) -> SaveOptions:
+        """What to save, with optional per-call overrides."""
+        directory = save_directory or self.save_directory
+        if not directory:
+            raise ConfigurationError("save_directory", "must be set to save mail")
+        key_store = None
+        if self.public_key_name:
+            service = service or POP3MailServiceSettings()
+            key_store = service.key_store_for(self.public_key_name)
+            if key_store is None:
+                raise ConfigurationError(
+                    "public_key_name",
+                    f"{self.public_key_name!r} needs POP3MAIL_KEY_STORE_DIR (environment or "
+                    ".env), the folder holding its .p12 key store",
+                )
+        return SaveOptions(
+            directory=Path(directory).expanduser(),
+            save_text=self.save_mail_text if save_mail_text is None else save_mail_text,
+            save_attachments=(
+                self.save_mail_attachments if save_mail_attachments is None
+                else save_mail_attachments
+            ),
+            save_original=self.save_original,
+            private=self.private_files,
+            key_store=key_store,
+            key_password=self.public_key_password if _secret(self.public_key_password) else None,
+        )
+
+    def receive_options(
+        self,
+        *,
+        max_messages: int | None = None,
+        filters: HeaderFilter | None = None,
+        dry_run: bool = False,
+        remove_from_server_after_read: bool | None = None,
+        new_messages_only: bool | None = None,
+    ) -> ReceiveOptions:
+        remove = (
+            self.remove_from_server_after_read
+            if remove_from_server_after_read is None
+            else remove_from_server_after_read
+        )
+        return ReceiveOptions(
+            remove_after_read=remove,
+            new_messages_only=self.new_messages_only if new_messages_only is None
+            else new_messages_only,
+            max_messages=max_messages or self.max_messages or None,
+            max_message_size=self.max_message_size or None,
+            filters=filters or HeaderFilter(),
+            dry_run=dry_run,
+            commit_every=(self.commit_every or None) if remove else None,
+        )
+
+    def effective_scope(self) -> str:
+        if self.scope:
+            return self.scope
+        if "login.microsoftonline.com" in self.token_endpoint.lower():
+            return ENTRA_DEFAULT_SCOPE
+        return ""
+
+    @staticmethod
+    def is_valid_id(name: str) -> bool:
+        """Prefect slug rules for the configuration ID (block document name)."""
+        return bool(_SLUG.match(name))
+
+

@@ -1,0 +1,45 @@
+"""The seed's "POP3MailService properties file": service-wide fallbacks.
+
+A configuration that leaves server, user or password empty takes them from here.
+Values come from ``POP3MAIL_*`` environment variables and a ``.env`` file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class POP3MailServiceSettings(BaseSettings):
+    """Service-wide POP3 settings: ``POP3MAIL_SERVER``, ``POP3MAIL_USER``,
+    ``POP3MAIL_PASSWORD`` and ``POP3MAIL_KEY_STORE_DIR``, from the environment or ``.env``.
+
+    Example:
+        ```python
+        from blocks import POP3MailServiceSettings
+
+        settings = POP3MailServiceSettings()  # reads the environment and ./.env
+        print(settings.server)
+        ```
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="POP3MAIL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    server: str = Field(default="", description="Mail server used when a configuration has none.")
+    user: str = Field(default="", description="User profile used when a configuration has none.")
+    password: SecretStr = Field(
+        default=SecretStr(""), description="Password used when a configuration has none."
+    )
+    key_store_dir: Path | None = Field(
+        default=None,
+        description="Folder of private key stores, one '<public key name>.p12' per key.",
+    )
+
+    def key_store_for(self, public_key_name: str) -> Path | None:
+        if self.key_store_dir is None:
+            return None
+        return self.key_store_dir / f"{public_key_name}.p12"

@@ -1,0 +1,10 @@
+"""Flows of pop3mail."""
+
+from .receive_mail import (
+    check_pop3_connection,
+    receive_all_mail,
+    receive_from_mailboxes,
+    receive_mail,
+)
+
+__all__ = ["receive_mail", "receive_all_mail", "receive_from_mailboxes", "check_pop3_connection"]

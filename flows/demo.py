@@ -1,0 +1,100 @@
+"""The demo (`make demo`): a local sample mailbox, the receive-all flow, what was saved where.
+
+Starts a throwaway Dovecot on 127.0.0.1 with a TLS certificate from a throwaway CA, seeds
+it with a few realistic messages, saves a POP3 Mail Configuration block, and runs
+``receive_all_mail`` through Prefect (its embedded server when no PREFECT_API_URL is set).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+DEMO_BLOCK = "demo-mailbox"
+
+
+def sample_messages() -> list[bytes]:
+    plain = EmailMessage()
+    plain["From"] = "Ada Lovelace <ada@example.org>"
+    plain["To"] = "orders@example.com"
+    plain["Subject"] = "Order 1042: please confirm"
+    plain["Date"] = "Wed, 25 Nov 2026 09:14:00 +0000"
+    plain["Message-ID"] = "<order-1042@example.org>"
+    plain.set_content("Hello,\n\nplease confirm order 1042 by Friday.\n\nAda\n")
+
+    rich = EmailMessage()
+    rich["From"] = "Grace Hopper <grace@example.net>"
+    rich["To"] = "orders@example.com"
+    rich["Cc"] = "finance@example.com"
+    rich["Subject"] = "Invoice INV-2026-118 and delivery note"
+    rich["Date"] = "Wed, 25 Nov 2026 11:02:00 +0100"
+    rich["Message-ID"] = "<inv-2026-118@example.net>"
+    rich.set_content("Please find the invoice and the delivery note attached.\n")
+    rich.add_alternative("<p>Please find the <b>invoice</b> and the delivery note attached.</p>",
+                         subtype="html")
+    rich.add_attachment(b"%PDF-1.4\n% demo invoice\n%%EOF\n", maintype="application",
+                        subtype="pdf", filename="INV-2026-118.pdf")
+    rich.add_attachment(b"item;qty\nwidget;12\ngadget;3\n", maintype="text",
+                        subtype="csv", filename="delivery-note.csv")
+
+    intl = EmailMessage()
+    intl["From"] = "Søren Kierkegaard <soren@example.dk>"
+    intl["To"] = "orders@example.com"
+    intl["Subject"] = "Bestilling – København lager"
+    intl["Date"] = "Thu, 26 Nov 2026 08:30:00 +0100"
+    intl["Message-ID"] = "<dk-77@example.dk>"
+    intl.set_content("Hej! Vi har brug for 5 kasser til lageret i København.\n")
+
+    return [m.as_bytes() for m in (plain, rich, intl)]
+
+
+def _start_mailbox():
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
+
+    reason = dovecot_unavailable_reason()
+    if reason:
+        sys.exit(f"The demo needs a local Dovecot: {reason}. Run `make demo` as root.")
+    server = start_dovecot()
+    user, password = server.add_user("demo")
+    server.deliver(user, *sample_messages())
+    return server, user, password
+
+
+def main() -> None:
+    # No telemetry: the demo talks to loopback only.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from blocks import POP3MailConfiguration
+    from flows import receive_all_mail
+
+    output = Path(os.environ.get("POP3MAIL_DEMO_DIR", "demo-output")).resolve()
+    server, user, password = _start_mailbox()
+    try:
+        POP3MailConfiguration(
+            description="Demo: a local Dovecot seeded with sample mail",
+            server="localhost",
+            port=server.pop3s_port,
+            security="Implicit SSL/TLS",
+            user=user,
+            password=password,
+            tls_ca_file=str(server.ca_file),
+            save_directory=str(output),
+            remove_from_server_after_read=True,
+        ).save(DEMO_BLOCK, overwrite=True)
+        received = receive_all_mail(DEMO_BLOCK)
+        print(f"\nReceived {len(received)} message(s) from {user}@localhost:"
+              f"{server.pop3s_port} (TLS verified against a throwaway CA), saved under {output}:")
+        for mail in received:
+            print(f"\n  {mail.subject!r} from {mail.sender}")
+            for path in mail.saved_paths:
+                print(f"    {path.relative_to(output)}  ({path.stat().st_size} bytes)")
+        print(f"\nLeft on the server: {server.message_count(user)} message(s).")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

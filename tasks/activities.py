@@ -1,0 +1,241 @@
+"""MAIL_RECEIVE and MAIL_RECEIVEALL as Prefect tasks, plus a connection check.
+
+Thin on purpose: resolve the configuration, refuse it when inactive (before any
+connection), hold the mailbox's lock, run the engine, publish the results.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+
+from blocks import POP3MailConfiguration
+from tasks.pop3.diagnostics import check_mailbox
+from tasks.pop3.errors import ConfigurationError, POP3MailError
+from tasks.pop3.models import (
+    Authentication,
+    ConnectionReport,
+    ConnectionSettings,
+    HeaderFilter,
+    ListedMessage,
+    ReceivedMail,
+    ReceiveReport,
+)
+from tasks.pop3.receiver import MailboxReceiver
+from tasks.publish import ProgressArtifact, mailbox_lock, publish_report
+
+Configuration = POP3MailConfiguration | str
+
+
+def resolve_configuration(configuration: Configuration) -> POP3MailConfiguration:
+    """A block instance as it is, or a saved one loaded by its name (the seed's ID)."""
+    if isinstance(configuration, POP3MailConfiguration):
+        return configuration
+    if not isinstance(configuration, str) or not configuration.strip():
+        raise ConfigurationError("configuration", "give a POP3MailConfiguration or its saved name")
+    try:
+        return POP3MailConfiguration.load(configuration.strip())
+    except ValueError as exc:
+        raise ConfigurationError(
+            "configuration", f"no POP3 Mail Configuration named {configuration!r} is saved"
+        ) from exc
+
+
+def connection_for(config: POP3MailConfiguration) -> ConnectionSettings:
+    """Connection settings, with a token provider for OAUTH2 configurations."""
+    provider = None
+    if config.authentication is Authentication.OAUTH2:
+        from tasks.pop3.oauth import client_credentials
+
+        provider = client_credentials(
+            token_endpoint=config.token_endpoint,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            scope=config.effective_scope(),
+            ca_file=config.tls_ca_file or None,
+            timeout=config.timeout,
+        )
+    return config.connection_settings(token_provider=provider)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("pop3mail")
+
+
+def _retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry connection troubles and a locked mailbox; never a bad login or configuration."""
+    try:
+        state.result()
+    except POP3MailError as exc:
+        return exc.retryable
+    except Exception:
+        return False
+    return False
+
+
+def _receive(
+    configuration: Configuration,
+    *,
+    limit: int | None,
+    save_mail_text: bool | None,
+    save_mail_attachments: bool | None,
+    save_directory: str | None,
+    filters: HeaderFilter | None,
+    dry_run: bool,
+    progress: bool,
+) -> ReceiveReport:
+    config = resolve_configuration(configuration)
+    name = config.configuration_name
+    config.ensure_active()
+    logger = _logger()
+    connection = connection_for(config)
+    save = config.save_options(
+        save_mail_text=save_mail_text,
+        save_mail_attachments=save_mail_attachments,
+        save_directory=save_directory,
+    )
+    options = config.receive_options(filters=filters, dry_run=dry_run)
+    with mailbox_lock(name):
+        tracker = ProgressArtifact(name) if progress and not dry_run else None
+        report = MailboxReceiver(name, connection, save, options, progress=tracker).run(limit)
+        if tracker:
+            tracker.finish()
+    if not dry_run:
+        publish_report(report, str(getattr(config, "_block_document_id", "") or "") or None)
+    logger.info(
+        "%s: %d received%s, %d failed, %d already saved, %d too large, %d filtered out",
+        name,
+        len(report.received),
+        " and deleted" if options.remove_after_read else "",
+        len(report.failed),
+        report.skipped_known,
+        len(report.skipped_too_large),
+        report.skipped_filtered,
+    )
+    for failure in report.failed:
+        logger.error("%s: message %s left on the server: %s", name, failure.uidl, failure.error)
+    return report
+
+
+def _filters(sender: str | None, recipient: str | None, subject: str | None) -> HeaderFilter:
+    return HeaderFilter(sender=sender, recipient=recipient, subject=subject)
+
+
+@task(
+    name="MAIL_RECEIVE",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_when_transient,
+)
+def mail_receive(
+    configuration: Configuration,
+    save_mail_text: bool | None = None,
+    save_mail_attachments: bool | None = None,
+    save_directory: str | None = None,
+    sender_filter: str | None = None,
+    recipient_filter: str | None = None,
+    subject_filter: str | None = None,
+) -> ReceivedMail | None:
+    """MAIL_RECEIVE: receive the first message not yet received, or None when there is none.
+
+    Args:
+        configuration: A POP3MailConfiguration, or the name it was saved under.
+        save_mail_text: Override the configuration's "Save mail text" for this call.
+        save_mail_attachments: Override "Save mail attachments" for this call.
+        save_directory: Override the save directory for this call.
+        sender_filter: Only a message whose From matches this regular expression.
+        recipient_filter: Only a message whose To or Cc matches this regular expression.
+        subject_filter: Only a message whose Subject matches this regular expression.
+    """
+    report = _receive(
+        configuration,
+        limit=1,
+        save_mail_text=save_mail_text,
+        save_mail_attachments=save_mail_attachments,
+        save_directory=save_directory,
+        filters=_filters(sender_filter, recipient_filter, subject_filter),
+        dry_run=False,
+        progress=False,
+    )
+    _raise_if_nothing_saved(report)
+    return report.received[0] if report.received else None
+
+
+@task(
+    name="MAIL_RECEIVEALL",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_when_transient,
+)
+def mail_receive_all(
+    configuration: Configuration,
+    save_mail_text: bool | None = None,
+    save_mail_attachments: bool | None = None,
+    save_directory: str | None = None,
+    max_messages: int | None = None,
+    sender_filter: str | None = None,
+    recipient_filter: str | None = None,
+    subject_filter: str | None = None,
+    dry_run: bool = False,
+) -> list[ReceivedMail] | list[ListedMessage]:
+    """MAIL_RECEIVEALL: receive every message in the mailbox, in one POP3 session.
+
+    Messages that cannot be saved stay on the server and are reported (log, artifact);
+    the others are still received. With ``dry_run`` nothing is retrieved or deleted, and
+    the messages that would be received are returned as ``ListedMessage``.
+    """
+    report = _receive(
+        configuration,
+        limit=max_messages,
+        save_mail_text=save_mail_text,
+        save_mail_attachments=save_mail_attachments,
+        save_directory=save_directory,
+        filters=_filters(sender_filter, recipient_filter, subject_filter),
+        dry_run=dry_run,
+        progress=True,
+    )
+    if dry_run:
+        return report.listed
+    _raise_if_nothing_saved(report)
+    return report.received
+
+
+def _raise_if_nothing_saved(report: ReceiveReport) -> None:
+    """A run where every message failed is an error (a full disk, a missing key...)."""
+    if report.failed and not report.received:
+        first = report.failed[0]
+        raise MessagesNotReceivedError(
+            f"{report.configuration}: {len(report.failed)} message(s) could not be received "
+            f"and stay on the server; first: {first.uidl}: {first.error}"
+        )
+
+
+class MessagesNotReceivedError(POP3MailError):
+    """No message of the run could be saved; they all stay on the server."""
+
+
+@task(name="POP3_CHECK_CONNECTION", cache_policy=NO_CACHE)
+def check_connection(configuration: Configuration) -> ConnectionReport:
+    """Connect, report greeting, capabilities, TLS and login, and count waiting messages.
+
+    Retrieves and deletes nothing.
+    """
+    config = resolve_configuration(configuration)
+    config.ensure_active()
+    report = check_mailbox(config.configuration_name, connection_for(config))
+    _logger().info(
+        "%s: login %s, %s message(s) waiting",
+        report.configuration,
+        "ok" if report.login_ok else f"FAILED ({report.login_error})",
+        report.messages_waiting,
+    )
+    return report

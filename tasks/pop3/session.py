@@ -1,0 +1,480 @@
+"""A POP3 client session (RFC 1939, 2449, 2595, 5034): one method per protocol command.
+
+Differences from poplib: bodies stream to a sink, no line-length cap breaks the session,
+SASL (PLAIN, XOAUTH2, OAUTHBEARER), RFC 2449 PIPELINING, and errors mapped from the
+RFC 2449/3206 response codes. Secrets never reach logs or exception text.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+
+from pydantic import SecretStr
+
+from .errors import (
+    RESPONSE_CODE_ERRORS,
+    ConfigurationError,
+    POP3AuthError,
+    POP3ConnectionError,
+    POP3ProtocolError,
+    POP3ReplyError,
+    POP3TimeoutError,
+    POP3TLSError,
+    STLSNotOfferedError,
+)
+from .lineio import LineReader, Sink
+from .models import Authentication, ConnectionSettings, LoginMethod, Security
+
+log = logging.getLogger("pop3mail.session")
+
+_RESPONSE_CODE = re.compile(rb"^-ERR \[([A-Z0-9/-]+)")
+_APOP_STAMP = re.compile(rb"<[^<>@]+@[^<>]+>")
+_AUTH_COMMANDS = {"PASS", "APOP", "AUTH"}
+
+
+def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
+    """A client context: verification on unless turned off, TLS 1.2 at least."""
+    if settings.tls_verify:
+        try:
+            context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError("tls_ca_file", f"cannot load CA file: {exc}") from exc
+    else:
+        log.warning(
+            "TLS certificate verification is OFF for %s: anyone on the path can read the "
+            "password and the mail. Use tls_ca_file for a private CA instead.",
+            settings.host,
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class POP3Session:
+    """A connected POP3 session. Use it as a context manager.
+
+    Leaving the ``with`` block normally sends QUIT, which commits deletions. Leaving it by an
+    exception only closes the socket: the server then deletes nothing (RFC 1939 section 6).
+    """
+
+    def __init__(self, settings: ConnectionSettings):
+        self.settings = settings
+        self.greeting = b""
+        self.capabilities: dict[str, list[str]] = {}
+        self.pipelining = False
+        self._sock: socket.socket | None = None
+        self._reader: LineReader | None = None
+        self._pending: deque[str] = deque()
+        self._out = bytearray()
+
+    # --- connection -----------------------------------------------------------------
+
+    def __enter__(self) -> POP3Session:
+        self.connect()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.quit()
+        else:
+            self.close()
+
+    def connect(self) -> bytes:
+        s = self.settings
+        source = (s.source_address, 0) if s.source_address else None
+        try:
+            sock = socket.create_connection((s.host, s.port), s.timeout, source_address=source)
+        except TimeoutError as exc:
+            raise POP3TimeoutError(f"connecting to {s.host}:{s.port} timed out") from exc
+        except OSError as exc:
+            raise POP3ConnectionError(
+                f"cannot connect to {s.host}:{s.port}: {exc.strerror or exc}"
+            ) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        try:
+            if s.security is Security.IMPLICIT:
+                self._start_tls()
+            self._reader = LineReader(self._sock)
+            self.greeting = self._status("greeting")
+            log.debug("S: %s", self.greeting.decode("utf-8", "replace"))
+            self.capa()
+            if s.security is Security.EXPLICIT:
+                if "STLS" not in self.capabilities:
+                    raise STLSNotOfferedError(
+                        f"{s.host}:{s.port} does not offer STLS, and security is Explicit "
+                        "SSL/TLS: refusing to continue without encryption"
+                    )
+                self.stls()
+        except BaseException:
+            self.close()
+            raise
+        return self.greeting
+
+    def _start_tls(self) -> None:
+        assert self._sock is not None
+        try:
+            self._sock = tls_context(self.settings).wrap_socket(
+                self._sock, server_hostname=self.settings.host
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise POP3TLSError(
+                f"certificate of {self.settings.host} not trusted: {exc.verify_message}"
+            ) from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise POP3TLSError(f"TLS handshake with {self.settings.host} failed: {exc}") from exc
+
+    @property
+    def is_encrypted(self) -> bool:
+        return isinstance(self._sock, ssl.SSLSocket)
+
+    def tls_info(self) -> tuple[str | None, str | None, datetime | None]:
+        """TLS version, certificate subject and expiry, or Nones on a plain connection."""
+        if not isinstance(self._sock, ssl.SSLSocket):
+            return None, None, None
+        from cryptography import x509
+
+        der = self._sock.getpeercert(binary_form=True)
+        if not der:
+            return self._sock.version(), None, None
+        cert = x509.load_der_x509_certificate(der)
+        expires = cert.not_valid_after_utc.astimezone(UTC)
+        return self._sock.version(), cert.subject.rfc4514_string(), expires
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    # --- line layer -----------------------------------------------------------------
+
+    def _send(self, command: str, line: str | None = None) -> None:
+        """Queue ``command``; ``line``, when given, is the wire text and holds a secret."""
+        log.debug("C: %s", command if line is None else f"{command} ****")
+        self._out += ((command if line is None else line) + "\r\n").encode("utf-8")
+        self._pending.append(command.split(" ", 1)[0].upper())
+
+    def _flush(self) -> None:
+        if not self._out or self._sock is None:
+            return
+        try:
+            self._sock.sendall(self._out)
+        except TimeoutError as exc:
+            raise POP3TimeoutError("sending to the server timed out") from exc
+        except OSError as exc:
+            raise POP3ConnectionError(f"connection lost: {exc.strerror or exc}") from exc
+        finally:
+            self._out.clear()
+
+    def _status(self, command: str) -> bytes:
+        """Read one status line and raise the mapped error on -ERR."""
+        if self._reader is None:
+            raise POP3ConnectionError("not connected")
+        line = self._reader.status_line()
+        if line.startswith(b"+OK"):
+            return line
+        if line.startswith(b"-ERR"):
+            raise _reply_error(command, line)
+        raise POP3ProtocolError(f"unexpected reply to {command}", line)
+
+    def _reply(self) -> bytes:
+        """Flush queued commands and read the reply to the oldest one."""
+        self._flush()
+        return self._status(self._pending.popleft())
+
+    def _shortcmd(self, command: str, line: str | None = None) -> bytes:
+        self._drain()
+        self._send(command, line)
+        return self._reply()
+
+    def _longcmd(self, command: str) -> list[bytes]:
+        self._shortcmd(command)
+        assert self._reader is not None
+        return self._reader.body_lines()
+
+    def _drain(self) -> None:
+        """Read the replies of commands still in flight (pipelined DELEs)."""
+        while self._pending:
+            self._reply()
+
+    # --- commands -------------------------------------------------------------------
+
+    def capa(self) -> dict[str, list[str]]:
+        try:
+            lines = self._longcmd("CAPA")
+        except POP3ReplyError:
+            lines = []
+        caps: dict[str, list[str]] = {}
+        for raw in lines:
+            words = raw.decode("ascii", "replace").split()
+            if words:
+                caps[words[0].upper()] = words[1:]
+        self.capabilities = caps
+        self.pipelining = "PIPELINING" in caps
+        return caps
+
+    def stls(self) -> bytes:
+        reply = self._shortcmd("STLS")
+        self._reader = None  # nothing may be buffered from before the upgrade
+        self._start_tls()
+        assert self._sock is not None
+        self._reader = LineReader(self._sock)
+        self.capa()  # capabilities may change once encrypted (RFC 2595 section 4)
+        return reply
+
+    def user(self, name: str) -> bytes:
+        return self._shortcmd(f"USER {name}")
+
+    def pass_(self, password: SecretStr) -> bytes:
+        return self._shortcmd("PASS", f"PASS {password.get_secret_value()}")
+
+    def apop(self, name: str, password: SecretStr) -> bytes:
+        stamp = _APOP_STAMP.search(self.greeting)
+        if not stamp:
+            raise POP3AuthError("APOP", "-ERR the server greeting has no APOP timestamp")
+        digest = hashlib.md5(stamp.group(0) + password.get_secret_value().encode()).hexdigest()
+        return self._shortcmd("APOP", f"APOP {name} {digest}")
+
+    def auth(self, mechanism: str, response: bytes, initial_response: bool = True) -> bytes:
+        """SASL AUTH (RFC 5034) with a one-message mechanism (PLAIN, XOAUTH2, OAUTHBEARER).
+
+        With ``initial_response`` False, send ``AUTH MECH``, wait for ``+``, then the
+        response: the two-step form Microsoft 365 requires.
+        """
+        encoded = base64.b64encode(response).decode("ascii")
+        self._drain()
+        if initial_response:
+            self._send("AUTH", f"AUTH {mechanism} {encoded}")
+        else:
+            self._send(f"AUTH {mechanism}")
+        self._flush()
+        assert self._reader is not None
+        line = self._reader.status_line()
+        if line.startswith(b"+ ") or line == b"+":
+            if initial_response:
+                # A challenge after an initial response is an error report (RFC 7628
+                # section 3.2.2): answer with an empty line to get the -ERR.
+                self._sasl_failure_detail = _decode_challenge(line)
+                line = self._continue_sasl(b"")
+            else:
+                line = self._continue_sasl(encoded.encode())
+                if line.startswith(b"+ ") or line == b"+":
+                    self._sasl_failure_detail = _decode_challenge(line)
+                    line = self._continue_sasl(b"")
+        self._pending.popleft()
+        if line.startswith(b"+OK"):
+            return line
+        if line.startswith(b"-ERR"):
+            raise _reply_error("AUTH", line)
+        raise POP3ProtocolError("unexpected reply to AUTH", line)
+
+    def _continue_sasl(self, data: bytes) -> bytes:
+        assert self._sock is not None and self._reader is not None
+        self._out += data + b"\r\n"
+        self._flush()
+        return self._reader.status_line()
+
+    def stat(self) -> tuple[int, int]:
+        words = self._shortcmd("STAT").split()
+        try:
+            return int(words[1]), int(words[2])
+        except (IndexError, ValueError) as exc:
+            raise POP3ProtocolError("malformed STAT reply", b" ".join(words)) from exc
+
+    def list(self) -> dict[int, int]:
+        """Message number to size in octets, for every message."""
+        return {n: int(v) for n, v in self._numbered(self._longcmd("LIST"), "LIST")}
+
+    def uidl(self) -> dict[int, str]:
+        """Message number to unique id, for every message."""
+        return dict(self._numbered(self._longcmd("UIDL"), "UIDL"))
+
+    @staticmethod
+    def _numbered(lines: list[bytes], command: str) -> Iterator[tuple[int, str]]:
+        for raw in lines:
+            parts = raw.split()
+            try:
+                number, value = int(parts[0]), parts[1].decode("ascii")
+                if command == "LIST":
+                    int(value)
+            except (IndexError, ValueError, UnicodeDecodeError) as exc:
+                raise POP3ProtocolError(f"malformed {command} line", raw[:80]) from exc
+            yield number, value
+
+    def top(self, number: int, lines: int = 0, limit: int = 1 << 20) -> bytes:
+        """The headers and the first ``lines`` body lines of a message."""
+        import io
+
+        self._shortcmd(f"TOP {number} {lines}")
+        buffer = io.BytesIO()
+        assert self._reader is not None
+        self._reader.copy_body(buffer, limit)
+        return buffer.getvalue()
+
+    def retr(self, number: int, sink: Sink, limit: int | None = None) -> int:
+        """Stream one message to ``sink``; return its size in bytes."""
+        self._shortcmd(f"RETR {number}")
+        assert self._reader is not None
+        return self._reader.copy_body(sink, limit)
+
+    def retrieve(
+        self,
+        numbers: Iterable[int],
+        open_sink: Callable[[int], Sink],
+        *,
+        window: int = 64,
+        limit: int | None = None,
+    ) -> Iterator[tuple[int, Sink | None, POP3ReplyError | None]]:
+        """RETR many messages, ``window`` at a time when the server offers PIPELINING.
+
+        Yields ``(number, sink, None)`` once a message is complete, or
+        ``(number, None, error)`` when the server refused it. The caller may call
+        :meth:`dele` between yields; those DELEs travel in the same pipeline.
+        """
+        window = window if self.pipelining else 1
+        todo = iter(numbers)
+        in_flight: deque[int] = deque()
+        in_sync = True
+        self._drain()
+        try:
+            while True:
+                while len(in_flight) < window:
+                    number = next(todo, None)
+                    if number is None:
+                        break
+                    self._send(f"RETR {number}")
+                    in_flight.append(number)
+                if not in_flight:
+                    return
+                self._flush()
+                number = in_flight.popleft()
+                while self._pending[0] != "RETR":
+                    self._reply()  # a DELE sent earlier
+                try:
+                    self._reply()
+                except POP3ReplyError as refused:
+                    yield number, None, refused
+                    continue
+                sink = open_sink(number)
+                assert self._reader is not None
+                in_sync = False
+                self._reader.copy_body(sink, limit)
+                in_sync = True
+                yield number, sink, None
+        finally:
+            if in_flight and in_sync and self._reader is not None:
+                self._discard(len(in_flight))
+
+    def _discard(self, count: int) -> None:
+        """Read and drop the replies of RETRs already sent, to end a batch early."""
+        for _ in range(count):
+            while self._pending[0] != "RETR":
+                self._reply()
+            try:
+                self._reply()
+            except POP3ReplyError:
+                continue
+            assert self._reader is not None
+            self._reader.copy_body(_NullSink())
+
+    def dele(self, number: int) -> None:
+        """Mark a message deleted. Pipelined: the reply is checked with later replies."""
+        self._send(f"DELE {number}")
+        if not self.pipelining:
+            self._reply()
+
+    def rset(self) -> bytes:
+        return self._shortcmd("RSET")
+
+    def noop(self) -> bytes:
+        return self._shortcmd("NOOP")
+
+    def quit(self) -> bytes:
+        """End the session; the server applies deletions now (UPDATE state)."""
+        try:
+            return self._shortcmd("QUIT")
+        finally:
+            self.close()
+
+    # --- login ----------------------------------------------------------------------
+
+    def login(self) -> None:
+        """Log in with the configured method; a refusal raises POP3AuthError."""
+        s = self.settings
+        method = s.login_method
+        if method is LoginMethod.AUTO:
+            method = LoginMethod.XOAUTH2 if s.token_provider else LoginMethod.USER_PASS
+        if method in (LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER):
+            if s.token_provider is None:
+                raise ConfigurationError("authentication", f"{method.value} needs OAUTH2")
+            self._oauth_login(method, s.token_provider())
+            return
+        if s.password is None:
+            raise ConfigurationError("password", "no password is configured")
+        if not self.is_encrypted:
+            log.warning(
+                "Sending the password for %s over an UNENCRYPTED connection, as security "
+                "'None' was chosen.", s.user
+            )
+        if method is LoginMethod.APOP:
+            self.apop(s.user, s.password)
+        elif method is LoginMethod.PLAIN:
+            secret = s.password.get_secret_value()
+            self.auth("PLAIN", f"\0{s.user}\0{secret}".encode(), s.sasl_initial_response)
+        else:
+            self.user(s.user)
+            self.pass_(s.password)
+
+    def _oauth_login(self, method: LoginMethod, token: SecretStr) -> None:
+        user, bearer = self.settings.user, token.get_secret_value()
+        if method is LoginMethod.XOAUTH2:
+            message = f"user={user}\x01auth=Bearer {bearer}\x01\x01"
+        else:
+            message = f"n,a={user},\x01auth=Bearer {bearer}\x01\x01"
+        self.auth(method.value.upper(), message.encode(), self.settings.sasl_initial_response)
+
+    # Kept for diagnostics (connection check); never contains the token.
+    _sasl_failure_detail: str | None = None
+
+
+class _NullSink:
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def _decode_challenge(line: bytes) -> str | None:
+    try:
+        return base64.b64decode(line[2:], validate=True).decode("utf-8", "replace")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _reply_error(command: str, line: bytes) -> POP3ReplyError:
+    match = _RESPONSE_CODE.match(line)
+    if match:
+        code = match.group(1).decode("ascii")
+        error_class = RESPONSE_CODE_ERRORS.get(code)
+        if error_class:
+            return error_class(command, line)
+    if command in _AUTH_COMMANDS:
+        return POP3AuthError(command, line)
+    return POP3ReplyError(command, line)
+
+
+__all__ = ["POP3Session", "tls_context", "Authentication"]
