@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import itertools
 import logging
 import re
 import socket
@@ -24,6 +26,7 @@ from .errors import (
     ConfigurationError,
     POP3AuthError,
     POP3ConnectionError,
+    POP3MailError,
     POP3ProtocolError,
     POP3ReplyError,
     POP3TimeoutError,
@@ -35,9 +38,13 @@ from .models import Authentication, ConnectionSettings, LoginMethod, Security
 
 log = logging.getLogger("pop3mail.session")
 
-_RESPONSE_CODE = re.compile(rb"^-ERR \[([A-Z0-9/-]+)")
+# RFC 2449 section 8: codes are hierarchical ("SYS/TEMP/..." is a SYS/TEMP) and we match
+# them case-insensitively, as some servers write them in lower case.
+_RESPONSE_CODE = re.compile(rb"^-ERR \[([A-Za-z0-9/-]+)")
 _APOP_STAMP = re.compile(rb"<[^<>@]+@[^<>]+>")
-_AUTH_COMMANDS = {"PASS", "APOP", "AUTH"}
+# A -ERR to these is a refused login. USER is here because servers that refuse plain text
+# (Dovecot on an unencrypted connection) say so in the reply to USER.
+_AUTH_COMMANDS = {"USER", "PASS", "APOP", "AUTH"}
 
 
 def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
@@ -67,15 +74,22 @@ class POP3Session:
     exception only closes the socket: the server then deletes nothing (RFC 1939 section 6).
     """
 
-    def __init__(self, settings: ConnectionSettings):
+    def __init__(self, settings: ConnectionSettings, *, pipelining: bool | None = None):
+        """``pipelining``: None uses PIPELINING when the server offers it, False never does.
+        (True cannot force it: RFC 2449 forbids pipelining to a server that does not offer
+        it.) ``pipelining`` may also be set on the session after :meth:`capa`."""
         self.settings = settings
         self.greeting = b""
         self.capabilities: dict[str, list[str]] = {}
         self.pipelining = False
+        self._allow_pipelining = pipelining is not False
         self._sock: socket.socket | None = None
         self._reader: LineReader | None = None
         self._pending: deque[str] = deque()
         self._out = bytearray()
+        self._secret_words: list[bytes] = []
+        #: Why the session was closed under the caller, for the error of the next command.
+        self._broken: str | None = None
 
     # --- connection -----------------------------------------------------------------
 
@@ -152,6 +166,7 @@ class POP3Session:
         return self._sock.version(), cert.subject.rfc4514_string(), expires
 
     def close(self) -> None:
+        """Close the socket without QUIT: the server deletes nothing."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -161,37 +176,87 @@ class POP3Session:
             except OSError:
                 pass
             self._sock = None
+        self._pending.clear()
+        self._out.clear()
+
+    def _give_up(self, error: Exception) -> None:
+        """Close after a transport or protocol fault: the reply stream can no longer be
+        trusted to line up with our commands, and QUIT would commit deletions."""
+        if self._sock is not None:
+            self._broken = f"{type(error).__name__}: {error}"
+        self.close()
 
     # --- line layer -----------------------------------------------------------------
 
     def _send(self, command: str, line: str | None = None) -> None:
         """Queue ``command``; ``line``, when given, is the wire text and holds a secret."""
         log.debug("C: %s", command if line is None else f"{command} ****")
+        if line is not None:
+            self._secret_words = line.encode("utf-8").split()[1:]
         self._out += ((command if line is None else line) + "\r\n").encode("utf-8")
         self._pending.append(command.split(" ", 1)[0].upper())
 
     def _flush(self) -> None:
-        if not self._out or self._sock is None:
+        if not self._out:
             return
+        if self._sock is None:
+            raise self._not_connected()
         try:
             self._sock.sendall(self._out)
         except TimeoutError as exc:
+            self._give_up(exc)
             raise POP3TimeoutError("sending to the server timed out") from exc
         except OSError as exc:
+            self._give_up(exc)
             raise POP3ConnectionError(f"connection lost: {exc.strerror or exc}") from exc
         finally:
             self._out.clear()
 
+    def _not_connected(self) -> POP3ConnectionError:
+        if self._broken:
+            return POP3ConnectionError(
+                f"the session was closed after an earlier error ({self._broken}); "
+                "nothing was deleted on the server"
+            )
+        return POP3ConnectionError("not connected")
+
     def _status(self, command: str) -> bytes:
         """Read one status line and raise the mapped error on -ERR."""
         if self._reader is None:
-            raise POP3ConnectionError("not connected")
-        line = self._reader.status_line()
+            raise self._not_connected()
+        try:
+            line = self._reader.status_line()
+        except POP3TimeoutError as exc:
+            in_flight = len(self._pending)
+            self._give_up(exc)
+            if in_flight > 1 and self.pipelining:
+                raise POP3TimeoutError(
+                    f"no reply to {command} with {in_flight} pipelined commands in flight: the "
+                    "server offers PIPELINING but may not honour it; try pipelining off"
+                ) from exc
+            raise
+        except POP3MailError as exc:
+            self._give_up(exc)
+            raise
         if line.startswith(b"+OK"):
             return line
         if line.startswith(b"-ERR"):
+            for word in self._secret_words:  # in case a server echoes what it was sent
+                line = line.replace(word, b"****")
             raise _reply_error(command, line)
-        raise POP3ProtocolError(f"unexpected reply to {command}", line)
+        error = POP3ProtocolError(f"unexpected reply to {command}", line)
+        self._give_up(error)
+        raise error
+
+    def _copy_body(self, sink: Sink, limit: int | None = None) -> int:
+        """The multi-line body that follows a +OK; a fault inside it ends the session."""
+        if self._reader is None:
+            raise self._not_connected()
+        try:
+            return self._reader.copy_body(sink, limit)
+        except BaseException as exc:  # a failing sink leaves the body half read, too
+            self._give_up(exc)
+            raise
 
     def _reply(self) -> bytes:
         """Flush queued commands and read the reply to the oldest one."""
@@ -206,7 +271,11 @@ class POP3Session:
     def _longcmd(self, command: str) -> list[bytes]:
         self._shortcmd(command)
         assert self._reader is not None
-        return self._reader.body_lines()
+        try:
+            return self._reader.body_lines()
+        except POP3MailError as exc:
+            self._give_up(exc)
+            raise
 
     def _drain(self) -> None:
         """Read the replies of commands still in flight (pipelined DELEs)."""
@@ -226,13 +295,28 @@ class POP3Session:
             if words:
                 caps[words[0].upper()] = words[1:]
         self.capabilities = caps
-        self.pipelining = "PIPELINING" in caps
+        self.pipelining = "PIPELINING" in caps and self._allow_pipelining
         return caps
 
     def stls(self) -> bytes:
-        reply = self._shortcmd("STLS")
+        """Upgrade to TLS (RFC 2595). Any failure raises POP3TLSError: never plain text."""
+        try:
+            reply = self._shortcmd("STLS")
+        except POP3ReplyError as exc:
+            raise POP3TLSError(f"the server refused STLS: {exc.reply}") from exc
+        assert self._reader is not None
+        if self._reader.buffered:
+            # Plain text sent after the +OK would be read as if it came over TLS: the
+            # command injection of CVE-2011-0411. Refuse rather than skip it.
+            error = POP3TLSError("the server sent data after +OK to STLS, before TLS began")
+            self._give_up(error)
+            raise error
         self._reader = None  # nothing may be buffered from before the upgrade
-        self._start_tls()
+        try:
+            self._start_tls()
+        except POP3TLSError as exc:
+            self._give_up(exc)
+            raise
         assert self._sock is not None
         self._reader = LineReader(self._sock)
         self.capa()  # capabilities may change once encrypted (RFC 2595 section 4)
@@ -297,13 +381,20 @@ class POP3Session:
         except (IndexError, ValueError) as exc:
             raise POP3ProtocolError("malformed STAT reply", b" ".join(words)) from exc
 
-    def list(self) -> dict[int, int]:
-        """Message number to size in octets, for every message."""
-        return {n: int(v) for n, v in self._numbered(self._longcmd("LIST"), "LIST")}
+    def list(self, number: int | None = None) -> dict[int, int]:
+        """Message number to size in octets, for every message or just ``number``."""
+        return {n: int(v) for n, v in self._listing("LIST", number)}
 
-    def uidl(self) -> dict[int, str]:
-        """Message number to unique id, for every message."""
-        return dict(self._numbered(self._longcmd("UIDL"), "UIDL"))
+    def uidl(self, number: int | None = None) -> dict[int, str]:
+        """Message number to unique id, for every message or just ``number``."""
+        return dict(self._listing("UIDL", number))
+
+    def _listing(self, command: str, number: int | None) -> Iterator[tuple[int, str]]:
+        if number is None:
+            return self._numbered(self._longcmd(command), command)
+        # "+OK 3 120": the scan listing of one message follows +OK on the status line.
+        reply = self._shortcmd(f"{command} {number}")
+        return self._numbered([reply[3:].strip()], command)
 
     @staticmethod
     def _numbered(lines: list[bytes], command: str) -> Iterator[tuple[int, str]]:
@@ -318,20 +409,20 @@ class POP3Session:
             yield number, value
 
     def top(self, number: int, lines: int = 0, limit: int = 1 << 20) -> bytes:
-        """The headers and the first ``lines`` body lines of a message."""
-        import io
-
+        """The headers and the first ``lines`` body lines of a message (at most ``limit``
+        bytes: a longer head raises MessageTooLargeError and ends the session)."""
         self._shortcmd(f"TOP {number} {lines}")
         buffer = io.BytesIO()
-        assert self._reader is not None
-        self._reader.copy_body(buffer, limit)
+        self._copy_body(buffer, limit)
         return buffer.getvalue()
 
     def retr(self, number: int, sink: Sink, limit: int | None = None) -> int:
-        """Stream one message to ``sink``; return its size in bytes."""
+        """Stream one message to ``sink``; return its size in bytes.
+
+        A body over ``limit`` raises MessageTooLargeError and ends the session (no QUIT, so
+        nothing is deleted): its unread rest would otherwise be taken for replies."""
         self._shortcmd(f"RETR {number}")
-        assert self._reader is not None
-        return self._reader.copy_body(sink, limit)
+        return self._copy_body(sink, limit)
 
     def retrieve(
         self,
@@ -345,21 +436,22 @@ class POP3Session:
 
         Yields ``(number, sink, None)`` once a message is complete, or
         ``(number, None, error)`` when the server refused it. The caller may call
-        :meth:`dele` between yields; those DELEs travel in the same pipeline.
+        :meth:`dele` between yields; those DELEs travel in the same pipeline. Closing the
+        generator early reads and drops the RETRs already sent. A transport fault, a body
+        over ``limit`` or a failing sink ends the session without QUIT.
         """
-        window = window if self.pipelining else 1
+        window = max(1, window) if self.pipelining else 1
+        refill_at = window // 2  # top the window up in batches: fewer, larger sends
         todo = iter(numbers)
         in_flight: deque[int] = deque()
         in_sync = True
         self._drain()
         try:
             while True:
-                while len(in_flight) < window:
-                    number = next(todo, None)
-                    if number is None:
-                        break
-                    self._send(f"RETR {number}")
-                    in_flight.append(number)
+                if len(in_flight) <= refill_at:
+                    for number in itertools.islice(todo, window - len(in_flight)):
+                        self._send(f"RETR {number}")
+                        in_flight.append(number)
                 if not in_flight:
                     return
                 self._flush()
@@ -371,14 +463,15 @@ class POP3Session:
                 except POP3ReplyError as refused:
                     yield number, None, refused
                     continue
+                in_sync = False  # from here until the terminator, the body is unread
                 sink = open_sink(number)
-                assert self._reader is not None
-                in_sync = False
-                self._reader.copy_body(sink, limit)
+                self._copy_body(sink, limit)
                 in_sync = True
                 yield number, sink, None
         finally:
-            if in_flight and in_sync and self._reader is not None:
+            if not in_sync:
+                self._give_up(POP3ProtocolError("a message was left half read"))
+            elif in_flight and self._reader is not None:
                 self._discard(len(in_flight))
 
     def _discard(self, count: int) -> None:
@@ -390,8 +483,7 @@ class POP3Session:
                 self._reply()
             except POP3ReplyError:
                 continue
-            assert self._reader is not None
-            self._reader.copy_body(_NullSink())
+            self._copy_body(_NullSink())
 
     def dele(self, number: int) -> None:
         """Mark a message deleted. Pipelined: the reply is checked with later replies."""
@@ -420,18 +512,17 @@ class POP3Session:
         method = s.login_method
         if method is LoginMethod.AUTO:
             method = LoginMethod.XOAUTH2 if s.token_provider else LoginMethod.USER_PASS
-        if method in (LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER):
-            if s.token_provider is None:
-                raise ConfigurationError("authentication", f"{method.value} needs OAUTH2")
+        oauth = method in (LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER)
+        if oauth and s.token_provider is None:
+            raise ConfigurationError("authentication", f"{method.value} needs OAUTH2")
+        if not oauth and s.password is None:
+            raise ConfigurationError("password", "no password is configured")
+        self._check_plain_text_allowed("access token" if oauth else "password")
+        if oauth:
+            assert s.token_provider is not None
             self._oauth_login(method, s.token_provider())
             return
-        if s.password is None:
-            raise ConfigurationError("password", "no password is configured")
-        if not self.is_encrypted:
-            log.warning(
-                "Sending the password for %s over an UNENCRYPTED connection, as security "
-                "'None' was chosen.", s.user
-            )
+        assert s.password is not None
         if method is LoginMethod.APOP:
             self.apop(s.user, s.password)
         elif method is LoginMethod.PLAIN:
@@ -440,6 +531,22 @@ class POP3Session:
         else:
             self.user(s.user)
             self.pass_(s.password)
+
+    def _check_plain_text_allowed(self, secret: str) -> None:
+        """Credentials go over plain text only when security None was chosen, and loudly."""
+        if self.is_encrypted:
+            return
+        if self._sock is None:
+            raise self._not_connected()
+        if self.settings.security is not Security.NONE:
+            raise POP3TLSError(
+                f"refusing to send the {secret} over an unencrypted connection: security is "
+                f"{self.settings.security.value}"
+            )
+        log.warning(
+            "Sending the %s for %s over an UNENCRYPTED connection, as security 'None' was "
+            "chosen: anyone on the path can read it and the mail.", secret, self.settings.user
+        )
 
     def _oauth_login(self, method: LoginMethod, token: SecretStr) -> None:
         user, bearer = self.settings.user, token.get_secret_value()
@@ -468,10 +575,12 @@ def _decode_challenge(line: bytes) -> str | None:
 def _reply_error(command: str, line: bytes) -> POP3ReplyError:
     match = _RESPONSE_CODE.match(line)
     if match:
-        code = match.group(1).decode("ascii")
-        error_class = RESPONSE_CODE_ERRORS.get(code)
-        if error_class:
-            return error_class(command, line)
+        code = match.group(1).decode("ascii").upper()
+        while code:  # the most specific code we know: SYS/TEMP/FULL -> SYS/TEMP
+            error_class = RESPONSE_CODE_ERRORS.get(code)
+            if error_class:
+                return error_class(command, line)
+            code = code.rpartition("/")[0]
     if command in _AUTH_COMMANDS:
         return POP3AuthError(command, line)
     return POP3ReplyError(command, line)
