@@ -1,0 +1,94 @@
+"""An example downstream step, run by the ``pop3mail.message.received`` event trigger in
+``deployments/prefect.yaml``: it takes the saved paths from the event and records what
+arrived - each saved file's size and SHA-256 - in a manifest beside the message and in a
+table artifact. Replace its body with your own processing (parse the CSV, file the PDF...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from tasks.publish import artifact_key
+
+MANIFEST_NAME = "received-files.json"
+
+
+def _describe(path: Path, role: str) -> dict:
+    """Size and SHA-256 of one saved file, read in chunks (attachments can be large)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{role}: the saved file {path} is missing")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"role": role, "name": path.name, "path": str(path), "size": path.stat().st_size,
+            "sha256": digest.hexdigest()}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+@flow(name="record-received-mail", log_prints=True)
+def record_received_mail(
+    folder: str,
+    original_path: str | None = None,
+    text_path: str | None = None,
+    html_path: str | None = None,
+    attachments: list[str] | None = None,
+    configuration: str = "",
+    subject: str = "",
+) -> dict:
+    """Record the files saved for one received message.
+
+    Args:
+        folder: The message's folder (event payload ``folder``).
+        original_path: The saved original message.eml, if kept.
+        text_path: The saved text body, if any.
+        html_path: The saved HTML body, if any.
+        attachments: The saved attachments' paths.
+        configuration: The POP3 Mail Configuration the message came from.
+        subject: The message's subject, for the record.
+
+    Returns:
+        The manifest: configuration, subject, folder and one entry per saved file. It is
+        also written to ``received-files.json`` in the message's folder.
+    """
+    message_folder = Path(folder)
+    manifest_path = message_folder / MANIFEST_NAME
+    named = [(original_path, "original"), (text_path, "text"), (html_path, "html")]
+    named += [(path, "attachment") for path in attachments or []]
+    files = [_describe(Path(path), role) for path, role in named if path]
+    if any(Path(f["path"]) == manifest_path for f in files):
+        # Never overwrite received mail with our record.
+        raise ValueError(f"folder: an attachment is named {MANIFEST_NAME}; not overwriting it")
+    manifest = {
+        "configuration": configuration,
+        "subject": subject,
+        "folder": str(message_folder),
+        "attachment_count": sum(f["role"] == "attachment" for f in files),
+        "attachment_bytes": sum(f["size"] for f in files if f["role"] == "attachment"),
+        "files": files,
+    }
+    _write_atomically(manifest_path, json.dumps(manifest, indent=2))
+    create_table_artifact(
+        key=artifact_key(configuration or "unknown", "downstream"),
+        table=[{k: f[k] for k in ("role", "name", "size", "sha256")} for f in files],
+        description=f"Files saved for {subject or '(no subject)'} from {configuration}",
+    )
+    get_run_logger().info(
+        "%s: %d attachment(s), %d bytes, manifest %s",
+        subject or "(no subject)",
+        manifest["attachment_count"],
+        manifest["attachment_bytes"],
+        manifest_path,
+    )
+    return manifest
