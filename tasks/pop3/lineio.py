@@ -68,10 +68,12 @@ class LineReader:
             if end >= 0:
                 line = self._buf[self._pos:end]
                 self._pos = end + 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
                 if len(line) > MAX_STATUS_LINE:
                     raise POP3ProtocolError("status line too long", line[:80])
-                return line[:-1] if line.endswith(b"\r") else line
-            if self.buffered > MAX_STATUS_LINE:
+                return line
+            if self.buffered > MAX_STATUS_LINE + 1:
                 raise POP3ProtocolError(
                     "status line too long or unterminated", self._buf[self._pos:self._pos + 80]
                 )
