@@ -150,6 +150,12 @@ class OAuth2EndpointUnreachableError(OAuth2Error):
     retryable = True
 
 
+class OAuth2TLSError(OAuth2EndpointUnreachableError):
+    """The token endpoint's certificate is not trusted, or TLS with it failed."""
+
+    retryable = False
+
+
 class OAuth2ResponseError(OAuth2Error):
     """The token endpoint answered with something that is not a token (not JSON...)."""
 

@@ -1,0 +1,524 @@
+"""OAuth2 client-credentials tokens for POP3 login (RFC 6749 section 4.4).
+
+Microsoft Entra ID endpoints (``https://<host>/<tenant>/oauth2/v2.0/token``) go through msal's
+ConfidentialClientApplication and its token cache; any other endpoint gets the plain RFC 6749
+request, authenticating with client_secret_basic and falling back to client_secret_post.
+
+Providers are shared per configuration within the process (see :func:`client_credentials`),
+so every task that uses one configuration reuses one token until shortly before it expires.
+Errors carry the provider's own error and description, never the secret or a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote_plus, urlencode, urlsplit
+
+from pydantic import SecretStr
+
+from .errors import (
+    ConfigurationError,
+    OAuth2EndpointUnreachableError,
+    OAuth2Error,
+    OAuth2InvalidClientError,
+    OAuth2InvalidScopeError,
+    OAuth2ResponseError,
+    OAuth2TLSError,
+)
+
+log = logging.getLogger("pop3mail.oauth")
+
+ENTRA_DEFAULT_SCOPE = "https://outlook.office365.com/.default"
+#: Tokens are renewed this long before they expire (msal uses the same margin) ...
+REFRESH_MARGIN = 300.0
+#: ... or this share of their lifetime, for tokens that live less than 50 minutes.
+REFRESH_SHARE = 0.1
+
+_ENTRA_ENDPOINT = re.compile(r"^(https://[^/?#]+/[^/?#]+)/oauth2/v2\.0/token/?$", re.I)
+_ENTRA_V1_ENDPOINT = re.compile(r"^https://login\.[^/]+/[^/]+/oauth2/token/?$", re.I)
+_SHARED_TENANTS = {"common", "organizations", "consumers"}
+_CLIENT_ERRORS = {"invalid_client", "unauthorized_client"}
+_REPLY_SNIPPET = 400
+
+# Monkeypatched by tests to move the clock; everything here reads time through it.
+_now = time.time
+
+
+# --- the token ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An access token and what is known about it. ``repr`` never shows the token."""
+
+    value: SecretStr
+    expires_at: float | None = None
+    #: When the provider issued it (our clock), to know its lifetime.
+    obtained_at: float | None = None
+    #: The "scope" field of the token response, when the provider sent one.
+    granted_scope: str | None = None
+    from_cache: bool = False
+
+    @property
+    def expires(self) -> datetime | None:
+        return datetime.fromtimestamp(self.expires_at, UTC) if self.expires_at else None
+
+    def claims(self) -> dict[str, Any] | None:
+        """The payload of a JWT token, unverified (for diagnostics only); None if opaque."""
+        return jwt_claims(self.value)
+
+    def fresh_at(self, now: float) -> bool:
+        """Still usable at ``now``, with the refresh margin to spare."""
+        if self.expires_at is None:
+            return False
+        lifetime = self.expires_at - (self.obtained_at if self.obtained_at else now)
+        return self.expires_at - now > refresh_margin(lifetime)
+
+
+def refresh_margin(lifetime: float) -> float:
+    return min(REFRESH_MARGIN, max(lifetime, 0) * REFRESH_SHARE)
+
+
+def jwt_claims(token: SecretStr) -> dict[str, Any] | None:
+    parts = token.get_secret_value().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpResponse:
+    """The response shape msal expects (msal.oauth2cli.http.Response)."""
+
+    status_code: int
+    text: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def raise_for_status(self) -> None:
+        if self.status_code >= 400:
+            raise OAuth2EndpointUnreachableError(
+                f"the identity provider answered HTTP {self.status_code}"
+            )
+
+
+class HttpClient:
+    """Minimal HTTPS client for the token endpoint, also handed to msal.
+
+    Certificates are always verified (the client secret travels here): the system's CAs
+    plus ``ca_file``. Transport failures become OAuth2 errors that name the endpoint.
+    """
+
+    def __init__(self, ca_file: str | None, timeout: float):
+        self.timeout = timeout
+        #: The last response, so an error can describe what the provider sent.
+        self.last_response: HttpResponse | None = None
+        try:
+            self._context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError("tls_ca_file", f"cannot load CA file: {exc}") from exc
+        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def get(self, url: str, params=None, headers=None, **_ignored) -> HttpResponse:
+        return self._request("GET", _with_query(url, params), None, headers)
+
+    def post(self, url: str, params=None, data=None, headers=None, **_ignored) -> HttpResponse:
+        body = urlencode(data) if isinstance(data, dict) else data
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+        return self._request("POST", _with_query(url, params), body, headers)
+
+    def close(self) -> None:
+        pass
+
+    def _request(self, method: str, url: str, body: str | None, headers) -> HttpResponse:
+        request = urllib.request.Request(
+            url, data=body.encode() if body is not None else None, method=method,
+            headers=headers or {},
+        )
+        log.debug("%s %s", method, _without_query(url))
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as r:
+                response = HttpResponse(r.status, _text(r.read()), dict(r.headers.items()))
+        except urllib.error.HTTPError as reply:  # 4xx/5xx still carry the provider's JSON
+            with reply:
+                response = HttpResponse(reply.code, _text(reply.read()), dict(reply.headers))
+        except urllib.error.URLError as exc:
+            raise _transport_error(url, exc.reason) from exc
+        except (TimeoutError, OSError) as exc:
+            raise _transport_error(url, exc) from exc
+        self.last_response = response
+        return response
+
+
+def _transport_error(url: str, reason: object) -> OAuth2Error:
+    where = _without_query(url)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return OAuth2TLSError(
+            f"the certificate of {where} is not trusted ({reason.verify_message}); if the "
+            "provider uses a private CA, put that CA in tls_ca_file"
+        )
+    if isinstance(reason, ssl.SSLError):
+        return OAuth2TLSError(f"TLS with {where} failed: {reason}")
+    if isinstance(reason, TimeoutError):
+        return OAuth2EndpointUnreachableError(f"the token endpoint {where} did not answer in time")
+    detail = getattr(reason, "strerror", None) or reason
+    return OAuth2EndpointUnreachableError(
+        f"cannot reach the token endpoint {where}: {detail}; check token_endpoint and the "
+        "network path to it"
+    )
+
+
+def _with_query(url: str, params: dict | None) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(params)}" if params else url
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+# --- providers -------------------------------------------------------------------------
+
+
+class TokenProvider:
+    """Gets client-credentials tokens for one configuration. Call it for the token.
+
+    Thread-safe: concurrent tasks wait for one request instead of each sending their own.
+    """
+
+    kind = "OAuth2"
+    client_hint = "check client_id and client_secret"
+
+    def __init__(
+        self,
+        token_endpoint: str,
+        client_id: str,
+        client_secret: SecretStr,
+        scope: str,
+        ca_file: str | None,
+        timeout: float,
+    ):
+        self.token_endpoint = token_endpoint
+        self.client_id = client_id
+        self.scope = scope
+        self._secret = client_secret
+        self._http = HttpClient(ca_file, timeout)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> SecretStr:
+        return self.fetch().value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.token_endpoint!r}, client_id={self.client_id!r})"
+
+    def fetch(self) -> AccessToken:
+        """A token that stays valid for a while: the cached one, or a new one."""
+        with self._lock:
+            return self._fetch()
+
+    def _fetch(self) -> AccessToken:
+        raise NotImplementedError
+
+    def _error(self, reply: dict[str, Any], status: int | None = None) -> OAuth2Error:
+        """The error for an RFC 6749 section 5.2 error reply, saying what to fix."""
+        code = str(reply.get("error") or "")
+        description = reply.get("error_description")
+        description = self._redact(str(description)) if description else None
+        where = f"the token endpoint {self.token_endpoint}"
+        if code in _CLIENT_ERRORS:
+            return OAuth2InvalidClientError(
+                f"{where} refused client {self.client_id!r}: {self.client_hint}",
+                code, description,
+            )
+        if code == "invalid_scope":
+            return OAuth2InvalidScopeError(
+                f"{where} refused the scope {self.scope!r}: set scope to one the provider grants "
+                f"this client (Microsoft 365: {ENTRA_DEFAULT_SCOPE})",
+                code, description,
+            )
+        if code:
+            return OAuth2Error(f"{where} refused the token request", code, description)
+        return OAuth2ResponseError(
+            f"{where} answered{f' HTTP {status}' if status else ''} without an access token"
+        )
+
+    def _not_json(self, response: HttpResponse | None) -> OAuth2Error:
+        """A reply that is not JSON: a proxy's page, an outage, or the wrong URL."""
+        if response is None:
+            return OAuth2ResponseError(f"the token endpoint {self.token_endpoint} did not answer")
+        if response.status_code >= 500:
+            return OAuth2EndpointUnreachableError(
+                f"the token endpoint {self.token_endpoint} failed with HTTP "
+                f"{response.status_code}; try again later",
+                description=self._redact(response.text),
+            )
+        kind = {k.lower(): v for k, v in response.headers.items()}.get("content-type")
+        return OAuth2ResponseError(
+            f"the token endpoint {self.token_endpoint} did not answer with JSON (HTTP "
+            f"{response.status_code}, {kind or 'no content type'}): is token_endpoint the "
+            "provider's token URL?",
+            description=self._redact(response.text),
+        )
+
+    def _provider_words(
+        self, response: HttpResponse | None, fallback: str
+    ) -> tuple[str | None, str]:
+        """The provider's (error, error_description), else what it sent, else ``fallback``."""
+        try:
+            reply = json.loads(response.text) if response is not None else None
+        except ValueError:
+            reply = None
+        if isinstance(reply, dict) and reply.get("error"):
+            description = reply.get("error_description") or ""
+            return str(reply["error"]), self._redact(str(description))
+        return None, self._redact(response.text if response is not None else fallback)
+
+    def _redact(self, text: str) -> str:
+        """Provider text with the secret masked, in case a provider echoes it back."""
+        secret = self._secret.get_secret_value()
+        return _snippet(text.replace(secret, "****") if secret else text)
+
+
+class GenericClientCredentials(TokenProvider):
+    """RFC 6749 section 4.4 against any token endpoint, with our own cache."""
+
+    def __init__(self, *args, client_auth: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        if client_auth not in ("auto", "basic", "post"):
+            raise ConfigurationError("client_auth", "must be auto, basic or post")
+        # "auto" starts with client_secret_basic (every server must support it, RFC 6749
+        # section 2.3.1) and switches to client_secret_post if the server refuses it.
+        self._auth_methods = ["basic", "post"] if client_auth == "auto" else [client_auth]
+        self._cached: AccessToken | None = None
+
+    def _fetch(self) -> AccessToken:
+        now = _now()
+        if self._cached is not None and self._cached.fresh_at(now):
+            log.debug("token for %s from the cache", self.client_id)
+            return replace(self._cached, from_cache=True)
+        for attempt, method in enumerate(self._auth_methods):
+            status, reply = self._request(method)
+            refused_client = reply.get("error") in _CLIENT_ERRORS
+            if refused_client and attempt + 1 < len(self._auth_methods):
+                log.debug("client_secret_%s refused; trying the next method", method)
+                continue
+            break
+        if "access_token" not in reply or reply.get("error"):
+            raise self._error(reply, status)
+        # Later fetches go straight to the method that worked.
+        self._auth_methods = [method]
+        token = _token_from_reply(reply, now)
+        self._cached = token if token.expires_at else None
+        log.info("new token for client %s, expires %s", self.client_id, token.expires)
+        return token
+
+    def _request(self, method: str) -> tuple[int, dict[str, Any]]:
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        headers = {"Accept": "application/json"}
+        secret = self._secret.get_secret_value()
+        if method == "basic":
+            # RFC 6749 section 2.3.1: form-encode both parts before Base64.
+            pair = f"{quote_plus(self.client_id)}:{quote_plus(secret)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        else:
+            form.update(client_id=self.client_id, client_secret=secret)
+        response = self._http.post(self.token_endpoint, data=form, headers=headers)
+        return response.status_code, self._json(response)
+
+    def _json(self, response: HttpResponse) -> dict[str, Any]:
+        try:
+            reply = json.loads(response.text)
+        except ValueError:
+            reply = None
+        if isinstance(reply, dict):
+            return reply
+        raise self._not_json(response)
+
+
+class EntraClientCredentials(TokenProvider):
+    """Microsoft Entra ID through msal, which keeps its own token cache."""
+
+    kind = "Microsoft Entra ID"
+    client_hint = (
+        "check client_id and client_secret (use the secret's Value, not its Secret ID; "
+        "secrets expire)"
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        match = _ENTRA_ENDPOINT.match(self.token_endpoint)
+        assert match, "EntraClientCredentials needs a .../<tenant>/oauth2/v2.0/token endpoint"
+        self.authority = match.group(1)
+        self._app = None
+
+    def _application(self):
+        """msal's application, created on first use: creating it fetches OIDC discovery."""
+        if self._app is None:
+            import msal
+
+            try:
+                self._app = msal.ConfidentialClientApplication(
+                    self.client_id,
+                    client_credential=self._secret.get_secret_value(),
+                    authority=self.authority,
+                    http_client=self._http,
+                    # Skip the world-wide instance discovery: the tenant's own OIDC
+                    # discovery validates the authority, and private clouds stay offline.
+                    instance_discovery=False,
+                )
+            except OAuth2Error:
+                raise
+            except (ValueError, msal.exceptions.MsalServiceError) as exc:
+                response = self._http.last_response
+                if response is not None and response.status_code >= 500:
+                    raise self._not_json(response) from None
+                error, description = self._provider_words(response, str(exc))
+                raise OAuth2ResponseError(
+                    f"OpenID discovery for {self.authority} failed: check the tenant in "
+                    "token_endpoint (https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token)",
+                    error, description,
+                ) from None
+        return self._app
+
+    def _fetch(self) -> AccessToken:
+        import msal
+
+        app = self._application()
+        now = _now()
+        self._http.last_response = None
+        try:
+            reply = app.acquire_token_for_client(scopes=self.scope.split())
+        except OAuth2Error:
+            raise
+        except (msal.exceptions.MsalServiceError, ValueError) as exc:
+            if self._http.last_response is None:  # msal refused the request itself
+                raise OAuth2InvalidScopeError(
+                    f"msal refused the scope {self.scope!r}; Microsoft 365 needs "
+                    f"{ENTRA_DEFAULT_SCOPE}", description=self._redact(str(exc)),
+                ) from None
+            raise self._not_json(self._http.last_response) from None  # HTTP 5xx, not JSON
+        if "access_token" not in reply:
+            raise self._error(reply)
+        from_cache = reply.get("token_source") == "cache"
+        token = _token_from_reply(reply, now, from_cache=from_cache)
+        if not from_cache:
+            log.info("new token for client %s, expires %s", self.client_id, token.expires)
+        return token
+
+
+def _token_from_reply(reply: dict[str, Any], now: float, from_cache: bool = False) -> AccessToken:
+    value = SecretStr(str(reply["access_token"]))
+    expires_at = None
+    try:
+        expires_at = now + float(reply["expires_in"])
+    except (KeyError, TypeError, ValueError):
+        exp = (jwt_claims(value) or {}).get("exp")
+        if isinstance(exp, int | float):
+            expires_at = float(exp)
+    scope = reply.get("scope")
+    return AccessToken(value, expires_at, now, str(scope) if scope else None, from_cache)
+
+
+def _snippet(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _REPLY_SNIPPET else text[:_REPLY_SNIPPET] + "..."
+
+
+# --- one provider per configuration, per process -----------------------------------------
+
+_providers: dict[tuple, TokenProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def is_entra_endpoint(token_endpoint: str) -> bool:
+    return bool(_ENTRA_ENDPOINT.match(token_endpoint.strip()))
+
+
+def client_credentials(
+    *,
+    token_endpoint: str,
+    client_id: str,
+    client_secret: SecretStr,
+    scope: str = "",
+    ca_file: str | None = None,
+    timeout: float = 60.0,
+    client_auth: str = "auto",
+) -> TokenProvider:
+    """The token provider for this configuration; the same one for the whole process.
+
+    Nothing is requested until the provider is called. ``scope`` defaults to
+    https://outlook.office365.com/.default for Microsoft Entra endpoints. ``client_auth``
+    (auto, basic or post) applies to non-Entra endpoints.
+    """
+    token_endpoint, client_id, scope = token_endpoint.strip(), client_id.strip(), scope.strip()
+    _check(token_endpoint, client_id, client_secret)
+    entra = is_entra_endpoint(token_endpoint)
+    if entra and not scope:
+        scope = ENTRA_DEFAULT_SCOPE
+    # The secret is part of the key (hashed), so a corrected secret gets a new provider.
+    digest = hashlib.sha256(client_secret.get_secret_value().encode()).hexdigest()
+    key = (token_endpoint, client_id, digest, scope, ca_file, client_auth)
+    with _providers_lock:
+        provider = _providers.get(key)
+        if provider is None:
+            arguments = (token_endpoint, client_id, client_secret, scope, ca_file, timeout)
+            provider = (
+                EntraClientCredentials(*arguments)
+                if entra
+                else GenericClientCredentials(*arguments, client_auth=client_auth)
+            )
+            _providers[key] = provider
+        return provider
+
+
+def forget_providers() -> None:
+    """Drop every shared provider and its cached tokens (tests, credential rotation)."""
+    with _providers_lock:
+        _providers.clear()
+
+
+def _check(token_endpoint: str, client_id: str, client_secret: SecretStr) -> None:
+    parts = urlsplit(token_endpoint)
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise ConfigurationError("token_endpoint", "must be an https:// URL")
+    if _ENTRA_V1_ENDPOINT.match(token_endpoint):
+        raise ConfigurationError(
+            "token_endpoint",
+            "this is the Entra ID v1 endpoint; use the v2.0 one: "
+            "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
+        )
+    entra = _ENTRA_ENDPOINT.match(token_endpoint)
+    if entra and entra.group(1).rsplit("/", 1)[1].lower() in _SHARED_TENANTS:
+        raise ConfigurationError(
+            "token_endpoint",
+            "client credentials need your own tenant (its ID or domain) in place of "
+            f"{entra.group(1).rsplit('/', 1)[1]!r}",
+        )
+    if not client_id:
+        raise ConfigurationError("client_id", "required for OAUTH2")
+    if not client_secret.get_secret_value():
+        raise ConfigurationError("client_secret", "required for OAUTH2")
