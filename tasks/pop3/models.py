@@ -135,6 +135,10 @@ class ReceiveOptions(BaseModel):
     #: None: use PIPELINING when the server offers it.
     pipelining: bool | None = None
     pipeline_window: int = 64
+    #: A locked mailbox ([IN-USE], [LOGIN-DELAY]) is tried again this often, waiting
+    #: in_use_backoff, then twice that, and so on.
+    in_use_retries: int = 3
+    in_use_backoff: float = 2.0
 
 
 class SavedAttachment(BaseModel):
@@ -144,12 +148,19 @@ class SavedAttachment(BaseModel):
     size: int
     sha256: str
     inline: bool = False
+    #: The MIME part number ("2", "1.3"), within ``parent`` when that is set.
+    part: str = ""
+    #: The attached message (.eml) this file was laid out from; None for the message itself.
+    parent: Path | None = None
 
 
 class SignatureInfo(BaseModel):
     signer: str | None = None
+    #: The signature matches the content and the signer's certificate (the certificate's
+    #: chain to a trusted root is not checked; ``detail`` says what was).
     verified: bool = False
     detail: str = ""
+    signed_at: datetime | None = None
 
 
 class ReceivedMail(BaseModel):
@@ -167,7 +178,9 @@ class ReceivedMail(BaseModel):
     folder: Path | None = None
     original_path: Path | None = None
     text_path: Path | None = None
+    text_sha256: str | None = None
     html_path: Path | None = None
+    html_sha256: str | None = None
     attachments: list[SavedAttachment] = []
     decrypted: bool = False
     signature: SignatureInfo | None = None

@@ -1,26 +1,44 @@
 """Saving messages: one folder per message under the save directory, built in a staging
 folder and renamed into place, so a folder is complete or absent, never half-written.
+
+    <date>-<hash of the UIDL>/
+        message.eml        the original as received (encrypted, if it was)
+        text.txt           the text body, UTF-8            (Save mail text)
+        body.html          the HTML body, UTF-8            (Save mail text)
+        attachments/...    every other part                (Save mail attachments)
+
+What goes where is layout.py; the parsing is mime.py; S/MIME is smime.py.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
+import logging
 import os
 import shutil
 import uuid
 from datetime import datetime
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 
-from .errors import DiskFullError, SaveDirectoryError, SaveError
+from . import smime
+from .errors import DiskFullError, POP3MailError, SaveDirectoryError, SaveError
 from .journal import STATE_DIR, mailbox_digest
+from .layout import ATTACHMENTS_DIR, HTML_NAME, TEXT_NAME, FolderLayout, LayoutOptions
+from .mime import Part, parse_file, parse_headers
 from .models import ReceivedMail, SaveOptions
+
+log = logging.getLogger("pop3mail.store")
 
 ORIGINAL_NAME = "message.eml"
 MAX_HEADER_BYTES = 1 << 20
+#: Encrypted inside signed inside encrypted...: more layers than this are not unwrapped.
+MAX_SMIME_LAYERS = 4
 
 
 class IncomingMessage:
@@ -62,6 +80,7 @@ class MessageStore:
         self.file_mode = 0o600 if options.private else 0o644
         self.dir_mode = 0o700 if options.private else 0o755
         self.root = options.directory
+        self._keys = smime.KeyStore(options.key_store, options.key_password) if options.key_store else None
         self._work = self.root / STATE_DIR / f"work-{mailbox_digest(mailbox_key)}"
         with _os_errors(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
@@ -110,6 +129,83 @@ class MessageStore:
 
     def write_contents(self, original: Path, folder: Path, mail: ReceivedMail) -> None:
         """Write the text, HTML and attachments of ``original`` into ``folder``."""
+        opts = self.options
+        if not (opts.save_text or opts.save_attachments):
+            return
+        plaintexts: list[Path] = []
+        try:
+            source = self._unwrap(original, mail, plaintexts)
+            if source is not None:
+                self._lay_out(source, folder, mail)
+        finally:
+            for path in plaintexts:  # decrypted content lives on only in the saved files
+                path.unlink(missing_ok=True)
+
+    def _lay_out(self, source: Path, folder: Path, mail: ReceivedMail) -> None:
+        opts = self.options
+        layout = FolderLayout(
+            folder,
+            LayoutOptions(opts.save_text, opts.save_attachments, self.file_mode, self.dir_mode),
+            self._work,
+            parse=parse_file,
+            verify=smime.verify_detached,
+        )
+        try:
+            parse_file(source, layout)
+            result = layout.finish()
+        except (OSError, POP3MailError):
+            layout.abort()
+            raise
+        except Exception as exc:  # a parser bug must cost this message's parts, not the batch
+            layout.abort()
+            log.exception("Laying out message %s failed", mail.uidl)
+            for name in (TEXT_NAME, HTML_NAME, ATTACHMENTS_DIR):
+                shutil.rmtree(folder / name, ignore_errors=True)
+                (folder / name).unlink(missing_ok=True)
+            mail.warnings.append(f"internal error reading the message ({type(exc).__name__}); "
+                                 "only the original is saved")
+            return
+        mail.text_path, mail.text_sha256 = result.text_path, result.text_sha256
+        mail.html_path, mail.html_sha256 = result.html_path, result.html_sha256
+        mail.attachments = result.attachments
+        mail.warnings.extend(result.warnings)
+        if mail.signature is None:
+            mail.signature = result.signature
+
+    def _unwrap(self, source: Path, mail: ReceivedMail, plaintexts: list[Path]) -> Path | None:
+        """Decrypt and open S/MIME layers; None when there is nothing more to save."""
+        for _ in range(MAX_SMIME_LAYERS):
+            root = _RootBody()
+            with open(source, "rb") as f:
+                head = Part(headers=_read_head(f), number="")
+            kind = smime.smime_kind(head.content_type, head.param("smime-type"), head.param("name"))
+            if kind is None:
+                return source
+            parse_file(source, root)
+            der = root.data.getvalue()
+            if kind == "unknown":
+                kind = "signed" if smime.is_signed_data(der) else "enveloped"
+            if kind == "enveloped":
+                if self._keys is None:
+                    mail.warnings.append("the message is S/MIME encrypted and the configuration "
+                                         "names no public key; only the original is saved")
+                    return None
+                content = self._keys.decrypt(der)
+                mail.decrypted = True
+            else:
+                content, info = smime.verify_opaque(der)
+                mail.signature = mail.signature or info
+                if not info.verified:
+                    mail.warnings.append(f"S/MIME signature not verified: {info.detail}")
+                if content is None:
+                    return None
+            source = self._work / f"plain-{uuid.uuid4().hex}.eml"
+            plaintexts.append(source)
+            fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb") as f:
+                f.write(content)
+        mail.warnings.append("too many S/MIME layers; the innermost content is not saved")
+        return None
 
     def _publish(self, staging: Path, final: Path) -> None:
         """Rename the finished folder into place, replacing an earlier save of it."""
@@ -135,10 +231,45 @@ class MessageStore:
                 "text_path": moved(mail.text_path),
                 "html_path": moved(mail.html_path),
                 "attachments": [
-                    a.model_copy(update={"path": moved(a.path)}) for a in mail.attachments
+                    a.model_copy(update={"path": moved(a.path), "parent": moved(a.parent)})
+                    for a in mail.attachments
                 ],
             }
         )
+
+
+class _RootBody:
+    """A visitor that keeps the decoded body of a single-part message in memory."""
+
+    def __init__(self):
+        self.data = io.BytesIO()
+
+    def begin_leaf(self, part: Part):
+        return self.data if part.parent is None else None
+
+    def end_leaf(self, part, sink) -> None:
+        pass
+
+    def begin_multipart(self, part) -> None:
+        pass
+
+    def end_multipart(self, part) -> None:
+        pass
+
+    def raw_tap(self, part):
+        return None
+
+    def warn(self, part, text) -> None:
+        pass
+
+
+def _read_head(f) -> Message:
+    head = bytearray()
+    for line in f:
+        if line in (b"\r\n", b"\n") or len(head) > MAX_HEADER_BYTES:
+            break
+        head += line
+    return parse_headers(bytes(head))
 
 
 def read_headers(path: Path) -> dict:

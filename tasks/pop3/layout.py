@@ -1,0 +1,478 @@
+"""Which part of a message becomes which file: the policy, apart from the parsing.
+
+A ``FolderLayout`` is the visitor that the streaming parser (or, in the differential test,
+a walk over the email package's tree) calls for every part. It writes, into one folder:
+
+    text.txt            the text body (UTF-8; a rendering of the HTML when there is no text)
+    body.html           the HTML body (UTF-8)
+    attachments/NAME    every other leaf part; attached messages as NAME.eml, with what they
+                        contain laid out the same way in attachments/NAME/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.utils import unquote
+from mimetypes import MimeTypes
+from pathlib import Path
+from typing import BinaryIO
+
+from . import charsets
+from .filenames import NameAllocator, decode_rfc2047, safe_filename
+from .htmltext import HTMLToText
+from .mime import Part, Sink, parse_headers
+from .models import SavedAttachment, SignatureInfo
+
+TEXT_NAME = "text.txt"
+HTML_NAME = "body.html"
+ATTACHMENTS_DIR = "attachments"
+WRITE_BLOCK = 256 * 1024
+SPOOL_BYTES = 1 << 20
+MAX_SIGNATURE_BYTES = 1 << 20
+MAX_NESTED_MESSAGES = 8
+
+_SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+_EXTENSIONS = {
+    "text/plain": ".txt",
+    "text/html": ".html",
+    "text/calendar": ".ics",
+    "message/rfc822": ".eml",
+    "message/delivery-status": ".txt",
+    "application/octet-stream": ".bin",
+    "application/ms-tnef": ".dat",
+    "application/pkcs7-mime": ".p7m",
+    "application/x-pkcs7-mime": ".p7m",
+    "application/pkcs7-signature": ".p7s",
+    "image/jpeg": ".jpg",
+}
+# Built-in types only: the system's mime.types would make names differ between machines.
+_MIME_TYPES = MimeTypes(filenames=())
+
+
+def extension_for(content_type: str) -> str:
+    if content_type == "application/ms-tnef":
+        return ".dat"
+    return _EXTENSIONS.get(content_type) or _MIME_TYPES.guess_extension(content_type) or ".bin"
+
+
+class FileWriter:
+    """A new file (never an existing one), written in large blocks, hashed as it goes."""
+
+    def __init__(self, path: Path, mode: int):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        self._buf = bytearray()
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        self._buf += data
+        if len(self._buf) >= WRITE_BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        with memoryview(self._buf) as view:
+            done = 0
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        self._buf.clear()
+
+    def close(self) -> str:
+        """Flush, close and return the SHA-256."""
+        if self._fd >= 0:
+            try:
+                self._flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+        return self._hash.hexdigest()
+
+
+class _Capture(io.BytesIO):
+    """A small in-memory sink (S/MIME signatures), capped so junk cannot fill memory."""
+
+    def write(self, data) -> int:
+        room = MAX_SIGNATURE_BYTES - self.tell()
+        return super().write(data[: max(room, 0)])
+
+
+class _Spool:
+    """A body kept in memory, spilled to an unnamed temporary file when large. Its bytes
+    can be read more than once (charset detection, then decoding)."""
+
+    def __init__(self, directory: Path):
+        self._directory = directory
+        self._memory = bytearray()
+        self._file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._memory += data
+        if len(self._memory) > SPOOL_BYTES:
+            self._file = tempfile.TemporaryFile(dir=self._directory)
+            self._file.write(self._memory)
+            self._memory = bytearray()
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._file is None:
+            if self._memory:
+                yield bytes(self._memory)
+            return
+        self._file.seek(0)
+        while chunk := self._file.read(WRITE_BLOCK):
+            yield chunk
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._memory = bytearray()
+
+
+class _MultiDigest:
+    """The digests S/MIME signers use, over the same bytes."""
+
+    NAMES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+
+    def __init__(self):
+        self.hashes = {name: hashlib.new(name) for name in self.NAMES}
+
+    def write(self, data: bytes) -> None:
+        for h in self.hashes.values():
+            h.update(data)
+
+    def digests(self) -> dict[str, bytes]:
+        return {name: h.digest() for name, h in self.hashes.items()}
+
+
+@dataclass
+class LayoutResult:
+    text_path: Path | None = None
+    text_sha256: str | None = None
+    html_path: Path | None = None
+    html_sha256: str | None = None
+    attachments: list[SavedAttachment] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    signature: SignatureInfo | None = None
+
+
+@dataclass
+class LayoutOptions:
+    save_text: bool
+    save_attachments: bool
+    file_mode: int = 0o600
+    dir_mode: int = 0o700
+
+
+#: Parses a message file, calling a visitor for each part (the streaming parser, or the
+#: email package in the differential test).
+ParseFunction = Callable[[Path, "FolderLayout"], None]
+#: Checks a detached S/MIME signature: (signature DER, digests of the signed content).
+VerifyFunction = Callable[[bytes, dict[str, bytes]], SignatureInfo]
+
+
+def _disposition(part: Part) -> str | None:
+    value = part.headers.get_content_disposition()
+    return value.lower() if value else None
+
+
+def _filename(part: Part) -> str | None:
+    try:
+        name = part.headers.get_filename()
+    except (ValueError, LookupError, TypeError, IndexError):
+        return None
+    return str(name) if name else None
+
+
+def _in_body_position(part: Part) -> bool:
+    """Where the email package's get_body() looks: not inside an attachment, only the root
+    of a multipart/related, only the content of a multipart/signed."""
+    node = part
+    while node.parent is not None:
+        parent = node.parent
+        if _disposition(node) == "attachment":
+            return False
+        if parent.content_type == "multipart/related":
+            start = parent.param("start")
+            if start:
+                content_id = unquote(str(node.headers.get("content-id", "")).strip())
+                if content_id != unquote(start.strip()):
+                    return False
+            elif node.index != 0:
+                return False
+        elif parent.content_type == "multipart/signed" and node.index != 0:
+            return False
+        node = parent
+    return _disposition(node) != "attachment"
+
+
+class FolderLayout:
+    """Saves one message's parts into ``folder`` (see the module docstring)."""
+
+    def __init__(self, folder: Path, options: LayoutOptions, work: Path, *,
+                 parse: ParseFunction, verify: VerifyFunction | None = None,
+                 within: Path | None = None, depth: int = 0):
+        self.folder = folder
+        self.options = options
+        self.work = work
+        self.parse = parse
+        self.verify = verify
+        self.within = within
+        self.depth = depth
+        self.result = LayoutResult()
+        self._names = NameAllocator()
+        self._attachments_dir: Path | None = None
+        self._text: FileWriter | None = None
+        self._text_ends_line = True  # no separator needed before the first text part
+        self._text_parent: Part | None = None
+        self._html_taken = False
+        self._signed: dict[int, _MultiDigest] = {}
+        self._signatures: dict[int, _Capture] = {}
+        self._roles: dict[int, tuple] = {}
+
+    # --- visitor ------------------------------------------------------------------------
+
+    def warn(self, part: Part | None, text: str) -> None:
+        where = f"part {part.label}: " if part is not None and part.number else ""
+        self.result.warnings.append(f"{where}{text}")
+
+    def begin_multipart(self, part: Part) -> None:
+        pass
+
+    def raw_tap(self, part: Part) -> Sink | None:
+        if part.content_type != "multipart/signed" or self.verify is None:
+            return None
+        digest = self._signed[id(part)] = _MultiDigest()
+        return digest
+
+    def end_multipart(self, part: Part) -> None:
+        digest = self._signed.pop(id(part), None)
+        if digest is None:
+            return
+        signature = self._signatures.pop(id(part), None)
+        if signature is None:
+            self.warn(part, "multipart/signed has no S/MIME signature part; not verified")
+            return
+        info = self.verify(signature.getvalue(), digest.digests())
+        if self.result.signature is None:
+            self.result.signature = info
+        if not info.verified:
+            self.warn(part, f"S/MIME signature not verified: {info.detail}")
+
+    def begin_leaf(self, part: Part) -> Sink | None:
+        parent = part.parent
+        if (parent is not None and id(parent) in self._signed and part.index == 1
+                and part.content_type in _SIGNATURE_TYPES):
+            capture = self._signatures[id(parent)] = _Capture()
+            self._roles[id(part)] = ("signature",)
+            return capture
+        if part.maintype == "multipart":
+            return None  # a broken multipart: the parser has warned
+        kind = self._body_kind(part)
+        if kind == "text" and self.options.save_text:
+            return self._begin_text(part)
+        if kind == "html" and self.options.save_text:
+            self._html_taken = True
+            spool = _Spool(self.work)
+            self._roles[id(part)] = ("html", spool)
+            return spool
+        if kind is None and self.options.save_attachments:
+            return self._begin_attachment(part)
+        return None
+
+    def end_leaf(self, part: Part, sink: Sink | None) -> None:
+        role = self._roles.pop(id(part), None)
+        if role is None:
+            return
+        kind = role[0]
+        if kind == "text":
+            self._end_text(part, role[1])
+        elif kind == "html":
+            self._end_html(part, role[1])
+        elif kind == "attachment":
+            self._end_attachment(part, *role[1:])
+        elif kind == "message":
+            self._end_message(part, *role[1:])
+
+    # --- bodies ---------------------------------------------------------------------------
+
+    def _body_kind(self, part: Part) -> str | None:
+        """"text" or "html" when the part is a message body, None when an attachment."""
+        if part.maintype != "text" or part.headers.get_content_subtype() not in ("plain", "html"):
+            return None
+        if _filename(part) is not None or not _in_body_position(part):
+            return None
+        if part.content_type == "text/html":
+            return None if self._html_taken else "html"
+        if self._text is None and self.result.text_path is None:
+            return "text"
+        # Apple Mail splits a body around inline images: more text in the same mixed part
+        # continues the body.
+        same_mixed = part.parent is self._text_parent and part.parent is not None
+        if same_mixed and part.parent.content_type == "multipart/mixed" and self._text:
+            return "text"
+        return None
+
+    def _begin_text(self, part: Part) -> Sink:
+        if self._text is None:
+            self._text = FileWriter(self.folder / TEXT_NAME, self.options.file_mode)
+            self._text_parent = part.parent
+        spool = _Spool(self.work)
+        self._roles[id(part)] = ("text", spool)
+        return spool
+
+    def _decoded(self, part: Part, spool: _Spool) -> tuple[charsets.Decoding, Iterator[str]]:
+        decoding = charsets.choose(spool, part.param("charset"))
+        if decoding.warning:
+            self.warn(part, decoding.warning)
+        return decoding, charsets.decode_chunks(spool, decoding)
+
+    def _end_text(self, part: Part, spool: _Spool) -> None:
+        out = self._text
+        assert out is not None
+        if not self._text_ends_line:
+            out.write(b"\n")
+        _, texts = self._decoded(part, spool)
+        for text in texts:
+            out.write(text.encode("utf-8"))
+            self._text_ends_line = text.endswith("\n")
+        spool.close()
+
+    def _end_html(self, part: Part, spool: _Spool) -> None:
+        path = self.folder / HTML_NAME
+        out = FileWriter(path, self.options.file_mode)
+        decoding, texts = self._decoded(part, spool)
+        if not decoding.is_utf8:
+            # Its own <meta charset> would now lie; the first declaration wins.
+            out.write(b'<meta charset="utf-8">\n')
+        for text in texts:
+            out.write(text.encode("utf-8"))
+        spool.close()
+        self.result.html_path = path
+        self.result.html_sha256 = out.close()
+
+    def finish(self) -> LayoutResult:
+        """Close the text body, or render it from the HTML when there was none."""
+        result = self.result
+        if self._text is None and result.html_path is not None and self.options.save_text:
+            self._text = FileWriter(self.folder / TEXT_NAME, self.options.file_mode)
+            renderer = HTMLToText()
+            with open(result.html_path, encoding="utf-8", errors="replace") as html:
+                while chunk := html.read(WRITE_BLOCK):
+                    renderer.feed(chunk)
+                    self._text.write(renderer.take().encode("utf-8"))
+            renderer.close()
+            self._text.write(renderer.take().encode("utf-8"))
+        if self._text is not None:
+            result.text_path = self._text.path
+            result.text_sha256 = self._text.close()
+            self._text = None
+        return result
+
+    def abort(self) -> None:
+        """Close open files after a failure (the caller removes the folder)."""
+        if self._text is not None:
+            self._text.close()
+        for role in self._roles.values():
+            for item in role[1:]:
+                if hasattr(item, "close"):
+                    item.close()
+
+    # --- attachments ----------------------------------------------------------------------
+
+    def _attachments(self) -> Path:
+        if self._attachments_dir is None:
+            self._attachments_dir = self.folder / ATTACHMENTS_DIR
+            os.mkdir(self._attachments_dir, self.options.dir_mode)
+        return self._attachments_dir
+
+    def _begin_attachment(self, part: Part) -> Sink:
+        raw_name = _filename(part)
+        if part.content_type == "message/rfc822":
+            temp = self._attachments() / f".message-{part.label}.tmp"
+            writer = FileWriter(temp, self.options.file_mode)
+            self._roles[id(part)] = ("message", writer, raw_name)
+            return writer
+        fallback = f"part-{part.label}{extension_for(part.content_type)}"
+        if part.content_type == "application/ms-tnef" and not raw_name:
+            fallback = "winmail.dat"
+        name = self._names.claim(safe_filename(raw_name, fallback))
+        writer = FileWriter(self._attachments() / name, self.options.file_mode)
+        self._roles[id(part)] = ("attachment", writer, raw_name or name)
+        return writer
+
+    def _inline(self, part: Part) -> bool:
+        disposition = _disposition(part)
+        if disposition is not None:
+            return disposition == "inline"
+        return part.parent is not None and part.parent.content_type == "multipart/related"
+
+    def _record(self, part: Part, writer: FileWriter, filename: str, content_type: str) -> None:
+        sha256 = writer.close()
+        self.result.attachments.append(
+            SavedAttachment(
+                path=writer.path, filename=filename, content_type=content_type,
+                size=writer.size, sha256=sha256, inline=self._inline(part),
+                part=part.label, parent=self.within,
+            )
+        )
+
+    def _end_attachment(self, part: Part, writer: FileWriter, filename: str) -> None:
+        self._record(part, writer, filename, part.content_type)
+
+    def _end_message(self, part: Part, writer: FileWriter, raw_name: str | None) -> None:
+        """Name an attached message after its subject, then lay out what it contains."""
+        writer.close()
+        temp = writer.path
+        subject = _subject_of(temp)
+        stem = raw_name[:-4] if raw_name and raw_name.lower().endswith(".eml") else raw_name
+        stem = safe_filename(stem or subject, f"message-{part.label}")
+        stem = self._names.claim(stem, also=".eml")
+        final = temp.with_name(stem + ".eml")
+        os.rename(temp, final)
+        writer.path = final
+        self._record(part, writer, raw_name or final.name, "message/rfc822")
+        if self.depth + 1 >= MAX_NESTED_MESSAGES:
+            self.warn(part, "attached messages nest too deeply; this one is kept only as .eml")
+            return
+        folder = final.with_name(stem)
+        os.mkdir(folder, self.options.dir_mode)
+        child = FolderLayout(folder, self.options, self.work, parse=self.parse,
+                             verify=self.verify, within=final, depth=self.depth + 1)
+        try:
+            self.parse(final, child)
+        except BaseException:
+            child.abort()
+            raise
+        inner = child.finish()
+        self._adopt(final, inner)
+
+    def _adopt(self, eml: Path, inner: LayoutResult) -> None:
+        """List what an attached message contains among this message's attachments."""
+        for path, sha256, content_type in (
+            (inner.text_path, inner.text_sha256, "text/plain"),
+            (inner.html_path, inner.html_sha256, "text/html"),
+        ):
+            if path is not None:
+                self.result.attachments.append(SavedAttachment(
+                    path=path, filename=path.name, content_type=content_type,
+                    size=path.stat().st_size, sha256=sha256 or "", inline=True, parent=eml,
+                ))
+        self.result.attachments.extend(inner.attachments)
+        self.result.warnings.extend(f"in attached message {eml.name}: {w}" for w in inner.warnings)
+
+
+def _subject_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0),
+              default=len(head))
+    return decode_rfc2047(str(parse_headers(head[:end] + b"\n").get("subject", "")))

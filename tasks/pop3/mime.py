@@ -1,0 +1,453 @@
+"""A streaming MIME parser: reads a saved message in blocks and hands each part's decoded
+body to a visitor as it goes, so memory does not grow with the message.
+
+It follows the email package's feedparser where the two could disagree (what ends a part,
+which line ending belongs to a boundary, how base64 with junk decodes), and
+tests/test_mime_differential.py checks that they save the same files. It never raises for
+malformed MIME: it reports a warning and carries on.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import BinaryIO, Protocol
+
+BLOCK = 256 * 1024
+#: A boundary line longer than this is not a boundary (RFC 2046 caps boundaries at 70).
+MAX_DELIMITER_LINE = 4096
+MAX_HEADER_BYTES = 1 << 20
+MAX_DEPTH = 64
+
+# The email package's test for a header line (feedparser.headerRE).
+_HEADER_LINE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+@dataclass
+class Part:
+    """One MIME entity: its headers, where it sits, and what the parser found wrong."""
+
+    headers: Message
+    number: str
+    parent: Part | None = None
+    index: int = 0
+    children: int = 0
+    depth: int = 0
+
+    @property
+    def label(self) -> str:
+        """The IMAP-style part number; a single-part message's body is part 1."""
+        return self.number or "1"
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get_content_type()
+
+    @property
+    def maintype(self) -> str:
+        return self.headers.get_content_maintype()
+
+    @property
+    def transfer_encoding(self) -> str:
+        return str(self.headers.get("content-transfer-encoding", "")).strip().lower()
+
+    def param(self, name: str) -> str | None:
+        value = self.headers.get_param(name)
+        if isinstance(value, tuple):  # RFC 2231 with a charset
+            from email.utils import collapse_rfc2231_value
+
+            value = collapse_rfc2231_value(value)
+        return value if value is None else str(value)
+
+
+class Visitor(Protocol):
+    """What the parser calls. ``begin_leaf`` returns where the decoded body goes (or None
+    to skip it); ``raw_tap`` lets a multipart/signed visitor see its first child's raw bytes."""
+
+    def begin_multipart(self, part: Part) -> None: ...
+    def end_multipart(self, part: Part) -> None: ...
+    def begin_leaf(self, part: Part) -> Sink | None: ...
+    def end_leaf(self, part: Part, sink: Sink | None) -> None: ...
+    def raw_tap(self, part: Part) -> Sink | None: ...
+    def warn(self, part: Part | None, text: str) -> None: ...
+
+
+def parse_headers(data: bytes, default_type: str = "text/plain") -> Message:
+    message = BytesHeaderParser(policy=compat32).parsebytes(data)
+    if default_type != "text/plain":
+        message.set_default_type(default_type)
+    return message
+
+
+# --- decoders: transfer encoding -> bytes ----------------------------------------------------
+
+_B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_B64_DROP = bytes(b for b in range(256) if b not in _B64_KEEP)
+_B64_AND_SPACE = _B64_KEEP + b"\r\n\t "
+
+
+class Base64Decoder:
+    """Chunked base64 with binascii's leniency, as the email package decodes it: junk
+    characters are skipped, a completed padding ends the data, a missing padding is added."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self._carry = b""
+        self._done = False
+        self.junk = False
+        self.problem: str | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            return
+        if not self.junk and data.translate(None, _B64_AND_SPACE):
+            self.junk = True
+        data = self._carry + data.translate(None, _B64_DROP)
+        if b"=" in data:
+            data = self._padding(data)
+            if self._done:
+                return
+        whole = len(data) - len(data) % 4
+        if whole:
+            self.sink.write(binascii.a2b_base64(data[:whole]))
+        self._carry = data[whole:]
+
+    def _padding(self, data: bytes) -> bytes:
+        """binascii's rules for '=': ignored where it cannot pad; where it completes a
+        group, the data ends there. Rare, so a plain loop is fine."""
+        out = bytearray()
+        quad = pads = 0
+        for byte in data:
+            if byte == 0x3D:  # '='
+                if quad >= 2:
+                    pads += 1
+                    if quad + pads >= 4:
+                        out += b"=" * (4 - quad)
+                        self._done = True
+                        self.sink.write(binascii.a2b_base64(bytes(out)))
+                        return b""
+                continue
+            pads = 0
+            quad = (quad + 1) % 4
+            out.append(byte)
+        return bytes(out)
+
+    def close(self) -> None:
+        rest, self._carry = self._carry, b""
+        if not rest or self._done:
+            return
+        if len(rest) % 4 == 1:
+            self.problem = "base64 data has one character too many; it was dropped"
+            rest = rest[:-1]
+        else:
+            self.problem = "base64 data is missing its padding"
+            rest += b"=" * (-len(rest) % 4)
+        if rest:
+            self.sink.write(binascii.a2b_base64(rest))
+
+
+class QuotedPrintableDecoder:
+    """Quoted-printable, decoded a whole line at a time so soft breaks join correctly."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self._carry = b""
+        self.problem: str | None = None
+
+    def write(self, data: bytes) -> None:
+        data = self._carry + data
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            self.sink.write(binascii.a2b_qp(data[:cut]))
+        self._carry = data[cut:]
+
+    def close(self) -> None:
+        if self._carry:
+            self.sink.write(binascii.a2b_qp(self._carry))
+            self._carry = b""
+
+
+class IdentityDecoder:
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.write = sink.write
+        self.problem: str | None = None
+
+    def close(self) -> None:
+        pass
+
+
+class _Discard:
+    def write(self, data: bytes) -> None:
+        pass
+
+
+DISCARD = _Discard()
+_KNOWN_ENCODINGS = {"", "7bit", "8bit", "binary", "base64", "quoted-printable"}
+
+
+def decoder_for(encoding: str, sink: Sink):
+    if encoding == "base64":
+        return Base64Decoder(sink)
+    if encoding == "quoted-printable":
+        return QuotedPrintableDecoder(sink)
+    return IdentityDecoder(sink)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class _Source:
+    """A block buffer over the message file, with an optional tap of consumed raw bytes."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.buf = b""
+        self.pos = 0
+        self.eof = False
+        self.taps: list[tuple[int, CanonicalTap]] = []
+
+    def fill(self) -> bool:
+        if self.eof:
+            return False
+        block = self.file.read(BLOCK)
+        if not block:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos:] + block
+        self.pos = 0
+        return True
+
+    def take(self, end: int, level: int = 1 << 30) -> bytes:
+        """Consume up to ``end``. Taps above ``level`` do not see it (their own delimiter)."""
+        data = self.buf[self.pos:end]
+        self.pos = end
+        for tap_level, tap in self.taps:
+            if tap_level < level:
+                tap.write(data)
+        return data
+
+    def peek_line(self, limit: int) -> bytes:
+        while True:
+            nl = self.buf.find(b"\n", self.pos, self.pos + limit)
+            if nl >= 0:
+                return self.buf[self.pos:nl + 1]
+            if len(self.buf) - self.pos >= limit or not self.fill():
+                return self.buf[self.pos:self.pos + limit]
+
+
+class CanonicalTap:
+    """Feeds raw bytes, with line endings made CRLF, to ``sink`` (S/MIME signs CRLF text)."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self._cr = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._cr:
+            data = b"\r" + data
+        self._cr = data.endswith(b"\r")
+        if self._cr:
+            data = data[:-1]
+        self.sink.write(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+
+    def close(self) -> None:
+        if self._cr:
+            self.sink.write(b"\r")
+            self._cr = False
+
+
+@dataclass
+class _End:
+    """What ended a part: the delimiter at ``level`` (an index in the stack), closing or not."""
+
+    level: int
+    closing: bool
+
+
+@dataclass
+class StreamParser:
+    """Parses one message file, calling ``visitor`` for each part."""
+
+    visitor: Visitor
+
+    def parse(self, file: BinaryIO) -> None:
+        self._src = _Source(file)
+        headers = self._read_headers(None, [])
+        self._entity(Part(headers=parse_headers(headers), number=""), [])
+
+    # Delimiter lines ------------------------------------------------------------------------
+
+    def _match(self, line: bytes, stack: list[bytes]) -> _End | None:
+        if not line.startswith(b"--") or not stack:
+            return None
+        core = line.rstrip(b"\r\n").rstrip(b" \t")
+        for level in range(len(stack) - 1, -1, -1):
+            delimiter = stack[level]
+            if core == delimiter:
+                return _End(level, False)
+            if core == delimiter + b"--":
+                return _End(level, True)
+        return None
+
+    def _scan(self, sink: Sink, stack: list[bytes]) -> _End | None:
+        """Copy body bytes to ``sink`` up to the next delimiter of ``stack`` and consume that
+        delimiter line. The line ending before a delimiter belongs to the delimiter. Starts at
+        the beginning of a line; returns None at the end of the file."""
+        src = self._src
+        write = sink.write
+        at_line_start = True
+        while True:
+            buf = src.buf
+            if not stack:
+                write(src.take(len(buf)))
+                if not src.fill():
+                    return None
+                continue
+            if at_line_start and buf.startswith(b"--", src.pos):
+                start = eol_start = src.pos
+            else:
+                hit = buf.find(b"\n--", src.pos)
+                if hit < 0:
+                    # Keep a tail that could begin "\r\n--" for the next block.
+                    write(src.take(max(src.pos, len(buf) - 3)))
+                    at_line_start = False
+                    if not src.fill():
+                        write(src.take(len(src.buf)))
+                        return None
+                    continue
+                start = hit + 1
+                eol_start = hit - 1 if hit > src.pos and buf[hit - 1] == 0x0D else hit
+            nl = buf.find(b"\n", start, start + MAX_DELIMITER_LINE)
+            if nl < 0 and len(buf) - start < MAX_DELIMITER_LINE and not src.eof:
+                write(src.take(eol_start))  # the candidate line is incomplete: read on
+                at_line_start = eol_start == start
+                src.fill()
+                continue
+            line = buf[start:nl + 1] if nl >= 0 else buf[start:start + MAX_DELIMITER_LINE]
+            found = self._match(line, stack)
+            if found is None:
+                write(src.take(start + 2))
+                at_line_start = False
+                continue
+            write(src.take(eol_start))
+            src.take(start + len(line), found.level)
+            return found
+
+    # Headers --------------------------------------------------------------------------------
+
+    def _read_headers(self, part: Part | None, stack: list[bytes]) -> bytes:
+        """The header block, up to and including the blank line. A line that is neither a
+        header nor blank starts the body, as in the email package."""
+        src = self._src
+        lines = []
+        size = 0
+        while True:
+            line = src.peek_line(MAX_HEADER_BYTES)
+            if not line:
+                break
+            if line in (b"\r\n", b"\n"):
+                src.take(src.pos + len(line))
+                break
+            if self._match(line, stack):
+                break
+            if not _HEADER_LINE.match(line):
+                self._warn(part, "no blank line between headers and body")
+                break
+            if size + len(line) > MAX_HEADER_BYTES:
+                self._warn(part, "headers are over 1 MB; the rest is read as body")
+                break
+            src.take(src.pos + len(line))
+            lines.append(line if line.endswith(b"\n") else line + b"\n")
+            size += len(line)
+        return b"".join(lines)
+
+    # Entities -------------------------------------------------------------------------------
+
+    def _entity(self, part: Part, stack: list[bytes]) -> _End | None:
+        boundary = part.param("boundary") if part.maintype == "multipart" else None
+        if boundary and part.depth < MAX_DEPTH:
+            return self._multipart(part, stack, b"--" + boundary.encode("utf-8", "surrogateescape"))
+        if part.maintype == "multipart":
+            reason = "has no boundary" if not boundary else "is nested too deeply"
+            self._warn(part, f"{part.content_type} {reason}; its content is only in the original")
+        return self._leaf(part, stack)
+
+    def _leaf(self, part: Part, stack: list[bytes]) -> _End | None:
+        visitor = self.visitor
+        sink = visitor.begin_leaf(part)
+        encoding = part.transfer_encoding
+        if sink is None:
+            end = self._scan(DISCARD, stack)
+        else:
+            decoder = decoder_for(encoding, sink)
+            if encoding not in _KNOWN_ENCODINGS:
+                self._warn(part, f"unknown transfer encoding {encoding!r}; saved undecoded")
+            end = self._scan(decoder, stack)
+            decoder.close()
+            if isinstance(decoder, Base64Decoder) and decoder.junk:
+                self._warn(part, "base64 data has invalid characters; they were skipped")
+            if decoder.problem:
+                self._warn(part, decoder.problem)
+        visitor.end_leaf(part, sink)
+        return end
+
+    def _multipart(self, part: Part, stack: list[bytes], delimiter: bytes) -> _End | None:
+        visitor = self.visitor
+        inner = [*stack, delimiter]
+        level = len(stack)
+        visitor.begin_multipart(part)
+        end = self._scan(DISCARD, inner)  # the preamble
+        if end is None or end.level < level:
+            self._warn(part, "multipart start boundary not found; its content is only in the original")
+            visitor.end_multipart(part)
+            return end
+        default = "message/rfc822" if part.content_type == "multipart/digest" else "text/plain"
+        while not end.closing:
+            index = part.children
+            part.children += 1
+            tap = visitor.raw_tap(part) if index == 0 else None
+            if tap is not None:
+                canonical = CanonicalTap(tap)
+                self._src.taps.append((level, canonical))
+            raw = self._read_headers(part, inner)
+            child = Part(
+                headers=parse_headers(raw, default),
+                number=f"{part.number}.{index + 1}" if part.number else str(index + 1),
+                parent=part,
+                index=index,
+                depth=part.depth + 1,
+            )
+            end = self._entity(child, inner)
+            if tap is not None:
+                self._src.taps.pop()
+                canonical.close()
+            if end is None:
+                self._warn(part, "multipart closing boundary missing")
+                visitor.end_multipart(part)
+                return None
+            if end.level < level:
+                self._warn(part, "multipart ended by an outer boundary")
+                visitor.end_multipart(part)
+                return end
+        visitor.end_multipart(part)
+        return self._scan(DISCARD, stack)  # the epilogue
+
+    def _warn(self, part: Part | None, text: str) -> None:
+        self.visitor.warn(part, text)
+
+
+def parse_file(path, visitor: Visitor) -> None:
+    with open(path, "rb", buffering=0) as file:
+        StreamParser(visitor).parse(file)
+
