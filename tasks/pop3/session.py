@@ -339,40 +339,52 @@ class POP3Session:
         """SASL AUTH (RFC 5034) with a one-message mechanism (PLAIN, XOAUTH2, OAUTHBEARER).
 
         With ``initial_response`` False, send ``AUTH MECH``, wait for ``+``, then the
-        response: the two-step form Microsoft 365 requires.
+        response: the two-step form Microsoft 365 requires (a bearer token also makes the
+        one-line form longer than RFC 2449's 255 octets). A challenge after the response
+        is the server's error report (XOAUTH2, RFC 7628 section 3.2.2): it is kept in
+        ``_sasl_failure_detail``, answered with the dummy response, and the -ERR that
+        follows is raised as POP3AuthError.
         """
-        encoded = base64.b64encode(response).decode("ascii")
+        self._sasl_failure_detail = None
+        encoded = base64.b64encode(response) or b"="
         self._drain()
         if initial_response:
-            self._send("AUTH", f"AUTH {mechanism} {encoded}")
+            self._send("AUTH", f"AUTH {mechanism} {encoded.decode('ascii')}")
         else:
             self._send(f"AUTH {mechanism}")
-        self._flush()
-        assert self._reader is not None
-        line = self._reader.status_line()
-        if line.startswith(b"+ ") or line == b"+":
-            if initial_response:
-                # A challenge after an initial response is an error report (RFC 7628
-                # section 3.2.2): answer with an empty line to get the -ERR.
-                self._sasl_failure_detail = _decode_challenge(line)
-                line = self._continue_sasl(b"")
-            else:
-                line = self._continue_sasl(encoded.encode())
-                if line.startswith(b"+ ") or line == b"+":
-                    self._sasl_failure_detail = _decode_challenge(line)
-                    line = self._continue_sasl(b"")
+        line = self._continue_sasl(None)
+        if not initial_response and _is_challenge(line):
+            line = self._continue_sasl(encoded)
+        if _is_challenge(line):
+            self._sasl_failure_detail = _decode_challenge(line)
+            line = self._continue_sasl(_SASL_ERROR_ACK.get(mechanism.upper(), b""))
         self._pending.popleft()
         if line.startswith(b"+OK"):
             return line
         if line.startswith(b"-ERR"):
+            line = line.replace(encoded, b"****")  # in case a server echoes the response
+            if self._sasl_failure_detail:
+                line += f" (server said: {self._sasl_failure_detail})".encode()
             raise _reply_error("AUTH", line)
-        raise POP3ProtocolError("unexpected reply to AUTH", line)
+        # poplib's _shortcmd would take any other "+" line for success; it is not one.
+        error = POP3ProtocolError("unexpected reply to AUTH", line)
+        self._give_up(error)
+        raise error
 
-    def _continue_sasl(self, data: bytes) -> bytes:
-        assert self._sock is not None and self._reader is not None
-        self._out += data + b"\r\n"
+    def _continue_sasl(self, data: bytes | None) -> bytes:
+        """Send what is queued plus one SASL line (never logged: it may hold a secret),
+        and read the server's next line. A transport fault ends the session."""
+        if self._reader is None:
+            raise self._not_connected()
+        if data is not None:
+            log.debug("C: <SASL response>")
+            self._out += data + b"\r\n"
         self._flush()
-        return self._reader.status_line()
+        try:
+            return self._reader.status_line()
+        except POP3MailError as exc:
+            self._give_up(exc)
+            raise
 
     def stat(self) -> tuple[int, int]:
         words = self._shortcmd("STAT").split()
@@ -549,11 +561,14 @@ class POP3Session:
         )
 
     def _oauth_login(self, method: LoginMethod, token: SecretStr) -> None:
+        """XOAUTH2 or OAUTHBEARER (RFC 7628) as the configured user, the mailbox address."""
         user, bearer = self.settings.user, token.get_secret_value()
         if method is LoginMethod.XOAUTH2:
             message = f"user={user}\x01auth=Bearer {bearer}\x01\x01"
         else:
-            message = f"n,a={user},\x01auth=Bearer {bearer}\x01\x01"
+            # RFC 5801 saslname: "," and "=" in the authorization identity are escaped.
+            authzid = user.replace("=", "=3D").replace(",", "=2C")
+            message = f"n,a={authzid},\x01auth=Bearer {bearer}\x01\x01"
         self.auth(method.value.upper(), message.encode(), self.settings.sasl_initial_response)
 
     # Kept for diagnostics (connection check); never contains the token.
@@ -565,11 +580,23 @@ class _NullSink:
         pass
 
 
+# The dummy response that asks for the final -ERR after an error challenge: empty for
+# XOAUTH2 (Google's and Microsoft's documentation), %x01 for OAUTHBEARER (RFC 7628 3.2.3).
+_SASL_ERROR_ACK = {"OAUTHBEARER": base64.b64encode(b"\x01")}
+
+
+def _is_challenge(line: bytes) -> bool:
+    """A SASL continuation ("+ data" or a bare "+"), as opposed to "+OK"."""
+    return line == b"+" or line.startswith(b"+ ")
+
+
 def _decode_challenge(line: bytes) -> str | None:
+    """The text of a server challenge (XOAUTH2/OAUTHBEARER send a JSON error), bounded."""
     try:
-        return base64.b64decode(line[2:], validate=True).decode("utf-8", "replace")
-    except (ValueError, UnicodeDecodeError):
+        text = base64.b64decode(line[2:].strip(), validate=True).decode("utf-8", "replace")
+    except ValueError:
         return None
+    return " ".join(text.split())[:300] or None
 
 
 def _reply_error(command: str, line: bytes) -> POP3ReplyError:
