@@ -55,9 +55,8 @@ _MIME_TYPES = MimeTypes(filenames=())
 
 
 def extension_for(content_type: str) -> str:
-    if content_type == "application/ms-tnef":
-        return ".dat"
-    return _EXTENSIONS.get(content_type) or _MIME_TYPES.guess_extension(content_type) or ".bin"
+    known = _EXTENSIONS.get(content_type) or _MIME_TYPES.guess_extension(content_type)
+    return known or (".txt" if content_type.startswith("text/") else ".bin")
 
 
 class FileWriter:

@@ -138,7 +138,8 @@ class Base64Decoder:
             pads = 0
             quad = (quad + 1) % 4
             out.append(byte)
-        return bytes(out)
+        # An unfinished padding waits for the next block with the group it may complete.
+        return bytes(out) + b"=" * pads
 
     def close(self) -> None:
         rest, self._carry = self._carry, b""
