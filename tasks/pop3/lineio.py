@@ -78,11 +78,8 @@ class LineReader:
                     "status line too long or unterminated", self._buf[self._pos:self._pos + 80]
                 )
             if not self._fill():
-                if self.buffered:
-                    raise POP3ProtocolError(
-                        "the server closed the connection inside a line", self._buf[self._pos:]
-                    )
-                raise POP3ConnectionError("the server closed the connection")
+                where = " in the middle of a line" if self.buffered else ""
+                raise POP3ConnectionError(f"the server closed the connection{where}")
 
     def copy_body(self, sink: Sink, limit: int | None = None) -> int:
         """Copy a dot-stuffed multi-line body to ``sink``; return the bytes written.

@@ -45,6 +45,7 @@ _APOP_STAMP = re.compile(rb"<[^<>@]+@[^<>]+>")
 # A -ERR to these is a refused login. USER is here because servers that refuse plain text
 # (Dovecot on an unencrypted connection) say so in the reply to USER.
 _AUTH_COMMANDS = {"USER", "PASS", "APOP", "AUTH"}
+_PIPELINING_CHECK = "NOOP (pipelining check)"
 
 
 def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
@@ -87,6 +88,8 @@ class POP3Session:
         self._reader: LineReader | None = None
         self._pending: deque[str] = deque()
         self._out = bytearray()
+        self._unsent = 0  # the last commands in _pending, still in _out
+        self._pipelining_checked = False
         self._secret_words: list[bytes] = []
         #: Why the session was closed under the caller, for the error of the next command.
         self._broken: str | None = None
@@ -178,6 +181,7 @@ class POP3Session:
             self._sock = None
         self._pending.clear()
         self._out.clear()
+        self._unsent = 0
 
     def _give_up(self, error: Exception) -> None:
         """Close after a transport or protocol fault: the reply stream can no longer be
@@ -195,12 +199,16 @@ class POP3Session:
             self._secret_words = line.encode("utf-8").split()[1:]
         self._out += ((command if line is None else line) + "\r\n").encode("utf-8")
         self._pending.append(command.split(" ", 1)[0].upper())
+        self._unsent += 1
 
     def _flush(self) -> None:
         if not self._out:
             return
         if self._sock is None:
             raise self._not_connected()
+        if self._unsent > 1 and not self._pipelining_checked:
+            self._check_pipelining()
+        self._unsent = 0
         try:
             self._sock.sendall(self._out)
         except TimeoutError as exc:
@@ -211,6 +219,20 @@ class POP3Session:
             raise POP3ConnectionError(f"connection lost: {exc.strerror or exc}") from exc
         finally:
             self._out.clear()
+
+    def _check_pipelining(self) -> None:
+        """Put two NOOPs before the first pipelined batch, in the same write.
+
+        Some servers offer PIPELINING but take each read from the socket as one command and
+        drop the rest. Replies would then be matched to the wrong commands: a message saved
+        under another message's number. Both NOOPs must answer +OK before any later reply is
+        trusted, and this costs no round trip."""
+        self._pipelining_checked = True
+        at = len(self._pending) - self._unsent
+        self._out[:0] = b"NOOP\r\nNOOP\r\n"
+        self._pending.insert(at, _PIPELINING_CHECK)
+        self._pending.insert(at, _PIPELINING_CHECK)
+        self._unsent += 2
 
     def _not_connected(self) -> POP3ConnectionError:
         if self._broken:
@@ -227,7 +249,7 @@ class POP3Session:
         try:
             line = self._reader.status_line()
         except POP3TimeoutError as exc:
-            in_flight = len(self._pending)
+            in_flight = len(self._pending) + 1
             self._give_up(exc)
             if in_flight > 1 and self.pipelining:
                 raise POP3TimeoutError(
@@ -240,6 +262,12 @@ class POP3Session:
             raise
         if line.startswith(b"+OK"):
             return line
+        if command == _PIPELINING_CHECK:
+            error = POP3ProtocolError(
+                "the server offers PIPELINING but answered a pipelined NOOP with something "
+                "else; try pipelining off", line)
+            self._give_up(error)
+            raise error
         if line.startswith(b"-ERR"):
             for word in self._secret_words:  # in case a server echoes what it was sent
                 line = line.replace(word, b"****")

@@ -23,6 +23,7 @@ API::
         ...connect a client...
         server.messages                               # the maildrop now (after QUITs)
         server.commands                               # every command line received, in order
+        server.bytes_sent                             # bytes sent to each finished session
         server.sessions                               # how many connections were accepted
 
 Constructor options: ``security`` "plain" (STLS offered when a CA is given), "implicit" (TLS
@@ -156,6 +157,8 @@ class FaultServer:
         self.host = host
         self.commands: list[str] = []
         self.sessions = 0
+        #: Bytes sent to each finished session, in the order they ended.
+        self.bytes_sent: list[int] = []
         #: Hang up any session once this many bytes were sent to it.
         self.cut_output_at: int | None = None
         self._faults: list[_Fault] = []
@@ -201,6 +204,9 @@ class FaultServer:
             conn.close()
         if self._thread:
             self._thread.join(5)
+        deadline = time.monotonic() + 5  # let session threads record how they ended
+        while self._connections and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def __enter__(self) -> FaultServer:
         return self.start()
@@ -578,3 +584,4 @@ class _Handler(socketserver.BaseRequestHandler):
         finally:
             with owner._lock:
                 owner._connections.discard(conn)
+                owner.bytes_sent.append(conn.sent)
