@@ -5,7 +5,6 @@ check's report and hints, and the Prefect flows with an OAUTH2 configuration.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 import pytest
@@ -17,22 +16,20 @@ from tasks.pop3.diagnostics import check_mailbox
 from tasks.pop3.errors import OAuth2InvalidClientError, POP3AuthError
 from tasks.pop3.models import ConnectionSettings, LoginMethod, Security
 from tasks.pop3.session import POP3Session
+from tests import test_oauth_tokens as token_tests
 from tests.conftest import Mailbox, require_dovecot, sample_message
 from tests.servers.dovecot import Dovecot, start_dovecot
 from tests.servers.idp import ENTRA_RESOURCE, GENERIC_AUDIENCE, IdentityProvider
 
 pytestmark = pytest.mark.dovecot
 
+# Shared with the token tests: the identity provider, a clean provider registry per test,
+# and log capture at DEBUG.
+idp = token_tests.idp
+fresh_providers = token_tests.fresh_providers
+secret_logs = token_tests.secret_logs
+
 ENDPOINTS = ["entra", "generic"]
-
-
-@pytest.fixture(scope="module")
-def idp(ca: trustme.CA):
-    from tests.servers.idp import start_identity_provider
-
-    provider = start_identity_provider(ca)
-    yield provider
-    provider.stop()
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +44,6 @@ def oauth_dovecot(ca: trustme.CA, idp: IdentityProvider):
     )
     yield server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_providers():
-    oauth.forget_providers()
-    yield
-    oauth.forget_providers()
-
-
-@pytest.fixture
-def secret_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    # The capture handler takes the level of the last call: DEBUG comes last.
-    caplog.set_level(logging.INFO, logger="prefect")
-    caplog.set_level(logging.DEBUG, logger="pop3mail")
-    caplog.set_level(logging.DEBUG, logger="msal")
-    return caplog
 
 
 class OAuthMailbox:
@@ -310,3 +291,26 @@ def assert_no_secrets(*texts_then_secret_and_provider) -> None:
     for text in texts:
         assert secret not in text
         assert token not in text
+
+
+def test_a_wrong_secret_fails_the_flow_at_once_naming_the_field(account, tmp_path, secret_logs):
+    from prefect.states import State
+
+    from flows import receive_all_mail
+
+    account.box.deliver(sample_message(1))
+    wrong = "Vv3~not-the-registered-secret"
+    config = oauth_block(account, "entra", tmp_path).model_copy(
+        update={"client_secret": SecretStr(wrong)}
+    )
+    before = account.idp.requests.copy()
+    state = receive_all_mail(config, return_state=True)
+
+    assert isinstance(state, State) and state.is_failed()
+    with pytest.raises(OAuth2InvalidClientError) as caught:
+        state.result()
+    assert "client_secret" in str(caught.value) and "AADSTS7000215" in str(caught.value)
+    token_path = account.endpoint("entra").split(str(account.idp.port), 1)[1]
+    assert account.idp.requests[token_path] - before[token_path] == 1  # never retried
+    assert account.box.count() == 1  # nothing was touched
+    assert wrong not in secret_logs.text and wrong not in str(state.message)

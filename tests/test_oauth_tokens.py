@@ -51,8 +51,10 @@ def fresh_providers():
 
 @pytest.fixture
 def secret_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    for name in ("pop3mail", "msal"):
-        caplog.set_level(logging.DEBUG, logger=name)
+    # The capture handler takes the level of the last call: DEBUG comes last.
+    caplog.set_level(logging.INFO, logger="prefect")
+    caplog.set_level(logging.DEBUG, logger="pop3mail")
+    caplog.set_level(logging.DEBUG, logger="msal")
     return caplog
 
 
