@@ -42,6 +42,10 @@ class LatencyProxy:
 
     def stop(self) -> None:
         self._stopping = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             sockets = list(self._sockets)
