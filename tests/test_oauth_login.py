@@ -12,7 +12,7 @@ import trustme
 from pydantic import SecretStr
 
 from tasks.pop3 import oauth
-from tasks.pop3.diagnostics import check_mailbox
+from tasks.pop3.diagnostics import check_mailbox, token_scopes
 from tasks.pop3.errors import OAuth2InvalidClientError, POP3AuthError
 from tasks.pop3.models import ConnectionSettings, LoginMethod, Security
 from tasks.pop3.session import POP3Session
@@ -133,6 +133,8 @@ def test_expired_token_is_refused_with_the_servers_reason(
     # Dovecot's error challenge (RFC 7628) is answered and reported, not taken for +OK.
     assert "server said:" in text and '"status"' in text
     assert session._sasl_failure_detail and "openid-configuration" in session._sasl_failure_detail
+    # The refused token is dropped from the cache: the next login gets a new one.
+    assert not provider.fetch().from_cache
 
 
 def test_wrong_secret_fails_before_the_server_sees_a_token(account, failing_login_source):
@@ -184,6 +186,7 @@ def test_check_hints_at_the_usual_microsoft_365_mistakes(
         Security.IMPLICIT, password=None, token_provider=provider,
         source_address=failing_login_source,
     )
+    refused = provider().get_secret_value()
     report = check_mailbox("orders", settings)
 
     assert not report.login_ok
@@ -194,7 +197,12 @@ def test_check_hints_at_the_usual_microsoft_365_mistakes(
     assert f"New-ServicePrincipal -AppId {client.client_id}" in hints
     assert f"Add-MailboxPermission -Identity {box.user}" in hints
     assert "Set-CASMailbox" in hints
-    assert_no_secrets(report.model_dump_json(), secret_logs.text, client.secret, provider)
+    for text in (report.model_dump_json(), secret_logs.text):
+        assert client.secret not in text and refused not in text
+    # Once the role is granted, the next check must not reuse the refused token.
+    client.roles = ["POP.AccessAsApp"]
+    renewed = provider.fetch()
+    assert not renewed.from_cache and token_scopes(renewed.claims()) == ["POP.AccessAsApp"]
 
 
 def test_check_reports_a_refused_token_request_with_what_to_fix(account, secret_logs):

@@ -141,6 +141,17 @@ def test_generic_token_is_renewed_shortly_before_it_expires(idp, monkeypatch):
     assert renewed.value.get_secret_value() != first.value.get_secret_value()
 
 
+@pytest.mark.parametrize("kind", ENDPOINTS)
+def test_a_forgotten_token_is_fetched_anew(idp, kind):
+    provider = provider_for(idp, kind, idp.register("forget@example.org"))
+    first = provider.fetch()
+    assert provider.fetch().from_cache
+    provider.forget_token()
+    renewed = provider.fetch()
+    assert not renewed.from_cache
+    assert renewed.value.get_secret_value() != first.value.get_secret_value()
+
+
 def test_short_lived_tokens_keep_a_tenth_of_their_life_as_margin():
     assert oauth.refresh_margin(3600) == 300
     assert oauth.refresh_margin(60) == 6

@@ -74,6 +74,9 @@ def check_mailbox(configuration: str, connection: ConnectionSettings) -> Connect
             report.login_error = str(exc)
             if token is not None:
                 report.hints.extend(_refused_token_hints(connection, provider, token))
+                forget = getattr(provider, "forget_token", None)
+                if callable(forget):  # the next check sees permissions granted meanwhile
+                    forget()
             session.close()
             return report
         report.login_ok = True

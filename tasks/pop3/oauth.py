@@ -238,7 +238,16 @@ class TokenProvider:
         with self._lock:
             return self._fetch()
 
+    def forget_token(self) -> None:
+        """Drop the cached token, e.g. after a server refused it: permissions granted since
+        it was issued (a role, admin consent) only show in a new token."""
+        with self._lock:
+            self._forget()
+
     def _fetch(self) -> AccessToken:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
         raise NotImplementedError
 
     def _error(self, reply: dict[str, Any], status: int | None = None) -> OAuth2Error:
@@ -334,6 +343,9 @@ class GenericClientCredentials(TokenProvider):
         log.info("new token for client %s, expires %s", self.client_id, token.expires)
         return token
 
+    def _forget(self) -> None:
+        self._cached = None
+
     def _request(self, method: str) -> tuple[int, dict[str, Any]]:
         form = {"grant_type": "client_credentials"}
         if self.scope:
@@ -403,6 +415,10 @@ class EntraClientCredentials(TokenProvider):
                     error, description,
                 ) from None
         return self._app
+
+    def _forget(self) -> None:
+        if self._app is not None:
+            self._app.remove_tokens_for_client()
 
     def _fetch(self) -> AccessToken:
         import msal

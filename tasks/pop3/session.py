@@ -597,7 +597,14 @@ class POP3Session:
             # RFC 5801 saslname: "," and "=" in the authorization identity are escaped.
             authzid = user.replace("=", "=3D").replace(",", "=2C")
             message = f"n,a={authzid},\x01auth=Bearer {bearer}\x01\x01"
-        self.auth(method.value.upper(), message.encode(), self.settings.sasl_initial_response)
+        try:
+            self.auth(method.value.upper(), message.encode(), self.settings.sasl_initial_response)
+        except POP3AuthError:
+            # The next login gets a fresh token, with any permission granted since.
+            forget = getattr(self.settings.token_provider, "forget_token", None)
+            if callable(forget):
+                forget()
+            raise
 
     # Kept for diagnostics (connection check); never contains the token.
     _sasl_failure_detail: str | None = None
