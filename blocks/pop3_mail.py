@@ -270,7 +270,8 @@ class POP3MailConfiguration(Block):
             raise ValueError(f"login_method: {self.login_method.value} needs authentication OAUTH2")
         if _secret(self.public_key_password) and not self.public_key_name:
             raise ValueError("public_key_password: set only together with a public key name")
-        if self.security is Security.NONE and self.tls_ca_file:
+        if (self.security is Security.NONE and self.tls_ca_file
+                and self.authentication is not Authentication.OAUTH2):
             raise ValueError("tls_ca_file: has no use when security is None")
         if self.commit_every and not self.remove_from_server_after_read:
             raise ValueError(

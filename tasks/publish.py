@@ -25,6 +25,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from tasks.pop3.models import ReceivedMail, ReceiveReport
 
 EVENT_RECEIVED = "pop3mail.message.received"
+LOCK_LEASE_SECONDS = 60
 
 
 def artifact_key(configuration: str, suffix: str = "") -> str:
@@ -39,10 +40,15 @@ def lock_name(configuration: str) -> str:
 
 @contextlib.contextmanager
 def mailbox_lock(configuration: str, timeout_seconds: float | None = 600) -> Iterator[None]:
-    """Hold the mailbox's concurrency slot (limit 1): one session per mailbox at a time."""
+    """Hold the mailbox's concurrency slot (limit 1): one session per mailbox at a time.
+
+    The lease is renewed while the run lives; a crashed run frees the slot when its lease
+    expires, so a short lease keeps the mailbox blocked for about a minute, not five.
+    """
     name = lock_name(configuration)
     _ensure_limit(name)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True,
+                     lease_duration=LOCK_LEASE_SECONDS):
         yield
 
 

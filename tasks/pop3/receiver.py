@@ -8,12 +8,20 @@ sent. Deletions take effect only at QUIT, after one durability barrier.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
-from .errors import DiskFullError, POP3MailError, SaveDirectoryError, SaveError
+from .errors import (
+    DiskFullError,
+    POP3InUseError,
+    POP3LoginDelayError,
+    POP3MailError,
+    SaveDirectoryError,
+    SaveError,
+)
 from .journal import Journal
 from .models import (
     ConnectionSettings,
@@ -91,8 +99,8 @@ class MailboxReceiver:
         """One POP3 session; returns True when messages remain for another session."""
         received = self.report.received
         first = len(received)
-        with POP3Session(self.connection) as session:
-            session.login()
+        session = self._open()
+        try:
             uidls = session.uidl()
             sizes = session.list()
             self.report.waiting = len(uidls)
@@ -100,6 +108,7 @@ class MailboxReceiver:
                 journal.prune(set(uidls.values()))
             plan = self._plan(session, uidls, sizes, journal)
             if self.options.dry_run:
+                session.quit()
                 return False
             fetch = plan.fetch[:batch] if batch is not None else plan.fetch
             more = batch is not None and len(plan.fetch) > batch
@@ -108,10 +117,39 @@ class MailboxReceiver:
             stopped = self._retrieve(session, fetch, uidls, journal, received)
             if plan.delete_known or (self.options.remove_after_read and len(received) > first):
                 journal.sync()
+        except BaseException:
+            session.close()  # no QUIT: the server deletes nothing of this session
+            raise
+        session.quit()
         if self.options.remove_after_read:  # QUIT succeeded: the deletions are applied
             for i in range(first, len(received)):
                 received[i] = received[i].model_copy(update={"deleted": True})
         return more and not stopped
+
+    def _open(self) -> POP3Session:
+        """Connect and log in; a locked mailbox ([IN-USE]) is retried with backoff."""
+        retries, delay = self.options.in_use_retries, self.options.in_use_backoff
+        for attempt in range(retries + 1):
+            session = POP3Session(self.connection)
+            session.connect()
+            try:
+                session.login()
+                return session
+            except (POP3InUseError, POP3LoginDelayError) as exc:
+                session.close()
+                if attempt == retries:
+                    raise type(exc)(
+                        exc.command,
+                        f"{exc.reply} (still refused after {retries + 1} attempts; another "
+                        "client is probably reading this mailbox)",
+                    ) from exc
+                wait = delay * 2**attempt
+                log.warning("%s: %s; trying again in %.1f s", self.configuration, exc, wait)
+                time.sleep(wait)
+            except BaseException:
+                session.close()
+                raise
+        raise AssertionError("unreachable")
 
     def _plan(self, session: POP3Session, uidls: dict[int, str], sizes: dict[int, int],
               journal: Journal) -> _Plan:

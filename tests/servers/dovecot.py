@@ -122,6 +122,9 @@ auth_mechanisms = {self.auth_mechanisms}
 auth_failure_delay = 0
 mail_location = maildir:~/Maildir
 pop3_uidl_format = %08Xu%08Xv
+# A second session on a mailbox gets -ERR [IN-USE], as on most production servers.
+pop3_lock_session = yes
+mail_max_lock_timeout = 2s
 first_valid_uid = 1
 {self.extra_passdb}
 passdb {{

@@ -1,0 +1,113 @@
+"""Runs MAIL_RECEIVEALL and SIGKILLs itself at one chosen moment (a crash-test child).
+
+Usage: python -m tests.crash.child CONFIGURATION_NAME MOMENT N [MAX_MESSAGES]
+   or: python -m tests.crash.child serve   (a fork server; see serve())
+MOMENT is where to die, at its N-th occurrence:
+  retr         while a message is arriving (the N-th chunk written)
+  before-journal  a message's files are in place, its UIDL not yet journalled
+  before-dele  its UIDL is journalled, its DELE not yet sent
+  before-quit  everything saved and synced, QUIT not sent
+  after-quit   QUIT sent, its reply not read
+  none         do not die
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm(moment: str, n: int) -> None:
+    from tasks.pop3 import journal, session, store
+
+    count = {"n": 0}
+
+    def due() -> bool:
+        count["n"] += 1
+        return count["n"] == n
+
+    if moment == "retr":
+        write = store.IncomingMessage.write
+
+        def dying_write(self, data):
+            if due():
+                write(self, data[: len(data) // 2])
+                self._file.flush()
+                die()
+            write(self, data)
+
+        store.IncomingMessage.write = dying_write
+    elif moment in ("before-journal", "before-dele"):
+        record = journal.Journal.record
+
+        def dying_record(self, uidl, folder):
+            if moment == "before-journal" and due():
+                die()
+            record(self, uidl, folder)
+            if moment == "before-dele" and due():
+                die()
+
+        journal.Journal.record = dying_record
+    elif moment in ("before-quit", "after-quit"):
+        quit_ = session.POP3Session.quit
+
+        def dying_quit(self):
+            if due():
+                if moment == "after-quit":
+                    self._send("QUIT")
+                    self._flush()
+                die()
+            return quit_(self)
+
+        session.POP3Session.quit = dying_quit
+    elif moment != "none":
+        raise SystemExit(f"unknown moment {moment!r}")
+
+
+def run(name: str, moment: str, n: int, batch: int) -> None:
+    arm(moment, n)
+    from tasks import mail_receive_all
+
+    received = mail_receive_all(name, max_messages=batch or None)
+    print(f"received {len(received)}", flush=True)
+
+
+def serve() -> None:
+    """Fork server: import once, then fork a fresh child per request line.
+
+    Each line on stdin is "NAME MOMENT N BATCH"; the answer line is the child's exit status
+    (negative: killed by that signal). Forking saves the import time of every round.
+    """
+    import tasks.activities  # noqa: F401  (the expensive imports, done once)
+
+    for line in sys.stdin:
+        name, moment, n, batch = line.split()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                run(name, moment, int(n), int(batch))
+            except BaseException as exc:  # report, never return into the server loop
+                print(f"child error: {exc!r}", file=sys.stderr, flush=True)
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        print(code, flush=True)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["serve"]:
+        serve()
+    else:
+        name, moment, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        run(name, moment, n, int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+
+
+if __name__ == "__main__":
+    main()
