@@ -271,6 +271,10 @@ def test_pipelined_commands_travel_in_batches(server):
         assert len(retrieve_all(session, range(1, 7), window=64)) == 6
     retrs = [c for c in server.commands if c.startswith("RETR")]
     assert retrs == [f"RETR {n}" for n in range(1, 7)]
+    # The first pipelined batch starts with two NOOPs that prove the server keeps them all.
+    first = server.commands.index("RETR 1")
+    assert server.commands[first - 2:first] == ["NOOP", "NOOP"]
+    assert server.commands.count("NOOP") == 2
 
 
 # --- replies and response codes -----------------------------------------------------------

@@ -206,7 +206,7 @@ class POP3Session:
             return
         if self._sock is None:
             raise self._not_connected()
-        if self._unsent > 1 and not self._pipelining_checked:
+        if self._unsent > 1 and self.pipelining and not self._pipelining_checked:
             self._check_pipelining()
         self._unsent = 0
         try:
