@@ -172,8 +172,8 @@ class LayoutOptions:
 
 
 #: Parses a message file, calling a visitor for each part (the streaming parser, or the
-#: email package in the differential test).
-ParseFunction = Callable[[Path, "FolderLayout"], None]
+#: email package in the differential test); ``nested=True`` for an attached message.
+ParseFunction = Callable[..., None]
 #: Checks a detached S/MIME signature: (signature DER, digests of the signed content).
 VerifyFunction = Callable[[bytes, dict[str, bytes]], SignatureInfo]
 
@@ -447,7 +447,7 @@ class FolderLayout:
         child = FolderLayout(folder, self.options, self.work, parse=self.parse,
                              verify=self.verify, within=final, depth=self.depth + 1)
         try:
-            self.parse(final, child)
+            self.parse(final, child, nested=True)
         except BaseException:
             child.abort()
             raise

@@ -278,9 +278,14 @@ class _End:
 
 @dataclass
 class StreamParser:
-    """Parses one message file, calling ``visitor`` for each part."""
+    """Parses one message file, calling ``visitor`` for each part.
+
+    ``nested``: the file is an attached message cut out of another one, whose last line
+    ending already went to the boundary that followed it.
+    """
 
     visitor: Visitor
+    nested: bool = False
 
     def parse(self, file: BinaryIO) -> None:
         self._src = _Source(file)
@@ -324,7 +329,14 @@ class StreamParser:
                     write(src.take(max(src.pos, len(buf) - 3)))
                     at_line_start = False
                     if not src.fill():
-                        write(src.take(len(src.buf)))
+                        # The end of the file inside a multipart: like the email package,
+                        # the last line ending goes, as if a boundary had followed.
+                        tail = src.buf[-2:]
+                        cut = 2 if tail == b"\r\n" else 1 if tail[-1:] in (b"\n", b"\r") else 0
+                        if self.nested:
+                            cut = 0
+                        write(src.take(len(src.buf) - cut))
+                        src.take(len(src.buf))
                         return None
                     continue
                 start = hit + 1
@@ -448,7 +460,7 @@ class StreamParser:
         self.visitor.warn(part, text)
 
 
-def parse_file(path, visitor: Visitor) -> None:
+def parse_file(path, visitor: Visitor, *, nested: bool = False) -> None:
     with open(path, "rb", buffering=0) as file:
-        StreamParser(visitor).parse(file)
+        StreamParser(visitor, nested).parse(file)
 
