@@ -3,7 +3,7 @@
 # Dovecot is installed without starting a system-wide instance: the tests start their own.
 set -euo pipefail
 packages=(dovecot-core dovecot-pop3d openssl ca-certificates)
-[ "${POP3MAIL_BROWSER_TESTS:-1}" = 1 ] && packages+=(chromium)
+[ "${POP3MAIL_BROWSER_TESTS:-1}" = 1 ] && packages+=(chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
