@@ -73,6 +73,9 @@ class POP3Session:
 
     Leaving the ``with`` block normally sends QUIT, which commits deletions. Leaving it by an
     exception only closes the socket: the server then deletes nothing (RFC 1939 section 6).
+    A -ERR reply leaves the session usable; a transport or protocol fault (timeout, hang-up,
+    garbage, a body over its limit) closes it at once, because later replies could no longer
+    be matched to commands, and every later command, QUIT included, raises.
     """
 
     def __init__(self, settings: ConnectionSettings, *, pipelining: bool | None = None):
@@ -196,7 +199,9 @@ class POP3Session:
         """Queue ``command``; ``line``, when given, is the wire text and holds a secret."""
         log.debug("C: %s", command if line is None else f"{command} ****")
         if line is not None:
-            self._secret_words = line.encode("utf-8").split()[1:]
+            # PASS's whole argument is the secret; APOP and AUTH put it in the last word.
+            arguments = line.encode("utf-8").partition(b" ")[2]
+            self._secret_words = [w for w in {arguments, arguments.rpartition(b" ")[2]} if w]
         self._out += ((command if line is None else line) + "\r\n").encode("utf-8")
         self._pending.append(command.split(" ", 1)[0].upper())
         self._unsent += 1
