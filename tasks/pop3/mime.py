@@ -320,14 +320,19 @@ class StreamParser:
                 if not src.fill():
                     return None
                 continue
+            if at_line_start and len(buf) - src.pos < 2 and not src.eof:
+                src.fill()  # too little to tell whether a delimiter starts here
+                continue
             if at_line_start and buf.startswith(b"--", src.pos):
                 start = eol_start = src.pos
             else:
                 hit = buf.find(b"\n--", src.pos)
                 if hit < 0:
                     # Keep a tail that could begin "\r\n--" for the next block.
-                    write(src.take(max(src.pos, len(buf) - 3)))
-                    at_line_start = False
+                    end = len(buf) - 3
+                    if end > src.pos:
+                        write(src.take(end))
+                        at_line_start = False
                     if not src.fill():
                         # The end of the file inside a multipart: like the email package,
                         # the last line ending goes, as if a boundary had followed.
@@ -377,7 +382,7 @@ class StreamParser:
             if not _HEADER_LINE.match(line):
                 self._warn(part, "no blank line between headers and body")
                 break
-            if size + len(line) > MAX_HEADER_BYTES:
+            if size + len(line) >= MAX_HEADER_BYTES:
                 self._warn(part, "headers are over 1 MB; the rest is read as body")
                 break
             src.take(src.pos + len(line))
