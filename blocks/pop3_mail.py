@@ -20,10 +20,10 @@ from tasks.pop3.models import (
     Security,
     Status,
 )
+from tasks.pop3.oauth import ENTRA_DEFAULT_SCOPE, is_entra_endpoint
 
 from .service_settings import POP3MailServiceSettings
 
-ENTRA_DEFAULT_SCOPE = "https://outlook.office365.com/.default"
 _OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -393,7 +393,7 @@ class POP3MailConfiguration(Block):
     def effective_scope(self) -> str:
         if self.scope:
             return self.scope
-        if "login.microsoftonline.com" in self.token_endpoint.lower():
+        if is_entra_endpoint(self.token_endpoint):
             return ENTRA_DEFAULT_SCOPE
         return ""
 
