@@ -138,12 +138,12 @@ class PrefectServer:
             raise AssertionError(f"prefect {' '.join(args)} exited {done.returncode}:\n{output}")
         return output
 
-    def api(self, method: str, path: str, json=None, expect: int | None = None):
+    def api(self, method: str, path: str, json=None):
         """One REST call, the way the UI makes it; the decoded JSON reply (or None)."""
         import httpx
 
         reply = httpx.request(method, f"{self.api_url}{path}", json=json, timeout=30)
-        if expect is not None and reply.status_code != expect or reply.is_error:
+        if reply.is_error:
             raise AssertionError(f"{method} {path}: {reply.status_code} {reply.text[:2000]}")
         return reply.json() if reply.content else None
 
