@@ -158,3 +158,34 @@ def test_a_silent_server_times_out_and_deletes_nothing(tmp_path):
 def test_every_engine_error_is_one_tree():
     for error in (POP3InUseError, POP3TimeoutError, POP3ProtocolError, SaveDirectoryError):
         assert issubclass(error, POP3MailError)
+
+
+def test_a_refused_deletion_does_not_undo_the_others(tmp_path):
+    with FaultServer([sample_message(i) for i in range(1, 5)]) as server:
+        server.on("DELE", lambda conn, args: conn.sendline("-ERR [SYS/PERM] cannot delete") or True,
+                  args=("2",))
+        report = receive_mailbox("dele", settings_for(server), SaveOptions(directory=tmp_path),
+                                 ReceiveOptions(remove_after_read=True))
+        deleted = {m.subject: m.deleted for m in report.received}
+        assert deleted == {"Message 1": True, "Message 2": False, "Message 3": True,
+                           "Message 4": True}
+        refused = next(m for m in report.received if m.subject == "Message 2")
+        assert any("SYS/PERM" in w for w in refused.warnings)
+        assert len(server.messages) == 1  # only the refused one is left
+        server.clear_faults()
+        again = receive_mailbox("dele", settings_for(server), SaveOptions(directory=tmp_path),
+                                ReceiveOptions(remove_after_read=True))
+        assert again.received == [] and server.messages == []  # deleted, not saved twice
+    assert len(list(tmp_path.glob("*/message.eml"))) == 4
+
+
+def test_a_dropped_connection_leaves_no_partial_file(tmp_path):
+    from tests.servers.faultserver import cut_after
+
+    with FaultServer([sample_message(1, body="x" * 50_000 + "\r\n")]) as server:
+        server.on("RETR", cut_after(20_000))
+        with pytest.raises(POP3ConnectionError):
+            receive_mailbox("cut", settings_for(server), SaveOptions(directory=tmp_path),
+                            ReceiveOptions(remove_after_read=True))
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and "journal" not in p.name]
+    assert leftovers == []

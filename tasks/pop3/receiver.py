@@ -122,15 +122,23 @@ class MailboxReceiver:
             raise
         session.quit()
         if self.options.remove_after_read:  # QUIT succeeded: the deletions are applied
+            refused = {uidls[n]: e for n, e in session.refused_deletions.items()}
             for i in range(first, len(received)):
-                received[i] = received[i].model_copy(update={"deleted": True})
+                error = refused.get(received[i].uidl)
+                update = {"deleted": error is None}
+                if error is not None:
+                    update["warnings"] = [*received[i].warnings, f"not deleted from the "
+                                          f"server ({error.reply}); tried again next run"]
+                received[i] = received[i].model_copy(update=update)
+            for error in refused.values():
+                log.warning("%s: the server refused a deletion: %s", self.configuration, error)
         return more and not stopped
 
     def _open(self) -> POP3Session:
         """Connect and log in; a locked mailbox ([IN-USE]) is retried with backoff."""
         retries, delay = self.options.in_use_retries, self.options.in_use_backoff
         for attempt in range(retries + 1):
-            session = POP3Session(self.connection)
+            session = POP3Session(self.connection, pipelining=self.options.pipelining)
             session.connect()
             try:
                 session.login()
@@ -195,9 +203,15 @@ class MailboxReceiver:
         """Retrieve and save; returns True when the batch stopped early (disk full...)."""
         total = len(numbers)
         limit = self.options.max_message_size
+        arriving: list[IncomingMessage] = []  # the message being received, if any
+
+        def open_sink(_number: int) -> IncomingMessage:
+            arriving[:] = [self.store.incoming()]
+            return arriving[0]
+
         messages = session.retrieve(
             numbers,
-            lambda _n: self.store.incoming(),
+            open_sink,
             window=self.options.pipeline_window,
             limit=(limit + limit // 10 + 1024) if limit else None,
         )
@@ -208,6 +222,7 @@ class MailboxReceiver:
                     self._fail(number, uidl, refused)
                     continue
                 assert isinstance(sink, IncomingMessage)
+                arriving.clear()
                 try:
                     sink.finish()
                     mail = self.store.save(sink, uidl)
@@ -226,6 +241,10 @@ class MailboxReceiver:
                 received.append(mail)
                 if self.progress:
                     self.progress(done, total)
+        except BaseException:
+            for sink in arriving:  # cut off mid-message: leave no partial file behind
+                sink.discard()
+            raise
         finally:
             messages.close()
         return False

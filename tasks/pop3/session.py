@@ -96,6 +96,9 @@ class POP3Session:
         self._secret_words: list[bytes] = []
         #: Why the session was closed under the caller, for the error of the next command.
         self._broken: str | None = None
+        #: DELEs the server refused (-ERR), with its reply; the messages stay on the server.
+        self.refused_deletions: dict[int, POP3ReplyError] = {}
+        self._deletions: deque[int] = deque()  # numbers of the DELEs in _pending, in order
 
     # --- connection -----------------------------------------------------------------
 
@@ -292,9 +295,21 @@ class POP3Session:
             raise
 
     def _reply(self) -> bytes:
-        """Flush queued commands and read the reply to the oldest one."""
+        """Flush queued commands and read the reply to the oldest one.
+
+        A refused DELE is recorded in ``refused_deletions``, not raised: one message the
+        server will not delete must not undo the deletions of the others at QUIT.
+        """
         self._flush()
-        return self._status(self._pending.popleft())
+        command = self._pending.popleft()
+        if command != "DELE":
+            return self._status(command)
+        number = self._deletions.popleft()
+        try:
+            return self._status(command)
+        except POP3ReplyError as refused:
+            self.refused_deletions[number] = refused
+            return b""
 
     def _shortcmd(self, command: str, line: str | None = None) -> bytes:
         self._drain()
@@ -533,6 +548,7 @@ class POP3Session:
     def dele(self, number: int) -> None:
         """Mark a message deleted. Pipelined: the reply is checked with later replies."""
         self._send(f"DELE {number}")
+        self._deletions.append(number)
         if not self.pipelining:
             self._reply()
 
