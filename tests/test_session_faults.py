@@ -143,13 +143,15 @@ def test_err_on_retr_skips_that_message_only(server, pipelining):
     assert server.messages == [MESSAGES[1]]  # only the refused one is left
 
 
-def test_err_on_pipelined_dele_aborts_before_quit(server):
+def test_err_on_pipelined_dele_is_recorded_and_the_others_commit(server):
     server.on("DELE", reply("-ERR [SYS/PERM] read-only mailbox"), args=("2",))
-    with pytest.raises(POP3SysPermError, match="read-only"):
-        with POP3Session(settings_for(server)) as session:
-            session.login()
-            retrieve_all(session, range(1, 7), delete=True)
-    assert server.messages == MESSAGES
+    with POP3Session(settings_for(server)) as session:
+        session.login()
+        retrieve_all(session, range(1, 7), delete=True)
+    assert list(session.refused_deletions) == [2]
+    assert isinstance(session.refused_deletions[2], POP3SysPermError)
+    assert "read-only" in str(session.refused_deletions[2])
+    assert server.messages == [MESSAGES[1]]
 
 
 def test_slow_server_hits_the_read_timeout(server):
