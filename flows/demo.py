@@ -1,7 +1,8 @@
 """The demo (`make demo`): a local sample mailbox, the receive-all flow, what was saved where.
 
-Starts a throwaway Dovecot on 127.0.0.1 with a TLS certificate from a throwaway CA, seeds
-it with a few realistic messages, saves a POP3 Mail Configuration block, and runs
+Starts a throwaway Dovecot on 127.0.0.1 (or, where Dovecot can't run, e.g. without root,
+the project's own POP3 test server) with a TLS certificate from a throwaway CA, seeds it
+with a few realistic messages, saves a POP3 Mail Configuration block, and runs
 ``receive_all_mail`` through Prefect (its embedded server when no PREFECT_API_URL is set).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -50,18 +53,39 @@ def sample_messages() -> list[bytes]:
     return [m.as_bytes() for m in (plain, rich, intl)]
 
 
-def _start_mailbox():
+@dataclass
+class SampleMailbox:
+    """Where the demo's mail waits: a Dovecot, or our own server where Dovecot can't run."""
+
+    kind: str
+    port: int
+    user: str
+    password: str
+    ca_file: Path
+    remaining: Callable[[], int]
+    stop: Callable[[], None]
+
+
+def start_sample_mailbox(messages: list[bytes]) -> SampleMailbox:
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
+    import trustme
+
     from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
 
     reason = dovecot_unavailable_reason()
-    if reason:
-        sys.exit(f"The demo needs a local Dovecot: {reason}. Run `make demo` as root.")
-    server = start_dovecot()
-    user, password = server.add_user("demo")
-    server.deliver(user, *sample_messages())
-    return server, user, password
+    if reason is None:
+        dovecot = start_dovecot()
+        user, password = dovecot.add_user("demo")
+        dovecot.deliver(user, *messages)
+        return SampleMailbox("Dovecot", dovecot.pop3s_port, user, password, dovecot.ca_file,
+                             lambda: dovecot.message_count(user), dovecot.stop)
+    from tests.servers.faultserver import FaultServer
+
+    print(f"Dovecot can't run here ({reason}); using the project's own POP3 test server.")
+    server = FaultServer(messages, user="demo", security="implicit", ca=trustme.CA()).start()
+    return SampleMailbox("pop3mail test server", server.port, server.user, server.password,
+                         server.ca_file, lambda: len(server.messages), server.stop)
 
 
 def main() -> None:
@@ -71,29 +95,30 @@ def main() -> None:
     from flows import receive_all_mail
 
     output = Path(os.environ.get("POP3MAIL_DEMO_DIR", "demo-output")).resolve()
-    server, user, password = _start_mailbox()
+    mailbox = start_sample_mailbox(sample_messages())
     try:
         POP3MailConfiguration(
             description="Demo: a local Dovecot seeded with sample mail",
             server="localhost",
-            port=server.pop3s_port,
+            port=mailbox.port,
             security="Implicit SSL/TLS",
-            user=user,
-            password=password,
-            tls_ca_file=str(server.ca_file),
+            user=mailbox.user,
+            password=mailbox.password,
+            tls_ca_file=str(mailbox.ca_file),
             save_directory=str(output),
             remove_from_server_after_read=True,
         ).save(DEMO_BLOCK, overwrite=True)
         received = receive_all_mail(DEMO_BLOCK)
-        print(f"\nReceived {len(received)} message(s) from {user}@localhost:"
-              f"{server.pop3s_port} (TLS verified against a throwaway CA), saved under {output}:")
+        print(f"\nReceived {len(received)} message(s) from {mailbox.user}@localhost:"
+              f"{mailbox.port} ({mailbox.kind}; TLS verified against a throwaway CA), "
+              f"saved under {output}:")
         for mail in received:
             print(f"\n  {mail.subject!r} from {mail.sender}")
             for path in mail.saved_paths:
                 print(f"    {path.relative_to(output)}  ({path.stat().st_size} bytes)")
-        print(f"\nLeft on the server: {server.message_count(user)} message(s).")
+        print(f"\nLeft on the server: {mailbox.remaining()} message(s).")
     finally:
-        server.stop()
+        mailbox.stop()
 
 
 if __name__ == "__main__":
