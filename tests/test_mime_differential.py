@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.pop3.layout import FolderLayout, LayoutOptions
-from tasks.pop3.mime import Part, parse_file
+from tasks.pop3.mime import Part, parse_file, parse_headers
 from tests.test_store_corpus import CASES, CORPUS
 
 
@@ -35,7 +35,7 @@ def email_package_parse(path: Path, visitor: FolderLayout, *, nested: bool = Fal
 
 def _walk(msg: Message, visitor, parent: Part | None, index: int, linesep: str) -> None:
     number = "" if parent is None else (f"{parent.number}.{index + 1}" if parent.number else str(index + 1))
-    part = Part(headers=msg, number=number, parent=parent, index=index,
+    part = Part(headers=_same_header_reading(msg), number=number, parent=parent, index=index,
                 depth=0 if parent is None else parent.depth + 1)
     if msg.get_content_maintype() == "multipart" and msg.is_multipart():
         visitor.begin_multipart(part)
@@ -57,6 +57,14 @@ def _walk(msg: Message, visitor, parent: Part | None, index: int, linesep: str) 
         else:
             sink.write(msg.get_payload(decode=True) or b"")
     visitor.end_leaf(part, sink)
+
+
+def _same_header_reading(msg: Message) -> Message:
+    """The part's headers read the way the store reads them (raw 8-bit values as UTF-8):
+    the comparison is about bodies, boundaries and decoding, not header charsets."""
+    raw = "".join(f"{k}: {v}\n" for k, v in msg.raw_items())
+    headers = parse_headers(raw.encode("ascii", "surrogateescape"), msg.get_default_type())
+    return headers
 
 
 def lay_out(source: Path, folder: Path, parse) -> dict[str, str]:

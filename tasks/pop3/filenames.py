@@ -7,9 +7,10 @@ turns it into one plain path component; ``NameAllocator`` keeps names unique in 
 
 from __future__ import annotations
 
+import base64
+import quopri
 import re
 import unicodedata
-from email.header import decode_header, make_header
 
 #: Bytes, not characters: file systems cap a component at 255 bytes. Room is left for a
 #: " (NNN)" suffix.
@@ -26,14 +27,28 @@ _WINDOWS_FORBIDDEN = str.maketrans({c: "_" for c in '<>:"|?*'})
 _DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t\r\n]+(?==\?)")
+
+
 def decode_rfc2047(value: str) -> str:
-    """Decode encoded words (``=?utf-8?B?...?=``), leaving plain text alone."""
+    """Decode encoded words (``=?utf-8?B?...?=``) one by one, leaving the text around them
+    (even raw 8-bit text) and any word that cannot be decoded as it is."""
     if "=?" not in value:
         return value
+    return _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub("", value))
+
+
+def _decode_word(match: re.Match) -> str:
+    charset, kind, data = match.groups()
     try:
-        return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError, AssertionError):
-        return value
+        if kind in "bB":
+            raw = base64.b64decode(data + "=" * (-len(data) % 4))
+        else:
+            raw = quopri.decodestring(data.replace("_", " ").encode("ascii"), header=True)
+        return raw.decode(charset, "replace")
+    except (ValueError, LookupError, UnicodeError):
+        return match.group(0)
 
 
 def safe_filename(raw: str | None, fallback: str) -> str:

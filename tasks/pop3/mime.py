@@ -13,7 +13,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from email.message import Message
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from typing import BinaryIO, Protocol
 
@@ -81,7 +81,14 @@ class Visitor(Protocol):
 
 
 def parse_headers(data: bytes, default_type: str = "text/plain") -> Message:
-    message = BytesHeaderParser(policy=compat32).parsebytes(data)
+    """A header block as a compat32 Message. Raw 8-bit values (RFC 6532 allows UTF-8;
+    older clients send their own charset) are decoded first: compat32 would make them
+    "unknown-8bit" Header objects and lose the text."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    message = HeaderParser(policy=compat32).parsestr(text)
     if default_type != "text/plain":
         message.set_default_type(default_type)
     return message

@@ -21,13 +21,12 @@ import shutil
 import uuid
 from datetime import datetime
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
 from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 
 from . import smime
 from .errors import DiskFullError, POP3MailError, SaveDirectoryError, SaveError
+from .filenames import decode_rfc2047
 from .journal import STATE_DIR, mailbox_digest
 from .layout import ATTACHMENTS_DIR, HTML_NAME, TEXT_NAME, FolderLayout, LayoutOptions
 from .mime import Part, parse_file, parse_headers
@@ -273,43 +272,51 @@ def _read_head(f) -> Message:
 
 
 def read_headers(path: Path) -> dict:
-    """Sender, recipients, subject, date and Message-ID from the top of a saved message."""
+    """Sender, recipients, subject, date and Message-ID from the top of a saved message.
+    Raw values, decoded here: a malformed header must not stop the save."""
     with open(path, "rb") as f:
-        head = bytearray()
-        for line in f:
-            head += line
-            if line in (b"\r\n", b"\n") or len(head) > MAX_HEADER_BYTES:
-                break
-    message = BytesHeaderParser(policy=default_policy).parsebytes(bytes(head))
+        message = _read_head(f)
+    senders = _addresses(message, "From")
     return {
         "message_id": _header(message, "Message-ID") or None,
-        "sender": _addresses(message, "From")[0] if _addresses(message, "From") else "",
+        "sender": senders[0] if senders else "",
         "recipients": _addresses(message, "To") + _addresses(message, "Cc"),
         "subject": _header(message, "Subject"),
         "date": _date(message),
     }
 
 
-def _header(message, name: str) -> str:
+def _text(raw: str) -> str:
+    """A raw header value as text: unfolded, encoded words decoded."""
+    return decode_rfc2047(" ".join(raw.split()))
+
+
+def _raw(message: Message, name: str) -> list[str]:
+    """Raw values: compat32's get() could return Header objects."""
+    wanted = name.lower()
+    return [str(v) for k, v in message.raw_items() if k.lower() == wanted]
+
+
+def _header(message: Message, name: str) -> str:
+    values = _raw(message, name)
+    return _text(values[0]) if values else ""
+
+
+def _addresses(message: Message, name: str) -> list[str]:
+    values = [" ".join(v.split()) for v in _raw(message, name)]
     try:
-        value = message.get(name)
-        return str(value).strip() if value is not None else ""
-    except Exception:  # a malformed header must not stop the save
-        raw = message.get_all(name, failobj=[""])
-        return str(raw[0]).strip()
+        pairs = getaddresses(values)
+    except (ValueError, IndexError, TypeError):
+        return [_text(v) for v in values if v.strip()]
+    return [f"{_text(display)} <{addr}>" if display else addr for display, addr in pairs if addr]
 
 
-def _addresses(message, name: str) -> list[str]:
-    values = [str(v) for v in message.get_all(name) or []]
-    return [f"{display} <{addr}>" if display else addr for display, addr in getaddresses(values) if addr]
-
-
-def _date(message) -> datetime | None:
-    raw = message.get("Date")
-    if raw is None:
+def _date(message: Message) -> datetime | None:
+    raw = _raw(message, "Date")
+    if not raw:
         return None
     try:
-        return parsedate_to_datetime(str(raw))
+        return parsedate_to_datetime(raw[0])
     except (TypeError, ValueError, IndexError):
         return None
 

@@ -536,6 +536,19 @@ def rfc2047_filenames():
                 {"text.txt": text("RFC 2047 names.\n"), "attachments/日本語.txt": a, "attachments/报告.doc": b})
 
 
+@case
+def raw_utf8_filename():
+    data = b"raw utf-8 name"
+    mixed = multipart("raw8", [
+        leaf({"Content-Type": "text/plain; charset=utf-8"}, crlf("Raw UTF-8 in a header.\n")),
+        leaf({"Content-Type": 'application/pdf; name="Größe – März.pdf"',
+              "Content-Disposition": 'attachment; filename="Größe – März.pdf"'}, data),
+    ])
+    return Case("raw_utf8_filename", "a filename in raw 8-bit UTF-8 (RFC 6532 style, as some clients send)",
+                message("Raw", {"Content-Type": 'multipart/mixed; boundary="raw8"'}, mixed),
+                {"text.txt": text("Raw UTF-8 in a header.\n"), "attachments/Größe – März.pdf": data})
+
+
 HOSTILE = [
     ("../../../etc/passwd", "passwd"),
     ("/etc/shadow", "shadow"),
