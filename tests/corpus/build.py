@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import json
 import quopri
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,7 @@ CRLF = b"\r\n"
 
 def head(**fields: str) -> bytes:
     """Header lines; underscores in names become dashes; order kept."""
-    return b"".join(f"{k.replace('_', '-')}: {v}".encode("utf-8") + CRLF for k, v in fields.items())
+    return b"".join(f"{k.replace('_', '-')}: {v}".encode() + CRLF for k, v in fields.items())
 
 
 TOP = dict(
@@ -126,11 +128,12 @@ def text(s: str) -> bytes:
     return s.encode("utf-8")
 
 
-CASES: list[Case] = []
+#: Case builders by name; built only when the corpus is written.
+CASES: dict[str, Callable[[], Case]] = {}
 
 
-def case(fn):
-    CASES.append(fn())
+def case(fn: Callable[[], Case]) -> Callable[[], Case]:
+    CASES[fn.__name__] = fn
     return fn
 
 
@@ -809,6 +812,7 @@ def unknown_transfer_encoding():
 # --- S/MIME ---------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _keys():
     """Throwaway keys: Bob receives encrypted mail, Alice signs. Made once, kept in keys/."""
     from cryptography import x509
@@ -840,7 +844,6 @@ def _keys():
     return out
 
 
-KEYPAIRS = _keys()
 SIGNED_CONTENT_BODY = "Signed text.\n"
 
 
@@ -848,7 +851,7 @@ def _envelope(inner: bytes, recipient: str = "bob") -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs7
 
-    der = (pkcs7.PKCS7EnvelopeBuilder().set_data(inner).add_recipient(KEYPAIRS[recipient][1])
+    der = (pkcs7.PKCS7EnvelopeBuilder().set_data(inner).add_recipient(_keys()[recipient][1])
            .encrypt(serialization.Encoding.DER, []))
     return message("Encrypted", {"Content-Type": 'application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"',
                                  "Content-Disposition": 'attachment; filename="smime.p7m"',
@@ -869,7 +872,7 @@ def _detached_signature(content: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.serialization import pkcs7
 
-    key, cert = KEYPAIRS["alice"]
+    key, cert = _keys()["alice"]
     return (pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(cert, key, hashes.SHA256())
             .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary]))
 
@@ -949,7 +952,7 @@ def _openssl(*args: str, data: bytes) -> bytes:
         key = Path(tmp) / "alice.key"
         from cryptography.hazmat.primitives import serialization
 
-        key.write_bytes(KEYPAIRS["alice"][0].private_bytes(
+        key.write_bytes(_keys()["alice"][0].private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         cmd = ["openssl", *[a.replace("{key}", str(key)).replace("{certs}", str(KEYS)) for a in args]]
         return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
@@ -987,13 +990,13 @@ def smime_signed_then_encrypted():
 
 
 def main(names: list[str]) -> None:
-    wanted = set(names) or {c.name for c in CASES}
-    unknown = wanted - {c.name for c in CASES}
+    wanted = set(names) or set(CASES)
+    unknown = wanted - set(CASES)
     if unknown:
         sys.exit(f"unknown cases: {sorted(unknown)}")
-    for c in CASES:
-        if c.name not in wanted:
-            continue
+    for name in sorted(wanted):
+        c = CASES[name]()
+        assert c.name == name, f"{name} builds a case named {c.name}"
         folder = HERE / c.name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
