@@ -178,11 +178,6 @@ ParseFunction = Callable[..., None]
 VerifyFunction = Callable[[bytes, dict[str, bytes]], SignatureInfo]
 
 
-def _disposition(part: Part) -> str | None:
-    value = part.headers.get_content_disposition()
-    return value.lower() if value else None
-
-
 def _filename(part: Part) -> str | None:
     try:
         name = part.headers.get_filename()
@@ -197,7 +192,7 @@ def _in_body_position(part: Part) -> bool:
     node = part
     while node.parent is not None:
         parent = node.parent
-        if _disposition(node) == "attachment":
+        if node.disposition == "attachment":
             return False
         if parent.content_type == "multipart/related":
             start = parent.param("start")
@@ -210,7 +205,7 @@ def _in_body_position(part: Part) -> bool:
         elif parent.content_type == "multipart/signed" and node.index != 0:
             return False
         node = parent
-    return _disposition(node) != "attachment"
+    return node.disposition != "attachment"
 
 
 class FolderLayout:
@@ -305,7 +300,7 @@ class FolderLayout:
 
     def _body_kind(self, part: Part) -> str | None:
         """"text" or "html" when the part is a message body, None when an attachment."""
-        if part.maintype != "text" or part.headers.get_content_subtype() not in ("plain", "html"):
+        if part.maintype != "text" or part.subtype not in ("plain", "html"):
             return None
         if _filename(part) is not None or not _in_body_position(part):
             return None
@@ -409,7 +404,7 @@ class FolderLayout:
         return writer
 
     def _inline(self, part: Part) -> bool:
-        disposition = _disposition(part)
+        disposition = part.disposition
         if disposition is not None:
             return disposition == "inline"
         return part.parent is not None and part.parent.content_type == "multipart/related"

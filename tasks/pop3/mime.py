@@ -13,8 +13,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from email.message import Message
-from email.parser import HeaderParser
-from email.policy import compat32
+from functools import cached_property
 from typing import BinaryIO, Protocol
 
 BLOCK = 256 * 1024
@@ -47,15 +46,24 @@ class Part:
         """The IMAP-style part number; a single-part message's body is part 1."""
         return self.number or "1"
 
-    @property
+    @cached_property
     def content_type(self) -> str:
         return self.headers.get_content_type()
 
     @property
     def maintype(self) -> str:
-        return self.headers.get_content_maintype()
+        return self.content_type.partition("/")[0]
 
     @property
+    def subtype(self) -> str:
+        return self.content_type.partition("/")[2]
+
+    @cached_property
+    def disposition(self) -> str | None:
+        value = self.headers.get_content_disposition()
+        return value.lower() if value else None
+
+    @cached_property
     def transfer_encoding(self) -> str:
         return str(self.headers.get("content-transfer-encoding", "")).strip().lower()
 
@@ -81,16 +89,33 @@ class Visitor(Protocol):
 
 
 def parse_headers(data: bytes, default_type: str = "text/plain") -> Message:
-    """A header block as a compat32 Message. Raw 8-bit values (RFC 6532 allows UTF-8;
-    older clients send their own charset) are decoded first: compat32 would make them
-    "unknown-8bit" Header objects and lose the text."""
+    """A header block as a compat32 Message, as the email package's parser builds it (name
+    up to the colon, value with its folding), without its per-message machinery.
+
+    Raw 8-bit values (RFC 6532 allows UTF-8; older clients send their own charset) are
+    decoded first: compat32 would make them "unknown-8bit" Header objects and lose the text.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    message = HeaderParser(policy=compat32).parsestr(text)
+    message = Message()
     if default_type != "text/plain":
         message.set_default_type(default_type)
+    name, value = None, ""
+    for line in text.split("\n"):
+        if line[:1] in (" ", "\t"):
+            if name is not None:
+                value += "\n" + line
+            continue
+        if name is not None:
+            message.set_raw(name, value.rstrip("\r\n"))
+        name = None
+        colon = line.find(":")
+        if colon > 0:  # a line without one ("From " envelope lines) is no header
+            name, value = line[:colon], line[colon + 1:].lstrip(" \t")
+    if name is not None:
+        message.set_raw(name, value.rstrip("\r\n"))
     return message
 
 
@@ -130,9 +155,10 @@ class Base64Decoder:
     def _padding(self, data: bytes) -> bytes:
         """binascii's rules for '=': ignored where it cannot pad; where it completes a
         group, the data ends there. Rare, so a plain loop is fine."""
-        out = bytearray()
-        quad = pads = 0
-        for byte in data:
+        first = data.index(b"=")
+        out = bytearray(data[:first])
+        quad, pads = first % 4, 0
+        for byte in data[first:]:
             if byte == 0x3D:  # '='
                 if quad >= 2:
                     pads += 1

@@ -100,7 +100,9 @@ class MessageStore:
 
     def save(self, incoming: IncomingMessage, uidl: str) -> ReceivedMail:
         """Save everything for one message; the incoming file is consumed."""
-        headers = read_headers(incoming.path)
+        with _os_errors(incoming.path), open(incoming.path, "rb") as f:
+            head = _read_head(f)
+        headers = header_fields(head)
         mail = ReceivedMail(
             configuration=self.configuration,
             uidl=uidl,
@@ -116,7 +118,7 @@ class MessageStore:
                 staging.mkdir(mode=self.dir_mode)
                 original = staging / ORIGINAL_NAME
                 os.replace(incoming.path, original)
-                self.write_contents(original, staging, mail)
+                self.write_contents(original, staging, mail, head)
                 if not self.options.save_original:
                     original.unlink()
                 self._publish(staging, final)
@@ -126,14 +128,16 @@ class MessageStore:
             raise
         return self._relocate(mail, staging, final)
 
-    def write_contents(self, original: Path, folder: Path, mail: ReceivedMail) -> None:
-        """Write the text, HTML and attachments of ``original`` into ``folder``."""
+    def write_contents(self, original: Path, folder: Path, mail: ReceivedMail,
+                       head: Message | None = None) -> None:
+        """Write the text, HTML and attachments of ``original`` (whose top headers are
+        ``head``, when already read) into ``folder``."""
         opts = self.options
         if not (opts.save_text or opts.save_attachments):
             return
         plaintexts: list[Path] = []
         try:
-            source = self._unwrap(original, mail, plaintexts)
+            source = self._unwrap(original, mail, plaintexts, head)
             if source is not None:
                 self._lay_out(source, folder, mail)
         finally:
@@ -171,12 +175,16 @@ class MessageStore:
         if mail.signature is None:
             mail.signature = result.signature
 
-    def _unwrap(self, source: Path, mail: ReceivedMail, plaintexts: list[Path]) -> Path | None:
+    def _unwrap(self, source: Path, mail: ReceivedMail, plaintexts: list[Path],
+                headers: Message | None) -> Path | None:
         """Decrypt and open S/MIME layers; None when there is nothing more to save."""
         for _ in range(MAX_SMIME_LAYERS):
             root = _RootBody()
-            with open(source, "rb") as f:
-                head = Part(headers=_read_head(f), number="")
+            if headers is None:
+                with open(source, "rb") as f:
+                    headers = _read_head(f)
+            head = Part(headers=headers, number="")
+            headers = None
             kind = smime.smime_kind(head.content_type, head.param("smime-type"), head.param("name"))
             if kind is None:
                 return source
@@ -271,11 +279,9 @@ def _read_head(f) -> Message:
     return parse_headers(bytes(head))
 
 
-def read_headers(path: Path) -> dict:
-    """Sender, recipients, subject, date and Message-ID from the top of a saved message.
-    Raw values, decoded here: a malformed header must not stop the save."""
-    with open(path, "rb") as f:
-        message = _read_head(f)
+def header_fields(message: Message) -> dict:
+    """ReceivedMail's header fields. Raw values, decoded here: a malformed header must not
+    stop the save."""
     senders = _addresses(message, "From")
     return {
         "message_id": _header(message, "Message-ID") or None,
