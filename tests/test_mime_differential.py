@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import email
 import hashlib
+import os
 import quopri
 from email.message import Message
 from email.policy import compat32
@@ -24,6 +25,9 @@ from hypothesis import strategies as st
 from tasks.pop3.layout import FolderLayout, LayoutOptions
 from tasks.pop3.mime import Part, parse_file, parse_headers
 from tests.test_store_corpus import CASES, CORPUS
+
+# A small fixed budget in CI; POP3MAIL_SOAK=1 for a long run.
+EXAMPLES = 5000 if os.environ.get("POP3MAIL_SOAK") else 300
 
 
 def email_package_parse(path: Path, visitor: FolderLayout, *, nested: bool = False) -> None:
@@ -162,7 +166,7 @@ def mime_tree(depth: int = 3):
     return node(0)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tree=mime_tree())
 def test_streaming_parser_and_email_package_agree_on_random_trees(tree, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("diff")

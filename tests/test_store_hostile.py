@@ -16,6 +16,9 @@ from tasks.pop3.models import SaveOptions
 from tasks.pop3.store import MessageStore
 from tests.test_mime_differential import mime_tree
 
+# A small fixed budget in CI; POP3MAIL_SOAK=1 for a long run.
+EXAMPLES = 5000 if os.environ.get("POP3MAIL_SOAK") else 300
+
 _NAME = st.one_of(
     st.text(max_size=80),
     st.sampled_from(["../../escape", "/abs/path", "..\\..\\win", "CON", "nul.txt", ".", "..",
@@ -89,13 +92,13 @@ def check_saved(root: Path, data: bytes, uidl: str) -> None:
         assert not path.is_symlink()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=hostile_message())
 def test_hostile_messages_stay_in_their_folder(data, tmp_path_factory):
     check_saved(tmp_path_factory.mktemp("hostile"), data, "u1")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=600))
 def test_arbitrary_bytes_never_crash_the_store(data, tmp_path_factory):
     check_saved(tmp_path_factory.mktemp("bytes"), data, "u2")
