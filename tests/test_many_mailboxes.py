@@ -28,9 +28,9 @@ _LOGIN = re.compile(r"pop3-login: Info: Login: user=<(?P<user>[^>]*)>.*session=<
 _LOGOUT = re.compile(r"pop3\((?P<user>[^)]*)\)<\d+><(?P<id>[^>]+)>: Info: Disconnected")
 
 
-def sessions_in_log(log: str, user: str) -> tuple[int, int]:
-    """(sessions, most open at once) for ``user``, from Dovecot's log in its order: a
-    session is open from its Login line to its Disconnected line."""
+def sessions_in_log(log: str, user: str) -> tuple[int, int, int]:
+    """(sessions, most open at once, open at the end) for ``user``, from Dovecot's log in
+    its order: a session is open from its Login line to its Disconnected line."""
     open_now: set[str] = set()
     sessions = most = 0
     for line in log.splitlines():
@@ -40,7 +40,11 @@ def sessions_in_log(log: str, user: str) -> tuple[int, int]:
             most = max(most, len(open_now))
         elif (m := _LOGOUT.search(line)) and m["user"] == user:
             open_now.discard(m["id"])
-    return sessions, most
+    return sessions, most, len(open_now)
+
+
+def log_sessions(dovecot, user: str) -> tuple[int, int, int]:
+    return sessions_in_log(dovecot.log_file.read_text(errors="replace"), user)
 
 
 def wait_until(condition, timeout: float = 10.0) -> bool:
@@ -161,11 +165,11 @@ def test_log_shows_overlapping_sessions_when_there_are_some(dovecot):
         first.login()
         other = threading.Thread(target=second_session)
         other.start()
-        assert wait_until(lambda: sessions_in_log(dovecot.log_file.read_text(), box.user)[0] == 2)
+        assert wait_until(lambda: log_sessions(dovecot, box.user)[0] == 2)
     other.join(15)
     assert second_logged_in.is_set()
-    assert wait_until(lambda: "Disconnected" in dovecot.log_file.read_text().split(box.user)[-1])
-    assert sessions_in_log(dovecot.log_file.read_text(), box.user) == (2, 2)
+    assert wait_until(lambda: log_sessions(dovecot, box.user)[2] == 0)
+    assert log_sessions(dovecot, box.user) == (2, 2, 0)
 
 
 def test_two_runs_of_one_mailbox_never_hold_a_session_at_once(dovecot, mailbox, tmp_path):
@@ -183,14 +187,14 @@ def test_two_runs_of_one_mailbox_never_hold_a_session_at_once(dovecot, mailbox, 
         for thread in runs:
             thread.start()
         time.sleep(2.0)
-        assert sessions_in_log(dovecot.log_file.read_text(), mailbox.user) == (0, 0)
+        assert log_sessions(dovecot, mailbox.user) == (0, 0, 0)
         assert mailbox.count() == 3
     for thread in runs:
         thread.join(90)
 
     assert all(state.is_completed() for state in states.values()), states
     assert sorted(len(state.result()) for state in states.values()) == [0, 3]
-    assert wait_until(lambda: dovecot.log_file.read_text().count(f"pop3({mailbox.user})") >= 2)
-    assert sessions_in_log(dovecot.log_file.read_text(), mailbox.user) == (2, 1)
+    assert wait_until(lambda: log_sessions(dovecot, mailbox.user)[2] == 0)
+    assert log_sessions(dovecot, mailbox.user) == (2, 1, 0)
     assert saved_originals(tmp_path) == Counter(normalized(m) for m in messages)
     assert mailbox.count() == 0
