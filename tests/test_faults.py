@@ -189,3 +189,23 @@ def test_a_dropped_connection_leaves_no_partial_file(tmp_path):
                             ReceiveOptions(remove_after_read=True))
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and "journal" not in p.name]
     assert leftovers == []
+
+
+def test_a_full_disk_stops_the_run_and_the_rest_waits_on_the_server(tmp_path):
+    messages = [sample_message(i, body="y" * 60_000 + "\r\n") for i in range(1, 9)]
+    with mounted_tmpfs(tmp_path / "small", "size=300k") as small, FaultServer(messages) as server:
+        save = SaveOptions(directory=small / "mail")
+        report = receive_mailbox("full", settings_for(server), save,
+                                 ReceiveOptions(remove_after_read=True))
+        saved = len(report.received)
+        assert 0 < saved < len(messages)
+        assert [f.error_type for f in report.failed] == ["DiskFullError"]
+        assert "no space" in report.failed[0].error
+        assert len(server.messages) == len(messages) - saved  # the rest waits
+        assert all(m.deleted for m in report.received)
+        subprocess.run(["mount", "-o", "remount,size=2m", str(small)], check=True)
+        rest = receive_mailbox("full", settings_for(server), save,
+                               ReceiveOptions(remove_after_read=True))
+        assert saved + len(rest.received) == len(messages) and not server.messages
+        got = originals(small / "mail")
+        assert len(got) == len(messages) and max(got.values()) == 1

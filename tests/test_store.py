@@ -97,3 +97,23 @@ def test_a_parser_bug_costs_the_parts_not_the_message(tmp_path, monkeypatch):
     assert list(saved_files(mail.folder)) == [ORIGINAL_NAME]
     assert mail.text_path is None and mail.attachments == []
     assert mail.warnings == ["internal error reading the message (RuntimeError); only the original is saved"]
+
+
+def test_leftovers_of_killed_runs_are_removed_after_an_hour(tmp_path):
+    import os
+    import time
+
+    from tasks.pop3.models import SaveOptions
+    from tasks.pop3.store import MessageStore
+
+    store = MessageStore(SaveOptions(directory=tmp_path), "user@host:995", "cfg")
+    old_file, old_dir = store.incoming().path, store._work / "staging-x"
+    old_dir.mkdir()
+    fresh = store.incoming()
+    fresh.write(b"live")
+    hour_ago = time.time() - 3700
+    for path in (old_file, old_dir):
+        os.utime(path, (hour_ago, hour_ago))
+    MessageStore(SaveOptions(directory=tmp_path), "user@host:995", "cfg")
+    assert not old_file.exists() and not old_dir.exists()
+    assert fresh.path.exists()

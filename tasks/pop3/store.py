@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import shutil
+import time
 import uuid
 from datetime import datetime
 from email.message import Message
@@ -49,10 +50,17 @@ class IncomingMessage:
         self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
         self._hash = hashlib.sha256()
         self.size = 0
+        self._error: OSError | None = None
 
     def write(self, data: bytes) -> None:
+        if self._error is not None:
+            return  # the disk failed: drop the rest, but let the session read it to the end
         self._hash.update(data)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._error = exc
+            return
         self.size += len(data)
 
     @property
@@ -62,10 +70,15 @@ class IncomingMessage:
     def finish(self) -> None:
         """Flush to the OS, so a crash of this process cannot lose it."""
         with _os_errors(self.path):
+            if self._error is not None:
+                raise self._error
             self._file.close()
 
     def discard(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # a full disk fails the flush too; the file goes anyway
         self.path.unlink(missing_ok=True)
 
 
@@ -88,6 +101,21 @@ class MessageStore:
             probe = self._work / f".probe-{uuid.uuid4().hex}"
             probe.touch()
             probe.unlink()
+        self._remove_leftovers()
+
+    def _remove_leftovers(self, older_than: float = 3600.0) -> None:
+        """Drop what killed runs left in the work folder (partial originals, staging folders).
+
+        Only entries untouched for an hour: a live run of another configuration of the same
+        mailbox writes its files continuously and renames them away within moments.
+        """
+        cutoff = time.time() - older_than
+        for entry in self._work.iterdir():
+            try:
+                if entry.lstat().st_mtime < cutoff:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            except OSError:
+                continue
 
     def incoming(self) -> IncomingMessage:
         return IncomingMessage(self._work / f"incoming-{uuid.uuid4().hex}.eml", self.file_mode)
