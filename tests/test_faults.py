@@ -209,3 +209,13 @@ def test_a_full_disk_stops_the_run_and_the_rest_waits_on_the_server(tmp_path):
         assert saved + len(rest.received) == len(messages) and not server.messages
         got = originals(small / "mail")
         assert len(got) == len(messages) and max(got.values()) == 1
+
+
+def test_commit_every_n_messages_quits_and_reconnects(tmp_path):
+    with FaultServer([sample_message(i) for i in range(10)]) as server:
+        report = receive_mailbox("commit", settings_for(server), SaveOptions(directory=tmp_path),
+                                 ReceiveOptions(remove_after_read=True, commit_every=3))
+        assert len(report.received) == 10 and all(m.deleted for m in report.received)
+        assert server.sessions == 4  # 3 + 3 + 3 + 1, each committed by its QUIT
+        assert sum(c == "QUIT" for c in server.commands) == 4
+        assert server.messages == []
