@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, SecretStr, WithJsonSchema, field_validator, model_validator
 
 from tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
 from tasks.pop3.models import (
@@ -26,6 +28,12 @@ from .service_settings import POP3MailServiceSettings
 
 _OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def _dropdown(enum_type: type) -> WithJsonSchema:
+    """Inline an enum's values: Prefect's V1 form titles a $ref'd enum field with the enum's
+    class name and docstring instead of the field's title and description."""
+    return WithJsonSchema({"type": "string", "enum": [m.value for m in enum_type]})
 
 
 def _secret(value: SecretStr | None) -> str:
@@ -79,7 +87,7 @@ class POP3MailConfiguration(Block):
     description: str = Field(
         default="", title="Description", description="What this configuration is for."
     )
-    status: Status = Field(
+    status: Annotated[Status, _dropdown(Status)] = Field(
         default=Status.ACTIVE,
         title="Status",
         description="Active or Inactive. Runs that use an inactive configuration end in error.",
@@ -109,7 +117,7 @@ class POP3MailConfiguration(Block):
         ge=0,
         le=65535,
     )
-    security: Security = Field(
+    security: Annotated[Security, _dropdown(Security)] = Field(
         default=Security.IMPLICIT,
         title="Use secure connection (SSL)",
         description="None (plain text), Explicit SSL/TLS (STLS on port 110, never falls "
@@ -148,7 +156,7 @@ class POP3MailConfiguration(Block):
         description="Delete each message from the server once everything for it is saved. If "
         "off, messages stay and 'New messages only' decides whether they are read again.",
     )
-    authentication: Authentication = Field(
+    authentication: Annotated[Authentication, _dropdown(Authentication)] = Field(
         default=Authentication.BASIC,
         title="Authentication",
         description="Basic (user profile and password) or OAUTH2 (token-based, for example "
@@ -207,7 +215,7 @@ class POP3MailConfiguration(Block):
         gt=0,
         le=3600,
     )
-    login_method: LoginMethod = Field(
+    login_method: Annotated[LoginMethod, _dropdown(LoginMethod)] = Field(
         default=LoginMethod.AUTO,
         title="Login method",
         description="auto uses USER/PASS for Basic and XOAUTH2 for OAUTH2; apop, plain "

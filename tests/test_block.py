@@ -49,10 +49,11 @@ def test_every_field_has_a_title_and_a_sentence():
 
 def test_schema_renders_enums_as_dropdowns_and_secrets_as_passwords():
     schema = POP3MailConfiguration.model_json_schema()
-    defs = schema.get("definitions") or schema.get("$defs")
-    assert defs["Status"]["enum"] == ["Active", "Inactive"]
-    assert defs["Security"]["enum"] == ["None", "Explicit SSL/TLS", "Implicit SSL/TLS"]
-    assert defs["Authentication"]["enum"] == ["Basic", "OAUTH2"]
+    props = schema["properties"]
+    assert props["status"]["enum"] == ["Active", "Inactive"]
+    assert props["security"]["enum"] == ["None", "Explicit SSL/TLS", "Implicit SSL/TLS"]
+    assert props["authentication"]["enum"] == ["Basic", "OAUTH2"]
+    assert props["security"]["title"] == "Use secure connection (SSL)"  # not the enum's name
     for secret in ("password", "public_key_password", "client_secret"):
         assert schema["properties"][secret]["format"] == "password"
     assert set(schema["secret_fields"]) >= {"password", "public_key_password", "client_secret"}
