@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-from prefect.blocks.core import Block
 from typing import Annotated
 
+from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, WithJsonSchema, field_validator, model_validator
 
 from tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
