@@ -66,6 +66,7 @@ def test_connection_dropped_at_random_points_loses_and_duplicates_nothing(tmp_pa
         server.cut_output_at = None
         while server.messages:
             receive_mailbox("drops", settings_for(server), save, options)
+    print(f"{drops} connection drops over {len(messages)} messages")
     assert drops >= DROPS // 2, f"only {drops} drops happened"
     got = originals(tmp_path)
     assert set(got) == {hashlib.sha256(m).hexdigest() for m in messages}
