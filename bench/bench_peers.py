@@ -131,7 +131,11 @@ class PeerBench:
         box = self.mailbox([with_attachment(0, int(size / 1.3514), subject="Huge")])
         peers = {tool: run for tool, run in ((GETMAIL, run_getmail), (FETCHMAIL, run_fetchmail))
                  if not self.missing.get(tool)}
-        return rss_rows(box, self.top / "d", size, peers)
+        rows = rss_rows(box, self.top / "d", size, peers)
+        for row in rows:
+            print(f"(d) {row['tool']}: peak {row['peak MB']} MB, growth "
+                  f"{row.get('growth MB', '-')} MB, {row['seconds']} s", flush=True)
+        return rows
 
     def many_mailboxes(self) -> None:
         from flows import receive_from_mailboxes

@@ -57,6 +57,8 @@ class Outcome:
     peak_rss_kb: int = 0
     discarded: int = 0
     skipped: str = ""
+    #: Why a run failed: the tool could not do the work (the benchmark goes on).
+    failed: str = ""
 
     @property
     def key(self) -> str:
@@ -65,6 +67,9 @@ class Outcome:
     def line(self) -> str:
         if self.skipped:
             return f"{self.workload} | {self.tool}: skipped, {self.skipped}"
+        if self.failed:
+            return f"{self.workload} | {self.tool}: FAILED after {len(self.times)} run(s): " \
+                   f"{self.failed}"
         runs = ", ".join(f"{t:.2f}" for t in self.times)
         note = f"; {self.discarded} run(s) discarded for a tool bug" if self.discarded else ""
         return f"{self.workload} | {self.tool}: median {self.median:.3f} s ({runs}){note}"
@@ -87,7 +92,11 @@ def measure(workload: str, tool: str, run: Callable[[Path], Run], out: Path, exp
         outcome.peak_rss_kb = max(outcome.peak_rss_kb, result.peak_rss_kb)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    median_seconds(timed, repeat, setup=lambda: fresh(out))
+    try:
+        median_seconds(timed, repeat, setup=lambda: fresh(out))
+    except Exception as exc:  # one tool failing must not hide the others' figures
+        outcome.failed = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return outcome
     outcome.median = statistics.median(times)  # of the tool's own time, checks excluded
     return outcome
 

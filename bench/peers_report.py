@@ -12,16 +12,17 @@ POPLIB, GETMAIL, FETCHMAIL = "poplib loop", "getmail6", "fetchmail"
 
 def _find(outcomes: list[Outcome], key: str, tool: str) -> Outcome | None:
     return next((o for o in outcomes if o.key == key and o.tool.startswith(tool)
-                 and not o.skipped), None)
+                 and not o.skipped and not o.failed), None)
 
 
 def time_rows(outcomes: list[Outcome]) -> list[dict]:
     rows = []
     for o in outcomes:
         ours = _find(outcomes, o.key, POP3MAIL) if o.key in "abc" else None
-        if o.skipped:
-            rows.append({"workload": o.workload, "tool": o.tool, "median s": "skipped",
-                         "runs s": o.skipped})
+        if o.skipped or o.failed:
+            rows.append({"workload": o.workload, "tool": o.tool,
+                         "median s": "skipped" if o.skipped else "FAILED",
+                         "runs s": (o.skipped or o.failed)[:120]})
             continue
         rows.append({
             "workload": o.workload, "tool": o.tool, "median s": f"{o.median:.3f}",
@@ -70,7 +71,9 @@ def target_rows(outcomes: list[Outcome], rss: list[dict]) -> list[dict]:
         rows.append(_target("(d) peak RSS growth under 100 MB", f"{growth_mb:.1f} MB",
                             growth_mb < 100))
     one, many = _find(outcomes, "e", "receive_all_mail"), _find(outcomes, "e", "receive_from")
-    if one and many:
+    if any(o.key == "e" and o.failed for o in outcomes):
+        rows.append(_target("(e) many mailboxes under 3x one", "a run failed", False))
+    elif one and many:
         ratio = many.median / one.median
         rows.append(_target("(e) many mailboxes under 3x one", f"{ratio:.2f}x", ratio < 3))
     flow, direct = _find(outcomes, "f", POP3MAIL), _find(outcomes, "f", ENGINE)
