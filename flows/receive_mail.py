@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.states import Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import POP3MailConfiguration
 from tasks.activities import (
@@ -79,15 +79,29 @@ def receive_all_mail(
     )
 
 
-@flow(name="receive-from-mailboxes", log_prints=True)
+class MailboxesFailedError(POP3MailError):
+    """Some mailboxes of a receive_from_mailboxes run failed; ``received`` has the others'."""
+
+    def __init__(self, message: str, received: dict[str, list[ReceivedMail]]):
+        super().__init__(message)
+        self.received = received
+
+
+#: Mailboxes received at once by default: enough to overlap network waits, few enough to
+#: keep the load on the Prefect API flat. Override with .with_options(task_runner=...).
+MAILBOX_WORKERS = 8
+
+
+@flow(name="receive-from-mailboxes", log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=MAILBOX_WORKERS))
 def receive_from_mailboxes(
     configurations: list[Configuration],
     max_messages: int | None = None,
-) -> dict[str, list[ReceivedMail]] | State:
+) -> dict[str, list[ReceivedMail]]:
     """Receive many mailboxes concurrently through the flow's task runner.
 
-    Every mailbox runs even when others fail; the flow then ends Failed and names them,
-    with the received mail of the others still in its result.
+    Every mailbox runs even when others fail; the flow then ends Failed with a
+    MailboxesFailedError that names them and carries the received mail of the others.
     """
     received: dict[str, list[ReceivedMail]] = {}
     failures: dict[str, str] = {}
@@ -111,9 +125,8 @@ def receive_from_mailboxes(
             failures[name] = state.message or "failed"
     if failures:
         detail = "; ".join(f"{name}: {why}" for name, why in failures.items())
-        return Failed(
-            message=f"{len(failures)} of {len(configurations)} mailbox(es) failed: {detail}",
-            data=received,
+        raise MailboxesFailedError(
+            f"{len(failures)} of {len(configurations)} mailbox(es) failed: {detail}", received
         )
     return received
 

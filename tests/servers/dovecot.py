@@ -84,7 +84,8 @@ class Dovecot:
         nobody = pwd.getpwnam("nobody")
         self._uid, self._gid = nobody.pw_uid, nobody.pw_gid
         self.ca.cert_pem.write_to_path(str(self.ca_file))
-        cert = self.ca.issue_cert("localhost", "127.0.0.1", "::1")
+        # A common name too: fetchmail-style clients ignore subjectAltName without one.
+        cert = self.ca.issue_cert("localhost", "127.0.0.1", "::1", common_name="localhost")
         cert.private_key_pem.write_to_path(str(self.root / "key.pem"))
         cert.cert_chain_pems[0].write_to_path(str(self.root / "cert.pem"))
         for name in ("run", "state", "mail"):
