@@ -69,7 +69,7 @@ class MailboxReceiver:
     def run(self, limit: int | None = None) -> ReceiveReport:
         """Receive up to ``limit`` (or the configured maximum) messages."""
         limit = limit or self.options.max_messages
-        journal = Journal(self.options_directory, self.connection.mailbox_key)
+        journal = Journal(self.store.root, self.connection.mailbox_key)
         try:
             while True:
                 remaining = None if limit is None else limit - len(self.report.received)
@@ -88,10 +88,6 @@ class MailboxReceiver:
         finally:
             journal.close()
         return self.report
-
-    @property
-    def options_directory(self):
-        return self.store.root
 
     # --- one session ------------------------------------------------------------------
 

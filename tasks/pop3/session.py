@@ -34,7 +34,7 @@ from .errors import (
     STLSNotOfferedError,
 )
 from .lineio import LineReader, Sink
-from .models import Authentication, ConnectionSettings, LoginMethod, Security
+from .models import ConnectionSettings, LoginMethod, Security
 
 log = logging.getLogger("pop3mail.session")
 
@@ -669,4 +669,4 @@ def _reply_error(command: str, line: bytes) -> POP3ReplyError:
     return POP3ReplyError(command, line)
 
 
-__all__ = ["POP3Session", "tls_context", "Authentication"]
+__all__ = ["POP3Session", "tls_context"]
