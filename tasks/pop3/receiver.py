@@ -11,8 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
 
 from .errors import (
     DiskFullError,
@@ -23,6 +21,7 @@ from .errors import (
     SaveError,
 )
 from .journal import Journal
+from .mime import parse_headers
 from .models import (
     ConnectionSettings,
     ListedMessage,
@@ -33,7 +32,7 @@ from .models import (
     SaveOptions,
 )
 from .session import POP3Session
-from .store import IncomingMessage, MessageStore
+from .store import IncomingMessage, MessageStore, header_fields
 
 log = logging.getLogger("pop3mail.receiver")
 
@@ -178,9 +177,9 @@ class MailboxReceiver:
                 continue
             sender = subject = ""
             if not opts.filters.is_empty() or opts.dry_run:
-                head = _parse_head(session.top(number, 0))
-                sender, subject = head["from"], head["subject"]
-                if not opts.filters.matches(sender, head["to"], subject):
+                head = header_fields(parse_headers(session.top(number, 0)))
+                sender, subject = head["sender"], head["subject"]
+                if not opts.filters.matches(sender, head["recipients"], subject):
                     self.report.skipped_filtered += 1
                     continue
             if opts.dry_run:
@@ -251,18 +250,6 @@ class MailboxReceiver:
             MessageFailure(uidl=uidl, number=number, error=str(error),
                            error_type=type(error).__name__)
         )
-
-
-def _parse_head(raw: bytes) -> dict:
-    message = BytesHeaderParser(policy=default_policy).parsebytes(raw)
-
-    def text(name: str) -> str:
-        try:
-            return str(message.get(name, "")).strip()
-        except Exception:  # malformed header: filters see it as empty
-            return ""
-
-    return {"from": text("From"), "to": [text("To"), text("Cc")], "subject": text("Subject")}
 
 
 def receive_mailbox(configuration: str, connection: ConnectionSettings, save: SaveOptions,
