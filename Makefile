@@ -17,7 +17,7 @@ packages:
 	bash tests/setup/debian-packages.sh
 
 demo: venv packages
-	$(PY) -m flows.demo
+	$(PY) -m prefect_pop3mail.flows.demo
 
 test: venv packages
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -138,7 +138,7 @@ class PeerBench:
         return rows
 
     def many_mailboxes(self) -> None:
-        from flows import receive_from_mailboxes
+        from prefect_pop3mail.flows import receive_from_mailboxes
 
         count, n = self.sizes.mailboxes, self.sizes.per_mailbox
         names = []

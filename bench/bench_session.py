@@ -22,8 +22,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from bench.common import child_peak_rss, median_seconds, table
-from tasks.pop3.models import ConnectionSettings, Security
-from tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
+from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
 from tests.servers.latency_proxy import LatencyProxy
 
@@ -99,8 +99,8 @@ mode, host, port, user, password, ca_file, out = sys.argv[1:]
 port = int(port)
 if mode == "engine":
     from pydantic import SecretStr
-    from tasks.pop3.models import ConnectionSettings
-    from tasks.pop3.session import POP3Session
+    from prefect_pop3mail.tasks.pop3.models import ConnectionSettings
+    from prefect_pop3mail.tasks.pop3.session import POP3Session
 else:
     import email, email.policy, poplib, ssl
 base = high_water_kb()

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blocks import POP3MailConfiguration
-from tasks.pop3.receiver import receive_mailbox
-
-from .peers_tools import Mailbox, Run
+from bench.peers_tools import Mailbox, Run
+from prefect_pop3mail.blocks import POP3MailConfiguration
+from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 
 
 def save_configuration(name: str, box: Mailbox, save_directory: Path) -> POP3MailConfiguration:
@@ -36,7 +35,7 @@ def save_configuration(name: str, box: Mailbox, save_directory: Path) -> POP3Mai
 
 def run_flow(name: str) -> Run:
     """The ``receive-all-mail`` flow, whose MAIL_RECEIVEALL task receives the mailbox."""
-    from flows import receive_all_mail
+    from prefect_pop3mail.flows import receive_all_mail
 
     return Run(len(receive_all_mail(name)))
 

@@ -24,8 +24,13 @@ def high_water_kb() -> int:
 def engine(host: str, port: int, user: str, password: str, ca_file: str, out: Path) -> int:
     from pydantic import SecretStr
 
-    from tasks.pop3.models import ConnectionSettings, ReceiveOptions, SaveOptions, Security
-    from tasks.pop3.receiver import receive_mailbox
+    from prefect_pop3mail.tasks.pop3.models import (
+        ConnectionSettings,
+        ReceiveOptions,
+        SaveOptions,
+        Security,
+    )
+    from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 
     settings = ConnectionSettings(host=host, port=port, security=Security.IMPLICIT, user=user,
                                   password=SecretStr(password), tls_ca_file=ca_file, timeout=300)

@@ -9,8 +9,9 @@ from typing import Annotated
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, WithJsonSchema, field_validator, model_validator
 
-from tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
-from tasks.pop3.models import (
+from prefect_pop3mail.blocks.service_settings import POP3MailServiceSettings
+from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
+from prefect_pop3mail.tasks.pop3.models import (
     DEFAULT_PORTS,
     Authentication,
     ConnectionSettings,
@@ -21,9 +22,7 @@ from tasks.pop3.models import (
     Security,
     Status,
 )
-from tasks.pop3.oauth import ENTRA_DEFAULT_SCOPE, is_entra_endpoint
-
-from .service_settings import POP3MailServiceSettings
+from prefect_pop3mail.tasks.pop3.oauth import ENTRA_DEFAULT_SCOPE, is_entra_endpoint
 
 _OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -66,8 +65,8 @@ class POP3MailConfiguration(Block):
     Example:
         Load a saved configuration and receive its mail:
         ```python
-        from blocks import POP3MailConfiguration
-        from flows import receive_all_mail
+        from prefect_pop3mail.blocks import POP3MailConfiguration
+        from prefect_pop3mail.flows import receive_all_mail
 
         config = POP3MailConfiguration.load("BLOCK_NAME")
         received = receive_all_mail(config)

@@ -18,7 +18,7 @@ class POP3MailServiceSettings(BaseSettings):
 
     Example:
         ```python
-        from blocks import POP3MailServiceSettings
+        from prefect_pop3mail.blocks import POP3MailServiceSettings
 
         settings = POP3MailServiceSettings()  # reads the environment and ./.env
         print(settings.server)

@@ -1,6 +1,6 @@
 """Flows of pop3mail."""
 
-from .receive_mail import (
+from prefect_pop3mail.flows.receiving import (
     check_pop3_connection,
     receive_all_mail,
     receive_from_mailboxes,

@@ -91,8 +91,8 @@ def start_sample_mailbox(messages: list[bytes]) -> SampleMailbox:
 def main() -> None:
     # No telemetry: the demo talks to loopback only.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from blocks import POP3MailConfiguration
-    from flows import receive_all_mail
+    from prefect_pop3mail.blocks import POP3MailConfiguration
+    from prefect_pop3mail.flows import receive_all_mail
 
     output = Path(os.environ.get("POP3MAIL_DEMO_DIR", "demo-output")).resolve()
     mailbox = start_sample_mailbox(sample_messages())

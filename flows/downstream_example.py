@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from tasks.publish import artifact_key
+from prefect_pop3mail.tasks.publish import artifact_key
 
 MANIFEST_NAME = "received-files.json"
 

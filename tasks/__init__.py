@@ -10,7 +10,7 @@ __all__ = ["mail_receive", "mail_receive_all", "check_connection"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import activities as module
+        from prefect_pop3mail.tasks import activities as module
 
         return getattr(module, name)
     raise AttributeError(name)

@@ -13,10 +13,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from blocks import POP3MailConfiguration
-from tasks.pop3.diagnostics import check_mailbox
-from tasks.pop3.errors import ConfigurationError, POP3MailError
-from tasks.pop3.models import (
+from prefect_pop3mail.blocks import POP3MailConfiguration
+from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
+from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, POP3MailError
+from prefect_pop3mail.tasks.pop3.models import (
     Authentication,
     ConnectionReport,
     ConnectionSettings,
@@ -25,8 +25,8 @@ from tasks.pop3.models import (
     ReceivedMail,
     ReceiveReport,
 )
-from tasks.pop3.receiver import MailboxReceiver
-from tasks.publish import ProgressArtifact, mailbox_lock, publish_report
+from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
+from prefect_pop3mail.tasks.publish import ProgressArtifact, mailbox_lock, publish_report
 
 Configuration = POP3MailConfiguration | str
 
@@ -49,7 +49,7 @@ def connection_for(config: POP3MailConfiguration) -> ConnectionSettings:
     """Connection settings, with a token provider for OAUTH2 configurations."""
     provider = None
     if config.authentication is Authentication.OAUTH2:
-        from tasks.pop3.oauth import client_credentials
+        from prefect_pop3mail.tasks.pop3.oauth import client_credentials
 
         provider = client_credentials(
             token_endpoint=config.token_endpoint,

@@ -22,7 +22,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from tasks.pop3.models import ReceivedMail, ReceiveReport
+from prefect_pop3mail.tasks.pop3.models import ReceivedMail, ReceiveReport
 
 EVENT_RECEIVED = "pop3mail.message.received"
 LOCK_LEASE_SECONDS = 60

@@ -11,7 +11,7 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from tasks.pop3.models import ConnectionSettings, Security
+from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
 from tests.servers.dovecot import Dovecot, dovecot_unavailable_reason, start_dovecot
 
 # Tests talk to loopback only: no telemetry from Prefect's test server.
@@ -85,7 +85,7 @@ class Mailbox:
         return ConnectionSettings(**values)
 
     def block(self, save_directory: Path, security: Security = Security.IMPLICIT, **fields):
-        from blocks import POP3MailConfiguration
+        from prefect_pop3mail.blocks import POP3MailConfiguration
 
         values = dict(
             server="localhost" if security is not Security.NONE else "127.0.0.1",

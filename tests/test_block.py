@@ -6,9 +6,9 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr, ValidationError
 
-from blocks import POP3MailConfiguration, POP3MailServiceSettings
-from tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
-from tasks.pop3.models import Authentication, LoginMethod, Security, Status
+from prefect_pop3mail.blocks import POP3MailConfiguration, POP3MailServiceSettings
+from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
+from prefect_pop3mail.tasks.pop3.models import Authentication, LoginMethod, Security, Status
 
 SEED_FIELDS = [
     "description", "status", "server", "user", "password", "port", "security",

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from tasks.pop3.models import Security
-from tasks.publish import lock_name
+from prefect_pop3mail.tasks.pop3.models import Security
+from prefect_pop3mail.tasks.publish import lock_name
 from tests.conftest import sample_message
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]

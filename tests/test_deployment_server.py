@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.downstream_example import MANIFEST_NAME
+from prefect_pop3mail.flows.downstream_example import MANIFEST_NAME
 from tests.servers.prefect_server import PROJECT_ROOT, PrefectServer, shared_prefect_server
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
@@ -83,7 +83,7 @@ def test_deployment_runs_on_a_process_worker_and_triggers_downstream(
     prefect_server: PrefectServer, mailbox, tmp_path: Path
 ):
     server = prefect_server
-    server.cli("block", "register", "-m", "blocks")
+    server.cli("block", "register", "-m", "prefect_pop3mail.blocks")
     save_dir = tmp_path / "mail"
     config = mailbox.block(save_dir, remove_from_server_after_read=True)
     asyncio.run(config.asave(CONFIGURATION, overwrite=True, client=server.client()))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tasks.pop3.errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
     POP3ConnectionError,
     POP3InUseError,
@@ -25,9 +25,14 @@ from tasks.pop3.errors import (
     POP3TimeoutError,
     SaveDirectoryError,
 )
-from tasks.pop3.models import ConnectionSettings, ReceiveOptions, SaveOptions, Security
-from tasks.pop3.receiver import receive_mailbox
-from tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.models import (
+    ConnectionSettings,
+    ReceiveOptions,
+    SaveOptions,
+    Security,
+)
+from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
+from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer, raw
 

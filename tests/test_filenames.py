@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.pop3.filenames import MAX_NAME_BYTES, NameAllocator, decode_rfc2047, safe_filename
+from prefect_pop3mail.tasks.pop3.filenames import (
+    MAX_NAME_BYTES,
+    NameAllocator,
+    decode_rfc2047,
+    safe_filename,
+)
 from tests.corpus.build import HOSTILE
 
 

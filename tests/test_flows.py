@@ -10,11 +10,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
-from flows import check_pop3_connection, receive_all_mail, receive_mail
-from tasks.activities import _retry_when_transient
-from tasks.pop3.errors import POP3AuthError, POP3ConnectionError, POP3InUseError
-from tasks.pop3.models import ListedMessage, ReceivedMail, Security
-from tasks.publish import EVENT_RECEIVED, artifact_key, lock_name
+from prefect_pop3mail.flows import check_pop3_connection, receive_all_mail, receive_mail
+from prefect_pop3mail.tasks.activities import _retry_when_transient
+from prefect_pop3mail.tasks.pop3.errors import POP3AuthError, POP3ConnectionError, POP3InUseError
+from prefect_pop3mail.tasks.pop3.models import ListedMessage, ReceivedMail, Security
+from prefect_pop3mail.tasks.publish import EVENT_RECEIVED, artifact_key, lock_name
 from tests.conftest import sample_message
 
 pytestmark = pytest.mark.dovecot
@@ -173,7 +173,7 @@ def test_connection_check_reports_without_retrieving(mailbox, tmp_path):
 
 
 def test_connection_check_reports_a_refused_login(mailbox, failing_login_source):
-    from tasks.pop3.diagnostics import check_mailbox
+    from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
 
     settings = mailbox.settings(
         Security.EXPLICIT, password=__import__("pydantic").SecretStr("wrong-password"),

@@ -13,9 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from tasks.pop3.errors import POP3MailError
-from tasks.pop3.models import ConnectionSettings, ReceiveOptions, SaveOptions, Security
-from tasks.pop3.receiver import receive_mailbox
+from prefect_pop3mail.tasks.pop3.errors import POP3MailError
+from prefect_pop3mail.tasks.pop3.models import (
+    ConnectionSettings,
+    ReceiveOptions,
+    SaveOptions,
+    Security,
+)
+from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 
 SOAK = os.environ.get("POP3MAIL_SOAK") == "1"
 EXAMPLES = 2000 if SOAK else 120

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.pop3.errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
     POP3ConnectionError,
     POP3ProtocolError,
     POP3TimeoutError,
 )
-from tasks.pop3.lineio import CHUNK, MAX_STATUS_LINE, LineReader
+from prefect_pop3mail.tasks.pop3.lineio import CHUNK, MAX_STATUS_LINE, LineReader
 
 
 class PiecewiseSocket:

@@ -11,11 +11,11 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from tasks.pop3 import oauth
-from tasks.pop3.diagnostics import check_mailbox, token_scopes
-from tasks.pop3.errors import OAuth2InvalidClientError, POP3AuthError
-from tasks.pop3.models import ConnectionSettings, LoginMethod, Security
-from tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3 import oauth
+from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox, token_scopes
+from prefect_pop3mail.tasks.pop3.errors import OAuth2InvalidClientError, POP3AuthError
+from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
+from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests import test_oauth_tokens as token_tests
 from tests.conftest import Mailbox, require_dovecot, sample_message
 from tests.servers.dovecot import Dovecot, start_dovecot
@@ -239,7 +239,7 @@ def test_check_says_when_the_server_lacks_the_mechanism(dovecot, idp):
 @pytest.mark.parametrize("kind", ENDPOINTS)
 def test_receive_all_mail_flow_with_an_oauth2_configuration(account, kind, tmp_path,
                                                            secret_logs):
-    from flows import receive_all_mail
+    from prefect_pop3mail.flows import receive_all_mail
 
     account.box.deliver(sample_message(1), sample_message(2))
     config = oauth_block(account, kind, tmp_path)
@@ -255,7 +255,7 @@ def test_receive_all_mail_flow_with_an_oauth2_configuration(account, kind, tmp_p
 
 
 def test_check_pop3_connection_flow_reports_the_token(account, tmp_path, secret_logs):
-    from flows import check_pop3_connection
+    from prefect_pop3mail.flows import check_pop3_connection
 
     config = oauth_block(account, "entra", tmp_path)
     report = check_pop3_connection(config)
@@ -286,7 +286,7 @@ def oauth_block(account: OAuthMailbox, kind: str, save_directory):
 
 def oauth_provider_for(config) -> oauth.TokenProvider:
     """The provider the tasks used: the process-wide one for this configuration."""
-    from tasks.activities import connection_for
+    from prefect_pop3mail.tasks.activities import connection_for
 
     provider = connection_for(config).token_provider
     assert isinstance(provider, oauth.TokenProvider)
@@ -304,7 +304,7 @@ def assert_no_secrets(*texts_then_secret_and_provider) -> None:
 def test_a_wrong_secret_fails_the_flow_at_once_naming_the_field(account, tmp_path, secret_logs):
     from prefect.states import State
 
-    from flows import receive_all_mail
+    from prefect_pop3mail.flows import receive_all_mail
 
     account.box.deliver(sample_message(1))
     wrong = "Vv3~not-the-registered-secret"

@@ -14,9 +14,9 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from tasks.pop3 import oauth
-from tasks.pop3.diagnostics import token_scopes
-from tasks.pop3.errors import (
+from prefect_pop3mail.tasks.pop3 import oauth
+from prefect_pop3mail.tasks.pop3.diagnostics import token_scopes
+from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
     OAuth2EndpointUnreachableError,
     OAuth2InvalidClientError,

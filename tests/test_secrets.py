@@ -12,9 +12,14 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.worker import EventsWorker
 
-from blocks import POP3MailConfiguration
-from flows import check_pop3_connection, receive_all_mail, receive_from_mailboxes, receive_mail
-from tasks.pop3.models import Security
+from prefect_pop3mail.blocks import POP3MailConfiguration
+from prefect_pop3mail.flows import (
+    check_pop3_connection,
+    receive_all_mail,
+    receive_from_mailboxes,
+    receive_mail,
+)
+from prefect_pop3mail.tasks.pop3.models import Security
 from tests.conftest import Mailbox, sample_message
 from tests.servers.faultserver import FaultServer
 from tests.test_oauth_login import idp, oauth_dovecot  # noqa: F401  (fixtures)

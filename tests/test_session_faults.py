@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 from pydantic import SecretStr
 
-from tasks.pop3.errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
     POP3AuthError,
     POP3AuthResponseError,
@@ -30,9 +30,9 @@ from tasks.pop3.errors import (
     POP3TLSError,
     STLSNotOfferedError,
 )
-from tasks.pop3.lineio import CHUNK
-from tasks.pop3.models import ConnectionSettings, LoginMethod, Security
-from tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.lineio import CHUNK
+from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
+from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer, cut_after, delay, drop, raw, reply
 

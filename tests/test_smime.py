@@ -15,10 +15,14 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from tasks.pop3 import smime
-from tasks.pop3.errors import SMIMEDecryptError, SMIMEKeyNotFoundError, SMIMEKeyPasswordError
-from tasks.pop3.models import ReceiveOptions, SaveOptions
-from tasks.pop3.receiver import receive_mailbox
+from prefect_pop3mail.tasks.pop3 import smime
+from prefect_pop3mail.tasks.pop3.errors import (
+    SMIMEDecryptError,
+    SMIMEKeyNotFoundError,
+    SMIMEKeyPasswordError,
+)
+from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
+from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from tests.conftest import sample_message
 from tests.test_store_corpus import CORPUS, KEY_PASSWORD
 

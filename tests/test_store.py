@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from tasks.pop3 import layout
-from tasks.pop3.errors import DiskFullError
-from tasks.pop3.models import ReceiveOptions, SaveOptions
-from tasks.pop3.receiver import receive_mailbox
-from tasks.pop3.store import ORIGINAL_NAME, MessageStore
+from prefect_pop3mail.tasks.pop3 import layout
+from prefect_pop3mail.tasks.pop3.errors import DiskFullError
+from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
+from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
+from prefect_pop3mail.tasks.pop3.store import ORIGINAL_NAME, MessageStore
 from tests.test_store_corpus import corpus_case, save, saved_files
 
 THROUGH_DOVECOT = ["gmail_style", "outlook_style", "apple_mail_style", "forwarded_message",
@@ -41,7 +41,7 @@ def test_corpus_messages_received_from_dovecot_save_their_expected_files(mailbox
 
 
 def _decoded(subject: str) -> str:
-    from tasks.pop3.filenames import decode_rfc2047
+    from prefect_pop3mail.tasks.pop3.filenames import decode_rfc2047
 
     return decode_rfc2047(subject)
 
@@ -103,8 +103,8 @@ def test_leftovers_of_killed_runs_are_removed_after_an_hour(tmp_path):
     import os
     import time
 
-    from tasks.pop3.models import SaveOptions
-    from tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.models import SaveOptions
+    from prefect_pop3mail.tasks.pop3.store import MessageStore
 
     store = MessageStore(SaveOptions(directory=tmp_path), "user@host:995", "cfg")
     old_file, old_dir = store.incoming().path, store._work / "staging-x"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tasks.pop3 import errors
-from tasks.pop3.models import SaveOptions
-from tasks.pop3.store import ORIGINAL_NAME, MessageStore
+from prefect_pop3mail.tasks.pop3 import errors
+from prefect_pop3mail.tasks.pop3.models import SaveOptions
+from prefect_pop3mail.tasks.pop3.store import ORIGINAL_NAME, MessageStore
 
 CORPUS = Path(__file__).parent / "corpus"
 KEY_PASSWORD = "corpus-only-not-a-secret"

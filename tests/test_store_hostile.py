@@ -11,9 +11,9 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.pop3.errors import POP3MailError
-from tasks.pop3.models import SaveOptions
-from tasks.pop3.store import MessageStore
+from prefect_pop3mail.tasks.pop3.errors import POP3MailError
+from prefect_pop3mail.tasks.pop3.models import SaveOptions
+from prefect_pop3mail.tasks.pop3.store import MessageStore
 from tests.test_mime_differential import mime_tree
 
 # A small fixed budget in CI; POP3MAIL_SOAK=1 for a long run.

@@ -6,10 +6,10 @@ import io
 
 import pytest
 
-from flows import receive_all_mail
-from tasks.pop3.errors import InactiveConfigurationError
-from tasks.pop3.models import Security
-from tasks.pop3.session import POP3Session
+from prefect_pop3mail.flows import receive_all_mail
+from prefect_pop3mail.tasks.pop3.errors import InactiveConfigurationError
+from prefect_pop3mail.tasks.pop3.models import Security
+from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import sample_message
 
 MODES = [Security.NONE, Security.EXPLICIT, Security.IMPLICIT]
@@ -48,7 +48,7 @@ def test_receive_all_flow_saves_originals(mailbox, tmp_path, security):
 
 
 def test_inactive_configuration_fails_before_connecting(tmp_path):
-    from blocks import POP3MailConfiguration
+    from prefect_pop3mail.blocks import POP3MailConfiguration
 
     # Port 9 on a TEST-NET address: any connection attempt would hang or fail differently.
     config = POP3MailConfiguration(server="192.0.2.1", port=9, user="u", password="p",

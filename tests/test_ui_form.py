@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from blocks import POP3MailConfiguration
+from prefect_pop3mail.blocks import POP3MailConfiguration
 from tests.conftest import IN_CI
 from tests.servers.prefect_server import PrefectServer, shared_prefect_server
 
@@ -90,7 +90,7 @@ def prefect_server(request) -> PrefectServer:
 
 @pytest.fixture(scope="module")
 def registered(prefect_server: PrefectServer) -> PrefectServer:
-    prefect_server.cli("block", "register", "-m", "blocks")
+    prefect_server.cli("block", "register", "-m", "prefect_pop3mail.blocks")
     return prefect_server
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     OAuth2EndpointUnreachableError,
     OAuth2Error,
     OAuth2InvalidClientError,
@@ -19,9 +19,9 @@ from .errors import (
     POP3AuthError,
     POP3MailError,
 )
-from .models import ConnectionReport, ConnectionSettings, LoginMethod
-from .oauth import ENTRA_DEFAULT_SCOPE, AccessToken
-from .session import POP3Session
+from prefect_pop3mail.tasks.pop3.models import ConnectionReport, ConnectionSettings, LoginMethod
+from prefect_pop3mail.tasks.pop3.oauth import ENTRA_DEFAULT_SCOPE, AccessToken
+from prefect_pop3mail.tasks.pop3.session import POP3Session
 
 EXCHANGE_AUDIENCES = {"https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"}
 POP_ROLE = "POP.AccessAsApp"

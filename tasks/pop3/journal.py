@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .errors import SaveDirectoryError
+from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
 
 STATE_DIR = ".pop3mail"
 

@@ -22,11 +22,11 @@ from mimetypes import MimeTypes
 from pathlib import Path
 from typing import BinaryIO
 
-from . import charsets
-from .filenames import NameAllocator, decode_rfc2047, safe_filename
-from .htmltext import HTMLToText
-from .mime import Part, Sink, parse_headers
-from .models import SavedAttachment, SignatureInfo
+from prefect_pop3mail.tasks.pop3 import charsets
+from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
+from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
+from prefect_pop3mail.tasks.pop3.mime import Part, Sink, parse_headers
+from prefect_pop3mail.tasks.pop3.models import SavedAttachment, SignatureInfo
 
 TEXT_NAME = "text.txt"
 HTML_NAME = "body.html"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from typing import Protocol
 
-from .errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
     POP3ConnectionError,
     POP3ProtocolError,

@@ -28,7 +28,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from pydantic import SecretStr
 
-from .errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
     OAuth2EndpointUnreachableError,
     OAuth2Error,

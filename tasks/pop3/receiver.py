@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     DiskFullError,
     POP3InUseError,
     POP3LoginDelayError,
@@ -20,9 +20,9 @@ from .errors import (
     SaveDirectoryError,
     SaveError,
 )
-from .journal import Journal
-from .mime import parse_headers
-from .models import (
+from prefect_pop3mail.tasks.pop3.journal import Journal
+from prefect_pop3mail.tasks.pop3.mime import parse_headers
+from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
     ListedMessage,
     MessageFailure,
@@ -31,8 +31,8 @@ from .models import (
     ReceiveReport,
     SaveOptions,
 )
-from .session import POP3Session
-from .store import IncomingMessage, MessageStore, header_fields
+from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.store import IncomingMessage, MessageStore, header_fields
 
 log = logging.getLogger("pop3mail.receiver")
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
-from .errors import (
+from prefect_pop3mail.tasks.pop3.errors import (
     RESPONSE_CODE_ERRORS,
     ConfigurationError,
     POP3AuthError,
@@ -33,8 +33,8 @@ from .errors import (
     POP3TLSError,
     STLSNotOfferedError,
 )
-from .lineio import LineReader, Sink
-from .models import ConnectionSettings, LoginMethod, Security
+from prefect_pop3mail.tasks.pop3.lineio import LineReader, Sink
+from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
 
 log = logging.getLogger("pop3mail.session")
 

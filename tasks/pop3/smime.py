@@ -26,9 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from pydantic import SecretStr
 
-from . import asn1
-from .errors import SMIMEDecryptError, SMIMEKeyNotFoundError, SMIMEKeyPasswordError
-from .models import SignatureInfo
+from prefect_pop3mail.tasks.pop3 import asn1
+from prefect_pop3mail.tasks.pop3.errors import (
+    SMIMEDecryptError,
+    SMIMEKeyNotFoundError,
+    SMIMEKeyPasswordError,
+)
+from prefect_pop3mail.tasks.pop3.models import SignatureInfo
 
 ENVELOPED_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
 

@@ -25,13 +25,24 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 
-from . import smime
-from .errors import DiskFullError, POP3MailError, SaveDirectoryError, SaveError
-from .filenames import decode_rfc2047
-from .journal import STATE_DIR, mailbox_digest
-from .layout import ATTACHMENTS_DIR, HTML_NAME, TEXT_NAME, FolderLayout, LayoutOptions
-from .mime import Part, parse_file, parse_headers
-from .models import ReceivedMail, SaveOptions
+from prefect_pop3mail.tasks.pop3 import smime
+from prefect_pop3mail.tasks.pop3.errors import (
+    DiskFullError,
+    POP3MailError,
+    SaveDirectoryError,
+    SaveError,
+)
+from prefect_pop3mail.tasks.pop3.filenames import decode_rfc2047
+from prefect_pop3mail.tasks.pop3.journal import STATE_DIR, mailbox_digest
+from prefect_pop3mail.tasks.pop3.layout import (
+    ATTACHMENTS_DIR,
+    HTML_NAME,
+    TEXT_NAME,
+    FolderLayout,
+    LayoutOptions,
+)
+from prefect_pop3mail.tasks.pop3.mime import Part, parse_file, parse_headers
+from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SaveOptions
 
 log = logging.getLogger("pop3mail.store")
 

@@ -23,7 +23,7 @@ def die() -> None:
 
 
 def arm(moment: str, n: int) -> None:
-    from tasks.pop3 import journal, session, store
+    from prefect_pop3mail.tasks.pop3 import journal, session, store
 
     count = {"n": 0}
 
@@ -71,7 +71,7 @@ def arm(moment: str, n: int) -> None:
 
 def run(name: str, moment: str, n: int, batch: int) -> None:
     arm(moment, n)
-    from tasks import mail_receive_all
+    from prefect_pop3mail.tasks import mail_receive_all
 
     received = mail_receive_all(name, max_messages=batch or None)
     print(f"received {len(received)}", flush=True)
@@ -83,7 +83,7 @@ def serve() -> None:
     Each line on stdin is "NAME MOMENT N BATCH"; the answer line is the child's exit status
     (negative: killed by that signal). Forking saves the import time of every round.
     """
-    import tasks.activities  # noqa: F401  (the expensive imports, done once)
+    import prefect_pop3mail.tasks.activities  # noqa: F401  (the expensive imports, done once)
 
     for line in sys.stdin:
         name, moment, n, batch = line.split()

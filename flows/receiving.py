@@ -5,16 +5,16 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import POP3MailConfiguration
-from tasks.activities import (
+from prefect_pop3mail.blocks import POP3MailConfiguration
+from prefect_pop3mail.tasks.activities import (
     Configuration,
     check_connection,
     mail_receive,
     mail_receive_all,
     resolve_configuration,
 )
-from tasks.pop3.errors import POP3MailError
-from tasks.pop3.models import ConnectionReport, ReceivedMail
+from prefect_pop3mail.tasks.pop3.errors import POP3MailError
+from prefect_pop3mail.tasks.pop3.models import ConnectionReport, ReceivedMail
 
 
 def _usable(configuration: Configuration) -> POP3MailConfiguration:
