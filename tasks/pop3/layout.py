@@ -25,13 +25,13 @@ from typing import BinaryIO
 from prefect_pop3mail.tasks.pop3 import charsets
 from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
 from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
-from prefect_pop3mail.tasks.pop3.mime import Part, Sink, parse_headers
+from prefect_pop3mail.tasks.pop3.mime import Part, parse_headers
 from prefect_pop3mail.tasks.pop3.models import SavedAttachment, SignatureInfo
+from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink
 
 TEXT_NAME = "text.txt"
 HTML_NAME = "body.html"
 ATTACHMENTS_DIR = "attachments"
-WRITE_BLOCK = 256 * 1024
 SPOOL_BYTES = 1 << 20
 MAX_SIGNATURE_BYTES = 1 << 20
 MAX_NESTED_MESSAGES = 8
@@ -57,41 +57,6 @@ _MIME_TYPES = MimeTypes(filenames=())
 def extension_for(content_type: str) -> str:
     known = _EXTENSIONS.get(content_type) or _MIME_TYPES.guess_extension(content_type)
     return known or (".txt" if content_type.startswith("text/") else ".bin")
-
-
-class FileWriter:
-    """A new file (never an existing one), written in large blocks, hashed as it goes."""
-
-    def __init__(self, path: Path, mode: int):
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        self._buf = bytearray()
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self._hash.update(data)
-        self.size += len(data)
-        self._buf += data
-        if len(self._buf) >= WRITE_BLOCK:
-            self._flush()
-
-    def _flush(self) -> None:
-        with memoryview(self._buf) as view:
-            done = 0
-            while done < len(view):
-                done += os.write(self._fd, view[done:])
-        self._buf.clear()
-
-    def close(self) -> str:
-        """Flush, close and return the SHA-256."""
-        if self._fd >= 0:
-            try:
-                self._flush()
-            finally:
-                os.close(self._fd)
-                self._fd = -1
-        return self._hash.hexdigest()
 
 
 class _Capture(io.BytesIO):

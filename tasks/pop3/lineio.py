@@ -11,7 +11,6 @@ never desynchronises the session the way poplib's 2,048-byte cap does.
 from __future__ import annotations
 
 import socket
-from typing import Protocol
 
 from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
@@ -19,15 +18,12 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3ProtocolError,
     POP3TimeoutError,
 )
+from prefect_pop3mail.tasks.pop3.sinks import Sink
 
 #: RFC 2449 allows 512 octets for a status line; real servers stay far below this.
 MAX_STATUS_LINE = 8192
 #: Bytes asked of the socket per receive; a TLS socket returns at most one record (16 KiB).
 CHUNK = 64 * 1024
-
-
-class Sink(Protocol):
-    def write(self, data: bytes, /) -> object: ...
 
 
 class LineReader:

@@ -16,6 +16,8 @@ from email.message import Message
 from functools import cached_property
 from typing import BinaryIO, Protocol
 
+from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
+
 BLOCK = 256 * 1024
 #: A boundary line longer than this is not a boundary (RFC 2046 caps boundaries at 70).
 MAX_DELIMITER_LINE = 4096
@@ -24,10 +26,6 @@ MAX_DEPTH = 64
 
 # The email package's test for a header line (feedparser.headerRE).
 _HEADER_LINE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
-
-
-class Sink(Protocol):
-    def write(self, data: bytes, /) -> object: ...
 
 
 @dataclass
@@ -219,12 +217,6 @@ class IdentityDecoder:
         pass
 
 
-class _Discard:
-    def write(self, data: bytes) -> None:
-        pass
-
-
-DISCARD = _Discard()
 _KNOWN_ENCODINGS = {"", "7bit", "8bit", "binary", "base64", "quoted-printable"}
 
 

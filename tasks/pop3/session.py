@@ -33,8 +33,9 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3TLSError,
     STLSNotOfferedError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import LineReader, Sink
+from prefect_pop3mail.tasks.pop3.lineio import LineReader
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
+from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
 
 log = logging.getLogger("pop3mail.session")
 
@@ -543,7 +544,7 @@ class POP3Session:
                 self._reply()
             except POP3ReplyError:
                 continue
-            self._copy_body(_NullSink())
+            self._copy_body(DISCARD)
 
     def dele(self, number: int) -> None:
         """Mark a message deleted. Pipelined: the reply is checked with later replies."""
@@ -629,11 +630,6 @@ class POP3Session:
 
     # Kept for diagnostics (connection check); never contains the token.
     _sasl_failure_detail: str | None = None
-
-
-class _NullSink:
-    def write(self, data: bytes) -> None:
-        pass
 
 
 # The dummy response that asks for the final -ERR after an error challenge: empty for
