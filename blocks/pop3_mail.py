@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import re
+import pickle
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from prefect_pop3mail.blocks.service_settings import POP3MailServiceSettings
+from prefect_pop3mail.blocks.service_settings import POP3MailServiceSettings, key_name_problem
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
 from prefect_pop3mail.tasks.pop3.models import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PORTS,
     Authentication,
     ConnectionSettings,
@@ -22,10 +31,11 @@ from prefect_pop3mail.tasks.pop3.models import (
     Security,
     Status,
 )
-from prefect_pop3mail.tasks.pop3.oauth import ENTRA_DEFAULT_SCOPE, is_entra_endpoint
+from prefect_pop3mail.tasks.pop3.oauth import client_credentials, oauth_problems
 
 _OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
-_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+#: Never in a pickle: they are loaded again from the saved document on the other side.
+_SECRET_FIELDS = ("password", "public_key_password", "client_secret")
 
 
 def _dropdown(enum_type: type) -> WithJsonSchema:
@@ -36,6 +46,38 @@ def _dropdown(enum_type: type) -> WithJsonSchema:
 
 def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
+
+
+class _Problems(ValueError):
+    """Settings that cannot work together, as (field, problem); the text names each field
+    with its title in the form."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = _in_form_order(problems)
+        super().__init__("; ".join(f"{_label(f)}: {p}" for f, p in self.problems))
+
+
+def _in_form_order(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    order = {name: i for i, name in enumerate(POP3MailConfiguration.model_fields)}
+    return sorted(problems, key=lambda problem: order.get(problem[0], len(order)))
+
+
+def _label(field: str) -> str:
+    """``client_id (Client ID)``: the field as code names it and as the form shows it."""
+    info = POP3MailConfiguration.model_fields.get(field)
+    return f"{field} ({info.title})" if info is not None and info.title else field
+
+
+def _problems_in(error: ValidationError) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for line in error.errors(include_url=False, include_input=False):
+        found = (line.get("ctx") or {}).get("error")
+        if isinstance(found, _Problems):
+            problems += found.problems
+            continue
+        field = str(line["loc"][0]) if line["loc"] else "configuration"
+        problems.append((field, line["msg"].removeprefix("Value error, ")))
+    return _in_form_order(problems)
 
 
 class POP3MailConfiguration(Block):
@@ -220,10 +262,10 @@ class POP3MailConfiguration(Block):
         "(SASL PLAIN) and oauthbearer are available on request.",
     )
     max_message_size: int = Field(
-        default=0,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
         title="Maximum message size (bytes)",
-        description="Messages larger than this are skipped with a warning and left on the "
-        "server. 0 means no limit.",
+        description="Messages larger than this (200 MB by default) are skipped with a warning "
+        "and left on the server. 0 means no limit.",
         ge=0,
     )
     max_messages: int = Field(
@@ -244,6 +286,27 @@ class POP3MailConfiguration(Block):
         title="Private files",
         description="Make saved folders and files readable by their owner only.",
     )
+    quarantine_after: int = Field(
+        default=3,
+        title="Quarantine after N failures",
+        description="A message that fails this many runs is set aside: its original alone is "
+        "saved under quarantine/ in the save directory, and it is then treated as received.",
+        ge=1,
+        le=100,
+    )
+    run_timeout: int = Field(
+        default=3600,
+        title="Run timeout (seconds)",
+        description="A receive task still running after this long is stopped and fails. "
+        "0 means no limit.",
+        ge=0,
+    )
+    smime_trust_store: str = Field(
+        default="",
+        title="S/MIME trust store",
+        description="Optional PEM file of root certificates trusted for S/MIME signers, besides "
+        "the system's CAs. A signature counts as verified only if its signer chains to one.",
+    )
 
     # --- validation -------------------------------------------------------------------
     @field_validator("server", "user", "save_directory", "client_id", "token_endpoint",
@@ -254,36 +317,75 @@ class POP3MailConfiguration(Block):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> POP3MailConfiguration:
+        """Refuse only settings that cannot work. Merely irrelevant ones (a CA file while
+        Security is None, a key password without a key name...) stay, so the form takes
+        edits in any order."""
+        problems: list[tuple[str, str]] = []
         saves = self.save_mail_text or self.save_mail_attachments or self.save_original
         if saves and not self.save_directory:
-            raise ValueError(
-                "save_directory: must be set when mail text, attachments or originals are saved"
-            )
+            problems.append(("save_directory", "required when mail text, attachments or "
+                                               "originals are saved"))
+        if self.public_key_name and (problem := key_name_problem(self.public_key_name)):
+            problems.append(("public_key_name", problem))
         if self.authentication is Authentication.OAUTH2:
-            missing = [n for n in ("client_id", "token_endpoint") if not getattr(self, n)]
-            if not _secret(self.client_secret):
-                missing.append("client_secret")
-            if missing:
-                raise ValueError(f"{', '.join(missing)}: required when authentication is OAUTH2")
-            if not self.token_endpoint.lower().startswith("https://"):
-                raise ValueError("token_endpoint: must be an https:// URL")
+            problems += oauth_problems(self.token_endpoint, self.client_id, self.client_secret)
             if self.login_method not in _OAUTH_METHODS | {LoginMethod.AUTO}:
-                raise ValueError(
-                    f"login_method: {self.login_method.value} cannot be used with OAUTH2; "
-                    "choose auto, xoauth2 or oauthbearer"
-                )
+                problems.append(("login_method", f"{self.login_method.value} cannot be used "
+                                 "when Authentication is OAUTH2; choose auto, xoauth2 or "
+                                 "oauthbearer"))
         elif self.login_method in _OAUTH_METHODS:
-            raise ValueError(f"login_method: {self.login_method.value} needs authentication OAUTH2")
-        if _secret(self.public_key_password) and not self.public_key_name:
-            raise ValueError("public_key_password: set only together with a public key name")
-        if (self.security is Security.NONE and self.tls_ca_file
-                and self.authentication is not Authentication.OAUTH2):
-            raise ValueError("tls_ca_file: has no use when security is None")
-        if self.commit_every and not self.remove_from_server_after_read:
-            raise ValueError(
-                "commit_every: only applies when remove_from_server_after_read is on"
-            )
+            problems.append(("login_method", f"{self.login_method.value} needs "
+                                             "Authentication OAUTH2"))
+        if problems:
+            raise _Problems(problems)
         return self
+
+    # --- loading -------------------------------------------------------------------------
+    @classmethod
+    def load_checked(cls, name: str) -> POP3MailConfiguration:
+        """Load a saved configuration. One saved (from the UI or the API, where these
+        validators do not run) with settings that cannot work raises a ConfigurationError
+        naming each field and its title, e.g. "client_id (Client ID): required when
+        Authentication is OAUTH2". A name that is not saved raises ValueError."""
+        try:
+            return cls.load(name, _sync=True)
+        except RuntimeError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = _problems_in(exc.__cause__)
+        first, problem = problems[0]
+        others = "".join(f"; {_label(f)}: {p}" for f, p in problems[1:])
+        error = ConfigurationError(
+            _label(first), f"{problem}{others} (saved POP3 Mail Configuration {name!r}: "
+            "correct it in the Prefect UI)"
+        )
+        error.field = first
+        raise error
+
+    # --- pickling (Dask and other task runners that send the block to other processes) ---
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle without secrets: the other side loads them from the saved document.
+
+        Threads share the block and never pickle it, so an unsaved block works there; an
+        unsaved block that holds a secret cannot be pickled (save it, or pass its name).
+        """
+        fields = {n: getattr(self, n) for n in type(self).model_fields if n not in _SECRET_FIELDS}
+        holding = [n for n in _SECRET_FIELDS if _secret(getattr(self, n))]
+        name = self._block_document_name
+        if holding and not (name and self._secrets_are_saved(name)):
+            where = f"differ from the saved configuration {name!r}" if name else "are not saved"
+            raise pickle.PicklingError(
+                f"POP3 Mail Configuration: the block holds secrets ({', '.join(holding)}) "
+                f"that {where}, and secrets never travel in a pickle (as a Dask task runner sends task parameters): save the "
+                "configuration and pass its name"
+            )
+        return _unpickle, (type(self), fields, dict(self.__pydantic_private__ or {}),
+                           name if holding else None)
+
+    def _secrets_are_saved(self, name: str) -> bool:
+        saved = type(self).load_checked(name)
+        return all(_secret(getattr(saved, n)) == _secret(getattr(self, n))
+                   for n in _SECRET_FIELDS)
 
     # --- what the engine needs ----------------------------------------------------------
     @property
@@ -295,12 +397,11 @@ class POP3MailConfiguration(Block):
         if self.status is not Status.ACTIVE:
             raise InactiveConfigurationError(self.configuration_name)
 
-    def connection_settings(
-        self,
-        service: POP3MailServiceSettings | None = None,
-        token_provider=None,
-    ) -> ConnectionSettings:
-        """Resolve empty fields from the service settings; errors name both places."""
+    def connection_settings(self, service: POP3MailServiceSettings | None = None
+                            ) -> ConnectionSettings:
+        """Everything the engine needs to connect and log in, complete: empty fields come
+        from the service settings (errors name both places), and OAUTH2 gets its token
+        provider (one per configuration and process, so tasks share its token)."""
         service = service or POP3MailServiceSettings()
         server = self.server or service.server
         user = self.user or service.user
@@ -312,7 +413,7 @@ class POP3MailConfiguration(Block):
             raise ConfigurationError(
                 "user", "not set in the configuration nor as POP3MAIL_USER (environment or .env)"
             )
-        password = None
+        password = token_provider = None
         if self.authentication is Authentication.BASIC:
             secret = _secret(self.password) or _secret(service.password)
             if not secret:
@@ -321,8 +422,15 @@ class POP3MailConfiguration(Block):
                     "not set in the configuration nor as POP3MAIL_PASSWORD (environment or .env)",
                 )
             password = SecretStr(secret)
-        elif token_provider is None:
-            raise ConfigurationError("authentication", "OAUTH2 needs a token provider")
+        else:
+            token_provider = client_credentials(
+                token_endpoint=self.token_endpoint,
+                client_id=self.client_id,
+                client_secret=self.client_secret,
+                scope=self.scope,
+                ca_file=self.tls_ca_file or None,
+                timeout=self.timeout,
+            )
         return ConnectionSettings(
             host=server,
             port=self.port or DEFAULT_PORTS[self.security],
@@ -359,7 +467,7 @@ class POP3MailConfiguration(Block):
                     ".env), the folder holding its .p12 key store",
                 )
         return SaveOptions(
-            directory=Path(directory).expanduser(),
+            directory=Path(directory).expanduser().absolute(),
             save_text=self.save_mail_text if save_mail_text is None else save_mail_text,
             save_attachments=(
                 self.save_mail_attachments if save_mail_attachments is None
@@ -369,6 +477,8 @@ class POP3MailConfiguration(Block):
             private=self.private_files,
             key_store=key_store,
             key_password=self.public_key_password if _secret(self.public_key_password) else None,
+            trust_store=(Path(self.smime_trust_store.strip()).expanduser()
+                         if self.smime_trust_store.strip() else None),
         )
 
     def receive_options(
@@ -394,18 +504,20 @@ class POP3MailConfiguration(Block):
             filters=filters or HeaderFilter(),
             dry_run=dry_run,
             commit_every=(self.commit_every or None) if remove else None,
+            quarantine_after=self.quarantine_after,
         )
 
-    def effective_scope(self) -> str:
-        if self.scope:
-            return self.scope
-        if is_entra_endpoint(self.token_endpoint):
-            return ENTRA_DEFAULT_SCOPE
-        return ""
 
-    @staticmethod
-    def is_valid_id(name: str) -> bool:
-        """Prefect slug rules for the configuration ID (block document name)."""
-        return bool(_SLUG.match(name))
-
-
+def _unpickle(
+    cls: type[POP3MailConfiguration], fields: dict[str, Any], private: dict[str, Any],
+    saved_name: str | None,
+) -> POP3MailConfiguration:
+    """The other side of ``__reduce__``: the pickled fields, the secrets from the saved
+    document (re-checked there, so a document broken meanwhile fails with its fields)."""
+    secrets: dict[str, Any] = {}
+    if saved_name:
+        saved = cls.load_checked(saved_name)
+        secrets = {n: getattr(saved, n) for n in _SECRET_FIELDS}
+    block = cls.model_construct(**fields, **secrets)
+    block.__pydantic_private__ = private
+    return block

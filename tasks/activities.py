@@ -17,7 +17,6 @@ from prefect_pop3mail.blocks import POP3MailConfiguration
 from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, POP3MailError
 from prefect_pop3mail.tasks.pop3.models import (
-    Authentication,
     ConnectionReport,
     ConnectionSettings,
     HeaderFilter,
@@ -27,6 +26,7 @@ from prefect_pop3mail.tasks.pop3.models import (
 )
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
 from prefect_pop3mail.tasks.publish import ProgressArtifact, mailbox_lock, publish_report
+from prefect_pop3mail.tasks.run_logs import engine_logs_to_run
 
 Configuration = POP3MailConfiguration | str
 
@@ -38,7 +38,9 @@ def resolve_configuration(configuration: Configuration) -> POP3MailConfiguration
     if not isinstance(configuration, str) or not configuration.strip():
         raise ConfigurationError("configuration", "give a POP3MailConfiguration or its saved name")
     try:
-        return POP3MailConfiguration.load(configuration.strip())
+        return POP3MailConfiguration.load_checked(configuration.strip())
+    except ConfigurationError:  # saved, but with settings that cannot work: names them
+        raise
     except ValueError as exc:
         raise ConfigurationError(
             "configuration", f"no POP3 Mail Configuration named {configuration!r} is saved"
@@ -46,20 +48,8 @@ def resolve_configuration(configuration: Configuration) -> POP3MailConfiguration
 
 
 def connection_for(config: POP3MailConfiguration) -> ConnectionSettings:
-    """Connection settings, with a token provider for OAUTH2 configurations."""
-    provider = None
-    if config.authentication is Authentication.OAUTH2:
-        from prefect_pop3mail.tasks.pop3.oauth import client_credentials
-
-        provider = client_credentials(
-            token_endpoint=config.token_endpoint,
-            client_id=config.client_id,
-            client_secret=config.client_secret,
-            scope=config.effective_scope(),
-            ca_file=config.tls_ca_file or None,
-            timeout=config.timeout,
-        )
-    return config.connection_settings(token_provider=provider)
+    """The block's complete connection settings (with the token provider for OAUTH2)."""
+    return config.connection_settings()
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -83,7 +73,7 @@ def _retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
 def _receive(
     configuration: Configuration,
     *,
-    limit: int | None,
+    max_messages: int | None,
     save_mail_text: bool | None,
     save_mail_attachments: bool | None,
     save_directory: str | None,
@@ -96,32 +86,61 @@ def _receive(
     config.ensure_active()
     logger = _logger()
     connection = connection_for(config)
+    # Per-call overrides merge into the options here, once; the engine reads options only.
     save = config.save_options(
         save_mail_text=save_mail_text,
         save_mail_attachments=save_mail_attachments,
         save_directory=save_directory,
     )
-    options = config.receive_options(filters=filters, dry_run=dry_run)
-    with mailbox_lock(name):
+    options = config.receive_options(max_messages=max_messages, filters=filters,
+                                     dry_run=dry_run)
+    with engine_logs_to_run(logger), mailbox_lock(name):
         tracker = ProgressArtifact(name) if progress and not dry_run else None
-        report = MailboxReceiver(name, connection, save, options, progress=tracker).run(limit)
+        with MailboxReceiver(name, connection, save, options, progress=tracker) as receiver:
+            try:
+                report = receiver.run()
+            except POP3MailError as exc:
+                partial = getattr(exc, "partial_report", None)
+                if partial is not None and not dry_run:
+                    _announce(receiver, partial, config)
+                raise
+            if not dry_run:
+                _announce(receiver, report, config)
         if tracker:
             tracker.finish()
-    if not dry_run:
-        publish_report(report, str(getattr(config, "_block_document_id", "") or "") or None)
+    _log_summary(logger, report, options.remove_after_read)
+    return report
+
+
+def _announce(receiver: MailboxReceiver, report: ReceiveReport,
+              config: POP3MailConfiguration) -> None:
+    """Tell downstream steps of every saved message (late ones too), then take them out of
+    the outbox: a crash in between announces them again, under the same ids."""
+    publish_report(report, str(getattr(config, "_block_document_id", "") or "") or None)
+    receiver.acknowledge(report.announcements)
+
+
+def _log_summary(logger, report: ReceiveReport, removed: bool) -> None:
+    name = report.configuration
     logger.info(
-        "%s: %d received%s, %d failed, %d already saved, %d too large, %d filtered out",
+        "%s: %d received%s (%d quarantined), %d failed, %d already saved, %d too large, "
+        "%d filtered out, %d waiting",
         name,
         len(report.received),
-        " and deleted" if options.remove_after_read else "",
+        " and deleted" if removed else "",
+        len(report.quarantined),
         len(report.failed),
         report.skipped_known,
         len(report.skipped_too_large),
         report.skipped_filtered,
+        report.waiting,
     )
+    if report.late:
+        logger.info("%s: %d message(s) saved by an earlier run announced now", name,
+                    len(report.late))
     for failure in report.failed:
-        logger.error("%s: message %s left on the server: %s", name, failure.uidl, failure.error)
-    return report
+        logger.error("%s: message %s left on the server (attempt %d): %s", name, failure.uidl,
+                     failure.attempts, failure.error)
 
 
 def _filters(sender: str | None, recipient: str | None, subject: str | None) -> HeaderFilter:
@@ -157,7 +176,7 @@ def mail_receive(
     """
     report = _receive(
         configuration,
-        limit=1,
+        max_messages=1,
         save_mail_text=save_mail_text,
         save_mail_attachments=save_mail_attachments,
         save_directory=save_directory,
@@ -195,7 +214,7 @@ def mail_receive_all(
     """
     report = _receive(
         configuration,
-        limit=max_messages,
+        max_messages=max_messages,
         save_mail_text=save_mail_text,
         save_mail_attachments=save_mail_attachments,
         save_directory=save_directory,

@@ -6,9 +6,9 @@ Payloads carry paths and metadata, never bodies or secrets.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import time
+import uuid
 from collections.abc import Iterator
 
 from prefect.artifacts import (
@@ -89,71 +89,136 @@ class ProgressArtifact:
         update_progress_artifact(artifact_id=self._id, progress=100.0)
 
 
+#: Rows in a run's table artifact; the rest is counted in a line below it.
+MAX_TABLE_ROWS = 200
+#: Message ids and folders carried by the run's summary event.
+MAX_SUMMARY_MESSAGES = 50
+EVENT_MAILBOX_RECEIVED = "pop3mail.mailbox.received"
+
+
 def message_resource_id(mail: ReceivedMail) -> str:
-    digest = hashlib.sha256(f"{mail.configuration}\0{mail.uidl}".encode()).hexdigest()[:16]
-    return f"pop3mail.message.{digest}"
+    return f"pop3mail.message.{mail.id}"
 
 
-def emit_received(mail: ReceivedMail, configuration_id: str | None = None) -> None:
+def _event_id(mail: ReceivedMail) -> uuid.UUID:
+    """The event's own id is stable too: the Prefect server keeps one copy of a repeat."""
+    return uuid.UUID(hex=mail.id[:32].ljust(32, "0"))
+
+
+def _configuration_resource(configuration: str, configuration_id: str | None) -> dict:
     related = {
-        "prefect.resource.id": f"pop3mail.configuration.{mail.configuration}",
+        "prefect.resource.id": f"pop3mail.configuration.{configuration}",
         "prefect.resource.role": "configuration",
-        "prefect.resource.name": mail.configuration,
+        "prefect.resource.name": configuration,
     }
     if configuration_id:
         related["pop3mail.block-document.id"] = configuration_id
+    return related
+
+
+def _path(path) -> str | None:
+    return str(path) if path else None
+
+
+def emit_received(mail: ReceivedMail, configuration_id: str | None = None) -> None:
     emit_event(
         event=EVENT_RECEIVED,
+        id=_event_id(mail),
         resource={
             "prefect.resource.id": message_resource_id(mail),
             "prefect.resource.name": mail.subject[:200] or "(no subject)",
         },
-        related=[related],
+        related=[_configuration_resource(mail.configuration, configuration_id)],
         payload={
+            "id": mail.id,
             "configuration": mail.configuration,
             "uidl": mail.uidl,
             "message_id": mail.message_id,
-            "sender": mail.sender,
+            "sender": mail.sender[:200],
             "subject": mail.subject[:200],
             "date": mail.date.isoformat() if mail.date else None,
             "size": mail.size,
             "sha256": mail.sha256,
-            "folder": str(mail.folder) if mail.folder else None,
-            "original_path": str(mail.original_path) if mail.original_path else None,
-            "text_path": str(mail.text_path) if mail.text_path else None,
-            "html_path": str(mail.html_path) if mail.html_path else None,
+            "folder": _path(mail.folder),
+            "original_path": _path(mail.original_path),
+            "text_path": _path(mail.text_path),
+            "html_path": _path(mail.html_path),
             "attachments": [str(a.path) for a in mail.attachments],
             "deleted": mail.deleted,
+            "quarantined": mail.quarantined,
             "warnings": len(mail.warnings),
         },
     )
 
 
-def publish_report(report: ReceiveReport, configuration_id: str | None = None) -> None:
-    """One event per received message, and a table artifact of them."""
-    for mail in report.received:
-        emit_received(mail, configuration_id)
-    rows = [
-        {
-            "subject": m.subject,
-            "from": m.sender,
-            "date": m.date.isoformat() if m.date else "",
-            "files": ", ".join(str(p) for p in m.saved_paths),
-            "deleted": "yes" if m.deleted else "no",
-        }
-        for m in report.received
-    ]
-    create_table_artifact(
-        table=rows,
-        key=artifact_key(report.configuration, "received"),
-        description=f"{len(rows)} message(s) received from {report.configuration}",
+def emit_summary(report: ReceiveReport, configuration_id: str | None = None) -> None:
+    """One event per run, even when nothing arrived: what "no mail for 30 minutes"
+    automations watch."""
+    shown = report.announcements[:MAX_SUMMARY_MESSAGES]
+    emit_event(
+        event=EVENT_MAILBOX_RECEIVED,
+        resource={
+            "prefect.resource.id": f"pop3mail.mailbox.{report.configuration}",
+            "prefect.resource.name": report.configuration,
+        },
+        related=[_configuration_resource(report.configuration, configuration_id)],
+        payload={
+            "configuration": report.configuration,
+            "received": len(report.received),
+            "announced_late": len(report.late),
+            "failed": len(report.failed),
+            "quarantined": len(report.quarantined),
+            "waiting": report.waiting,
+            "messages": [{"id": m.id, "folder": _path(m.folder)} for m in shown],
+            "more_messages": len(report.announcements) - len(shown),
+        },
     )
-    if report.failed:
-        lines = "\n".join(
-            f"| {f.uidl} | {f.error_type} | {f.error.replace('|', '/')} |" for f in report.failed
+
+
+def markdown_cell(text: str) -> str:
+    """Server and message text inside a markdown table: inert, one line, short."""
+    text = " ".join(str(text).split())[:500]
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~-])", r"\\\1", text)
+
+
+def _row(mail: ReceivedMail) -> dict:
+    return {
+        "subject": mail.subject[:200],
+        "from": mail.sender[:200],
+        "date": mail.date.isoformat() if mail.date else "",
+        "folder": _path(mail.folder) or "",
+        "files": len(mail.saved_paths),
+        "deleted": "yes" if mail.deleted else "no",
+        "quarantined": "yes" if mail.quarantined else "no",
+    }
+
+
+def publish_report(report: ReceiveReport, configuration_id: str | None = None) -> None:
+    """Events (one per saved message, one per run) and artifacts of a run."""
+    mails = report.announcements
+    for mail in mails:
+        emit_received(mail, configuration_id)
+    emit_summary(report, configuration_id)
+    if mails:
+        rows = [_row(m) for m in mails[:MAX_TABLE_ROWS]]
+        more = len(mails) - len(rows)
+        create_table_artifact(
+            table=rows,
+            key=artifact_key(report.configuration, "received"),
+            description=f"{len(mails)} message(s) received from {report.configuration}"
+            + (f"; the first {len(rows)} are listed, {more} more are not" if more else ""),
         )
+    if report.failed:
+        shown = report.failed[:MAX_TABLE_ROWS]
+        lines = "\n".join(
+            f"| {markdown_cell(f.uidl)} | {f.attempts} | {markdown_cell(f.error_type)} "
+            f"| {markdown_cell(f.error)} |"
+            for f in shown
+        )
+        more = len(report.failed) - len(shown)
+        tail = f"\n\n{more} more not listed." if more else ""
         create_markdown_artifact(
-            markdown="| UIDL | error | detail |\n|---|---|---|\n" + lines,
+            markdown="| UIDL | attempts | error | detail |\n|---|---|---|---|\n" + lines + tail,
             key=artifact_key(report.configuration, "failed"),
             description=f"{len(report.failed)} message(s) left on the server",
         )

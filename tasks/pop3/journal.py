@@ -1,7 +1,15 @@
-"""The journal: which messages of a mailbox are saved, by UIDL, beside the saved files.
+"""The journal: which messages of a mailbox are saved, and which keep failing, by UIDL.
 
-One append-only file per mailbox. A record is appended after a message's files are in
-place and before its DELE is sent, so a rerun after a crash neither loses nor re-saves it.
+One append-only file per mailbox in the private state folder. A record is appended after a
+message's files are in place and before its DELE is sent, so a rerun after a crash neither
+loses nor re-saves it. Each record carries a CRC: a line torn by a crash is ignored, and the
+next record starts on a line of its own.
+
+Records (tab-separated):
+    S  uidl  folder  size  head-digest  crc     saved
+    Q  uidl  folder  size  head-digest  crc     set aside in quarantine (counts as saved)
+    F  uidl  kind  crc                          one more failed attempt ("save" or "retr")
+    uidl  folder                                saved, written by version 0.1
 """
 
 from __future__ import annotations
@@ -10,47 +18,115 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
-from pathlib import Path
+import zlib
+from dataclasses import dataclass
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
+from prefect_pop3mail.tasks.pop3.statedir import StateFolder
 
-STATE_DIR = ".pop3mail"
+#: Prune once this many journalled messages are gone from the server (and most are gone).
+PRUNE_AT = 1000
+
+
+#: How much of a message's header section identifies it.
+HEAD_DIGEST_BYTES = 64 * 1024
 
 
 def mailbox_digest(mailbox_key: str) -> str:
     return hashlib.sha256(mailbox_key.encode("utf-8")).hexdigest()[:16]
 
 
-class Journal:
-    """UIDL -> saved folder name, for one mailbox."""
+def head_digest(data: bytes) -> str:
+    """Identifies a message by its header section (from RETR, or from TOP n 0), so that a
+    UIDL the server gave to another message since is not taken for the saved one."""
+    head = data[:HEAD_DIGEST_BYTES].replace(b"\r\n", b"\n")
+    end = head.find(b"\n\n")
+    return hashlib.sha256(head[: end + 1] if end >= 0 else head).hexdigest()[:32]
 
-    def __init__(self, directory: Path, mailbox_key: str):
-        self.path = directory / STATE_DIR / f"journal-{mailbox_digest(mailbox_key)}.log"
-        self.entries: dict[str, str] = {}
+
+@dataclass(frozen=True)
+class Saved:
+    """What the journal knows of a saved message, enough to tell a reused UIDL."""
+
+    folder: str
+    size: int | None = None
+    head: str = ""
+    quarantined: bool = False
+
+
+def _crc(text: str) -> str:
+    return f"{zlib.crc32(text.encode('utf-8')):08x}"
+
+
+def _line(*fields: object) -> bytes:
+    body = "\t".join(str(f) for f in fields)
+    return f"{body}\t{_crc(body)}\n".encode()
+
+
+class Journal:
+    """UIDL -> what was saved, and failure counts, for one mailbox."""
+
+    def __init__(self, state: StateFolder, mailbox_key: str):
+        self.state = state
+        self.name = f"journal-{mailbox_digest(mailbox_key)}.log"
+        self.saved: dict[str, Saved] = {}
+        self.failures: dict[str, list[str]] = {}
+        self._fd = -1
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._load()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            data = state.read(self.name)
+            self._load(data)
+            self._fd = state.open(self.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            if data and not data.endswith(b"\n"):
+                os.write(self._fd, b"\n")  # a torn last line stays alone
         except OSError as exc:
             raise SaveDirectoryError(
-                f"save_directory: cannot keep the journal {self.path}: {exc.strerror or exc}"
+                f"save_directory: cannot keep the journal {state.path / self.name}: "
+                f"{exc.strerror or exc}"
             ) from exc
 
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        for line in self.path.read_bytes().split(b"\n")[:-1]:  # a torn last line is dropped
-            uidl, _, folder = line.decode("utf-8", "replace").partition("\t")
-            if uidl:
-                self.entries[uidl] = folder
+    def _load(self, data: bytes) -> None:
+        for raw in data.split(b"\n"):
+            fields = raw.decode("utf-8", "replace").split("\t")
+            if len(fields) == 2 and fields[0] not in ("", "S", "Q", "F"):  # version 0.1
+                self.saved[fields[0]] = Saved(fields[1])
+                self.failures.pop(fields[0], None)
+                continue
+            if len(fields) < 3 or _crc("\t".join(fields[:-1])) != fields[-1]:
+                continue  # torn or damaged
+            kind, uidl = fields[0], fields[1]
+            if kind in ("S", "Q") and len(fields) == 6:
+                size = int(fields[3]) if fields[3].isdigit() else None
+                self.saved[uidl] = Saved(fields[2], size, fields[4], kind == "Q")
+                self.failures.pop(uidl, None)
+            elif kind == "F" and len(fields) == 4:
+                self.failures.setdefault(uidl, []).append(fields[2])
 
     def __contains__(self, uidl: str) -> bool:
-        return uidl in self.entries
+        return uidl in self.saved
 
-    def record(self, uidl: str, folder: str) -> None:
+    def get(self, uidl: str) -> Saved | None:
+        return self.saved.get(uidl)
+
+    def failure_count(self, uidl: str) -> int:
+        return len(self.failures.get(uidl, ()))
+
+    def last_failure(self, uidl: str) -> str | None:
+        kinds = self.failures.get(uidl)
+        return kinds[-1] if kinds else None
+
+    def record(self, uidl: str, saved: Saved) -> None:
         """Append one record. Unbuffered: it is in the OS once this returns."""
-        os.write(self._fd, f"{uidl}\t{folder}\n".encode())
-        self.entries[uidl] = folder
+        kind = "Q" if saved.quarantined else "S"
+        size = "" if saved.size is None else saved.size
+        os.write(self._fd, _line(kind, uidl, saved.folder, size, saved.head))
+        self.saved[uidl] = saved
+        self.failures.pop(uidl, None)
+
+    def record_failure(self, uidl: str, kind: str) -> int:
+        """Count one more failed attempt at ``uidl``; returns the count."""
+        os.write(self._fd, _line("F", uidl, kind))
+        self.failures.setdefault(uidl, []).append(kind)
+        return len(self.failures[uidl])
 
     def sync(self) -> None:
         """Make the journal and everything saved on its file system durable.
@@ -63,17 +139,29 @@ class Journal:
             os.sync()
 
     def prune(self, on_server: set[str]) -> None:
-        """Forget messages no longer on the server once they are most of the journal."""
-        stale = [u for u in self.entries if u not in on_server]
-        if len(stale) < 1000 or len(stale) * 2 < len(self.entries):
+        """Forget messages no longer on the server once they are most of the journal.
+
+        Never on an empty listing (a server fault or an emptied mailbox cannot tell "gone"
+        from "not shown"), and by an atomic rewrite.
+        """
+        if not on_server:
+            return
+        stale = [u for u in self.saved if u not in on_server]
+        if len(stale) < PRUNE_AT or len(stale) * 2 < len(self.saved):
             return
         for uidl in stale:
-            del self.entries[uidl]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{u}\t{f}\n" for u, f in self.entries.items()), "utf-8")
-        os.replace(tmp, self.path)
+            del self.saved[uidl]
+        for uidl in [u for u in self.failures if u not in on_server]:
+            del self.failures[uidl]
+        lines = [
+            _line("Q" if s.quarantined else "S", u, s.folder, "" if s.size is None else s.size,
+                  s.head)
+            for u, s in self.saved.items()
+        ]
+        lines += [_line("F", u, kind) for u, kinds in self.failures.items() for kind in kinds]
+        self.state.replace(self.name, b"".join(lines))
         os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND, 0o600)
+        self._fd = self.state.open(self.name, os.O_WRONLY | os.O_APPEND)
 
     def close(self) -> None:
         if self._fd >= 0:

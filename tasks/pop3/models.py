@@ -4,12 +4,15 @@ into these, and downstream steps receive ``ReceivedMail``."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, computed_field
+
+if TYPE_CHECKING:
+    from prefect_pop3mail.tasks.pop3.oauth import AccessToken
 
 
 class _CaseInsensitiveEnum(StrEnum):
@@ -54,6 +57,35 @@ class LoginMethod(_CaseInsensitiveEnum):
     OAUTHBEARER = "oauthbearer"
 
 
+@runtime_checkable
+class TokenSource(Protocol):
+    """Where OAuth2 access tokens come from: ``tasks/pop3/oauth.py``'s providers."""
+
+    client_id: str
+    #: Microsoft Entra ID issues the tokens: the connection check's hints are Microsoft's.
+    is_microsoft: bool
+
+    def __call__(self) -> SecretStr:
+        """A token that is valid now."""
+
+    def fetch(self) -> AccessToken:
+        """That token with what is known about it (expiry, scope, from the cache or not)."""
+
+    def forget_token(self) -> None:
+        """Drop a cached token the server refused, so the next one is new."""
+
+
+def _token_source(value: Any) -> TokenSource | None:
+    """A plain function returning a token is accepted too, wrapped as a TokenSource."""
+    if value is None or isinstance(value, TokenSource):
+        return value
+    if callable(value):
+        from prefect_pop3mail.tasks.pop3.oauth import CallableTokenSource
+
+        return CallableTokenSource(value)
+    raise ValueError("token_provider: must be a TokenSource or a function returning a token")
+
+
 class ConnectionSettings(BaseModel):
     """Where and how to connect and log in. Secrets stay SecretStr until the wire."""
 
@@ -72,8 +104,10 @@ class ConnectionSettings(BaseModel):
     #: Microsoft 365 requires).
     sasl_initial_response: bool = False
     source_address: str | None = None
-    #: Returns a fresh OAuth2 access token; set for OAUTH2 configurations.
-    token_provider: Callable[[], SecretStr] | None = Field(default=None, exclude=True, repr=False)
+    #: Gives fresh OAuth2 access tokens; set for OAUTH2 configurations.
+    token_provider: Annotated[TokenSource | None, BeforeValidator(_token_source)] = Field(
+        default=None, exclude=True, repr=False
+    )
 
     @property
     def mailbox_key(self) -> str:
@@ -94,6 +128,8 @@ class SaveOptions(BaseModel):
     #: PKCS#12 key store and its password, for S/MIME decryption.
     key_store: Path | None = None
     key_password: SecretStr | None = None
+    #: PEM file of roots trusted for S/MIME signers, besides the system's.
+    trust_store: Path | None = None
 
 
 class HeaderFilter(BaseModel):
@@ -119,6 +155,11 @@ class HeaderFilter(BaseModel):
         )
 
 
+#: Large enough for real mail (providers cap messages at 25 to 150 MB), small enough that an
+#: endless message cannot fill the disk.
+DEFAULT_MAX_MESSAGE_SIZE = 200 * 1024 * 1024
+
+
 class ReceiveOptions(BaseModel):
     """How one run receives: limits, filters, deletion, journalling."""
 
@@ -139,6 +180,9 @@ class ReceiveOptions(BaseModel):
     #: in_use_backoff, then twice that, and so on.
     in_use_retries: int = 3
     in_use_backoff: float = 2.0
+    #: A message that failed this many runs is set aside: its original alone is saved
+    #: under quarantine/ and it is then treated as saved.
+    quarantine_after: int = 3
 
 
 class SavedAttachment(BaseModel):
@@ -155,17 +199,39 @@ class SavedAttachment(BaseModel):
 
 
 class SignatureInfo(BaseModel):
+    """What an S/MIME signature says, each fact on its own; ``verified`` only when all hold.
+
+    With several signers the top-level facts hold for all of them (the From match for one)
+    and ``signers`` has each one's own."""
+
     signer: str | None = None
-    #: The signature matches the content and the signer's certificate (the certificate's
-    #: chain to a trusted root is not checked; ``detail`` says what was).
-    verified: bool = False
+    #: Intact: the content is what was signed, the signature matches the signer's
+    #: certificate, and no broken algorithm (SHA-1, MD5) was used.
+    signature_valid: bool = False
+    #: The signer's certificate chains to a trusted root (system CAs, S/MIME trust store).
+    signer_trusted: bool = False
+    #: "whole message", or the part the signature covers ("part 2"): the rest is unsigned.
+    covers: str = "whole message"
+    #: One of the certificate's addresses is the From address; None when there is no From.
+    signer_matches_from: bool | None = None
     detail: str = ""
     signed_at: datetime | None = None
+    signers: list[SignatureInfo] = []
+
+    @computed_field
+    @property
+    def verified(self) -> bool:
+        """Valid, trusted, covering the whole message, and from the From address."""
+        return (self.signature_valid and self.signer_trusted and self.signer_matches_from is True
+                and self.covers == "whole message")
 
 
 class ReceivedMail(BaseModel):
     """One received message, as handed to downstream steps."""
 
+    #: Stable for this message of this mailbox across runs (mailbox, UIDL and the SHA-256
+    #: of the original): a consumer told twice about a message can drop the repeat.
+    id: str = ""
     configuration: str
     uidl: str
     message_id: str | None = None
@@ -185,6 +251,8 @@ class ReceivedMail(BaseModel):
     decrypted: bool = False
     signature: SignatureInfo | None = None
     deleted: bool = False
+    #: Failed too often to be laid out: only the original was saved, under quarantine/.
+    quarantined: bool = False
     warnings: list[str] = []
 
     @property
@@ -200,6 +268,8 @@ class MessageFailure(BaseModel):
     number: int
     error: str
     error_type: str
+    #: Failed attempts so far, this one included (runs that got this far with it).
+    attempts: int = 1
 
 
 class ListedMessage(BaseModel):
@@ -217,12 +287,24 @@ class ReceiveReport(BaseModel):
 
     configuration: str
     received: list[ReceivedMail] = []
+    #: Saved by an earlier run that ended before announcing them; announced by this one.
+    late: list[ReceivedMail] = []
     failed: list[MessageFailure] = []
     skipped_known: int = 0
     skipped_too_large: list[str] = []
     skipped_filtered: int = 0
     listed: list[ListedMessage] = []
+    #: Messages still on the server and not saved when the run ended.
     waiting: int = 0
+
+    @property
+    def quarantined(self) -> list[ReceivedMail]:
+        return [m for m in self.received if m.quarantined]
+
+    @property
+    def announcements(self) -> list[ReceivedMail]:
+        """What downstream steps must hear of: this run's messages and late ones."""
+        return [*self.late, *self.received]
 
 
 class ConnectionReport(BaseModel):

@@ -1,8 +1,14 @@
 """Receiving a mailbox: plan, retrieve (pipelined), save, journal, delete, commit.
 
 The order per message is the promise of no loss and no duplicate:
-the original reaches the disk, its files are saved, its UIDL is journalled, then DELE is
-sent. Deletions take effect only at QUIT, after one durability barrier.
+the original reaches the disk, its files are saved, its UIDL is journalled (and the message
+enters the outbox), then DELE is sent. Deletions take effect only at QUIT, after one
+durability barrier.
+
+One message never stops a mailbox: whatever goes wrong while saving one message is that
+message's failure, counted in the journal; after ``quarantine_after`` failed runs its
+original alone is set aside under ``quarantine/``. Only session faults (the connection, the
+protocol, a full disk, an unusable save directory) end a run.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from dataclasses import dataclass, field
 
 from prefect_pop3mail.tasks.pop3.errors import (
     DiskFullError,
+    MessageTooLargeError,
     POP3InUseError,
     POP3LoginDelayError,
     POP3MailError,
+    POP3ReplyError,
     SaveDirectoryError,
-    SaveError,
 )
-from prefect_pop3mail.tasks.pop3.journal import Journal
+from prefect_pop3mail.tasks.pop3.headers import header_fields
+from prefect_pop3mail.tasks.pop3.journal import Journal, Saved, head_digest
 from prefect_pop3mail.tasks.pop3.mime import parse_headers
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
@@ -31,12 +39,16 @@ from prefect_pop3mail.tasks.pop3.models import (
     ReceiveReport,
     SaveOptions,
 )
+from prefect_pop3mail.tasks.pop3.outbox import Outbox
 from prefect_pop3mail.tasks.pop3.session import POP3Session
-from prefect_pop3mail.tasks.pop3.store import IncomingMessage, MessageStore, header_fields
+from prefect_pop3mail.tasks.pop3.store import IncomingMessage, MessageStore
 
 log = logging.getLogger("pop3mail.receiver")
 
 Progress = Callable[[int, int], None]
+
+#: Faults of the run, not of one message: they end it (what is saved stays saved).
+_RUN_FAULTS = (DiskFullError, SaveDirectoryError)
 
 
 @dataclass
@@ -45,8 +57,15 @@ class _Plan:
     delete_known: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Listing:
+    uidls: dict[int, str]
+    sizes: dict[int, int]
+
+
 class MailboxReceiver:
-    """Receives one mailbox with one configuration."""
+    """Receives one mailbox with one configuration. Use as a context manager, or call
+    :meth:`close`: the journal and outbox stay open until the run is announced."""
 
     def __init__(
         self,
@@ -64,11 +83,32 @@ class MailboxReceiver:
         self.store = store or MessageStore(save, connection.mailbox_key, configuration)
         self.progress = progress
         self.report = ReceiveReport(configuration=configuration)
+        try:
+            self.journal = Journal(self.store.state, connection.mailbox_key)
+            self.outbox = Outbox(self.store.state, connection.mailbox_key)
+        except BaseException:
+            self.store.close()
+            raise
 
-    def run(self, limit: int | None = None) -> ReceiveReport:
-        """Receive up to ``limit`` (or the configured maximum) messages."""
-        limit = limit or self.options.max_messages
-        journal = Journal(self.store.root, self.connection.mailbox_key)
+    def __enter__(self) -> MailboxReceiver:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.journal.close()
+        self.outbox.close()
+        self.store.close()
+
+    def run(self) -> ReceiveReport:
+        """Receive up to ``options.max_messages`` messages (all, when None).
+
+        A run fault raises a POP3MailError whose ``partial_report`` has what was saved.
+        """
+        limit = self.options.max_messages
+        if not self.options.dry_run:
+            self.report.late = list(self.outbox.pending.values())
         try:
             while True:
                 remaining = None if limit is None else limit - len(self.report.received)
@@ -77,31 +117,30 @@ class MailboxReceiver:
                 batch = remaining
                 if self.options.commit_every:
                     batch = min(remaining or self.options.commit_every, self.options.commit_every)
-                more = self._session(journal, batch)
-                if not more:
+                if not self._session(batch):
                     break
         except POP3MailError as exc:
             # Saved and journalled messages are safe on disk; say so on the way out.
             exc.partial_report = self.report  # type: ignore[attr-defined]
             raise
-        finally:
-            journal.close()
         return self.report
+
+    def acknowledge(self, mails: list[ReceivedMail]) -> None:
+        """Downstream steps have been told of ``mails``: take them out of the outbox."""
+        self.outbox.acknowledge([m.id for m in mails])
 
     # --- one session ------------------------------------------------------------------
 
-    def _session(self, journal: Journal, batch: int | None) -> bool:
-        """One POP3 session; returns True when messages remain for another session."""
+    def _session(self, batch: int | None) -> bool:
+        """One POP3 session. Returns whether messages remain for another session."""
         received = self.report.received
         first = len(received)
         session = self._open()
         try:
-            uidls = session.uidl()
-            sizes = session.list()
-            self.report.waiting = len(uidls)
+            listing = _Listing(session.uidl(), session.list())
             if not self.options.dry_run:
-                journal.prune(set(uidls.values()))
-            plan = self._plan(session, uidls, sizes, journal)
+                self.journal.prune(set(listing.uidls.values()))
+            plan = self._plan(session, listing)
             if self.options.dry_run:
                 session.quit()
                 return False
@@ -109,25 +148,31 @@ class MailboxReceiver:
             more = batch is not None and len(plan.fetch) > batch
             for number in plan.delete_known:
                 session.dele(number)  # saved by an earlier run that died before QUIT
-            stopped = self._retrieve(session, fetch, uidls, journal, received)
+            stopped = self._retrieve(session, fetch, listing)
             if plan.delete_known or (self.options.remove_after_read and len(received) > first):
-                journal.sync()
+                self.journal.sync()
         except BaseException:
             session.close()  # no QUIT: the server deletes nothing of this session
             raise
         session.quit()
+        self.report.waiting = sum(1 for u in listing.uidls.values() if u not in self.journal)
         if self.options.remove_after_read:  # QUIT succeeded: the deletions are applied
-            refused = {uidls[n]: e for n, e in session.refused_deletions.items()}
-            for i in range(first, len(received)):
-                error = refused.get(received[i].uidl)
-                update = {"deleted": error is None}
-                if error is not None:
-                    update["warnings"] = [*received[i].warnings, f"not deleted from the "
-                                          f"server ({error.reply}); tried again next run"]
-                received[i] = received[i].model_copy(update=update)
-            for error in refused.values():
-                log.warning("%s: the server refused a deletion: %s", self.configuration, error)
+            self._mark_deleted(session, listing, first)
         return more and not stopped
+
+    def _mark_deleted(self, session: POP3Session, listing: _Listing, first: int) -> None:
+        received = self.report.received
+        refused = {listing.uidls[n]: e for n, e in session.refused_deletions.items()}
+        for i in range(first, len(received)):
+            error = refused.get(received[i].uidl)
+            update: dict = {"deleted": error is None}
+            if error is not None:
+                update["warnings"] = [*received[i].warnings, f"not deleted from the server "
+                                      f"({error.reply}); tried again next run"]
+            # Deletion is known only after QUIT, when the result was already made.
+            received[i] = received[i].model_copy(update=update)
+        for error in refused.values():
+            log.warning("%s: the server refused a deletion: %s", self.configuration, error)
 
     def _open(self) -> POP3Session:
         """Connect and log in; a locked mailbox ([IN-USE]) is retried with backoff."""
@@ -154,20 +199,24 @@ class MailboxReceiver:
                 raise
         raise AssertionError("unreachable")
 
-    def _plan(self, session: POP3Session, uidls: dict[int, str], sizes: dict[int, int],
-              journal: Journal) -> _Plan:
+    # --- planning -----------------------------------------------------------------------
+
+    def _plan(self, session: POP3Session, listing: _Listing) -> _Plan:
         plan = _Plan()
         opts = self.options
-        for number in sorted(uidls):
-            uidl = uidls[number]
-            if uidl in journal:
-                if opts.remove_after_read:
+        for number in sorted(listing.uidls):
+            uidl = listing.uidls[number]
+            size = listing.sizes.get(number, 0)
+            saved = self.journal.get(uidl)
+            if saved is not None and (opts.remove_after_read or opts.new_messages_only):
+                if opts.remove_after_read and self._is_saved(session, number, size, saved):
                     plan.delete_known.append(number)
                     continue
-                if opts.new_messages_only:
+                if not opts.remove_after_read and saved.size in (None, size):
                     self.report.skipped_known += 1
                     continue
-            size = sizes.get(number, 0)
+                log.warning("%s: UIDL %s now names another message than the one saved; "
+                            "receiving it as new", self.configuration, uidl)
             if opts.max_message_size and size > opts.max_message_size:
                 log.warning(
                     "Message %s (%d bytes) is over the maximum size of %d bytes; left on "
@@ -175,34 +224,66 @@ class MailboxReceiver:
                 )
                 self.report.skipped_too_large.append(uidl)
                 continue
-            sender = subject = ""
+            if self._gives_up_on(number, uidl):
+                continue
             if not opts.filters.is_empty() or opts.dry_run:
-                head = header_fields(parse_headers(session.top(number, 0)))
-                sender, subject = head["sender"], head["subject"]
-                if not opts.filters.matches(sender, head["recipients"], subject):
+                try:
+                    head = header_fields(parse_headers(session.top(number, 0)))
+                except POP3ReplyError as exc:
+                    self._fail(number, uidl, exc, count=False)
+                    continue
+                except POP3MailError:
+                    raise  # the session's fault, not this message's
+                except Exception as exc:  # its headers: this message's failure alone
+                    self._fail(number, uidl, exc, count=False)
+                    continue
+                if not opts.filters.matches(head["sender"], head["recipients"], head["subject"]):
                     self.report.skipped_filtered += 1
                     continue
-            if opts.dry_run:
-                self.report.listed.append(
-                    ListedMessage(number=number, uidl=uidl, size=size, sender=sender,
-                                  subject=subject)
-                )
-            else:
-                plan.fetch.append(number)
-        if opts.dry_run and opts.max_messages:
-            self.report.listed = self.report.listed[: opts.max_messages]
+                if opts.dry_run:
+                    self.report.listed.append(ListedMessage(
+                        number=number, uidl=uidl, size=size, sender=head["sender"],
+                        subject=head["subject"]))
+                    if opts.max_messages and len(self.report.listed) >= opts.max_messages:
+                        break
+                    continue
+            plan.fetch.append(number)
         return plan
 
-    def _retrieve(self, session: POP3Session, numbers: list[int], uidls: dict[int, str],
-                  journal: Journal, received: list[ReceivedMail]) -> bool:
+    def _is_saved(self, session: POP3Session, number: int, size: int, saved: Saved) -> bool:
+        """Whether message ``number`` is the one the journal saved under its UIDL (a server
+        may give a UIDL to a new message once the old one is gone)."""
+        if saved.size is not None and saved.size != size:
+            return False
+        if not saved.head:
+            return True  # journalled by version 0.1: its size is all we can compare
+        try:
+            return head_digest(session.top(number, 0)) == saved.head
+        except POP3ReplyError:
+            return False  # no TOP: receive it again rather than delete unseen mail
+
+    def _gives_up_on(self, number: int, uidl: str) -> bool:
+        """A message that broke the session in run after run (too large, endless) is left
+        on the server and reported, so the rest of the mailbox moves on."""
+        attempts = self.journal.failure_count(uidl)
+        if attempts < self.options.quarantine_after or self.journal.last_failure(uidl) != "retr":
+            return False
+        self.report.failed.append(MessageFailure(
+            uidl=uidl, number=number, attempts=attempts, error_type="RetrieveFailedError",
+            error=f"retrieving it failed {attempts} times; left on the server and skipped"))
+        return True
+
+    # --- retrieving -----------------------------------------------------------------------
+
+    def _retrieve(self, session: POP3Session, numbers: list[int], listing: _Listing) -> bool:
         """Retrieve and save; returns True when the batch stopped early (disk full...)."""
         total = len(numbers)
         limit = self.options.max_message_size
-        arriving: list[IncomingMessage] = []  # the message being received, if any
+        arriving: list[tuple[int, IncomingMessage]] = []  # the message being received
 
-        def open_sink(_number: int) -> IncomingMessage:
-            arriving[:] = [self.store.incoming()]
-            return arriving[0]
+        def open_sink(number: int) -> IncomingMessage:
+            arriving[:] = [(number, self.store.incoming())]
+            return arriving[0][1]
 
         messages = session.retrieve(
             numbers,
@@ -212,48 +293,95 @@ class MailboxReceiver:
         )
         try:
             for done, (number, sink, refused) in enumerate(messages, 1):
-                uidl = uidls[number]
+                uidl = listing.uidls[number]
                 if refused is not None:
-                    self._fail(number, uidl, refused)
+                    self._fail(number, uidl, refused, count=False)
                     continue
                 assert isinstance(sink, IncomingMessage)
                 arriving.clear()
                 try:
-                    sink.finish()
-                    mail = self.store.save(sink, uidl)
-                except (DiskFullError, SaveDirectoryError) as exc:
+                    mail = self._save(number, uidl, sink)
+                except _RUN_FAULTS as exc:
                     sink.discard()
-                    self._fail(number, uidl, exc)
+                    self._fail(number, uidl, exc, count=False)
                     log.error("Stopping this run: %s. Later messages wait on the server.", exc)
                     return True
-                except (SaveError, POP3MailError) as exc:
-                    sink.discard()
-                    self._fail(number, uidl, exc)
+                if mail is None:
                     continue
-                journal.record(uidl, mail.folder.name if mail.folder else "")
+                self.journal.record(uidl, Saved(mail.folder.name if mail.folder else "",
+                                                listing.sizes.get(number), sink.head_digest,
+                                                mail.quarantined))
+                self.outbox.add(mail)
                 if self.options.remove_after_read:
                     session.dele(number)
-                received.append(mail)
+                self.report.received.append(mail)
                 if self.progress:
                     self.progress(done, total)
+        except MessageTooLargeError:
+            self._count_session_failure(arriving, listing)
+            raise
         except BaseException:
-            for sink in arriving:  # cut off mid-message: leave no partial file behind
+            for _, sink in arriving:  # cut off mid-message: leave no partial file behind
                 sink.discard()
             raise
         finally:
             messages.close()
         return False
 
-    def _fail(self, number: int, uidl: str, error: Exception) -> None:
+    def _save(self, number: int, uidl: str, sink: IncomingMessage) -> ReceivedMail | None:
+        """Save one message; None when it failed (recorded, and set aside when it failed
+        too often). Run faults propagate."""
+        sink.finish()
+        attempts = self.journal.failure_count(uidl)
+        if attempts >= self.options.quarantine_after:
+            return self.store.quarantine(sink, uidl, f"failed {attempts} times before")
+        try:
+            return self.store.save(sink, uidl)
+        except _RUN_FAULTS:
+            raise
+        except Exception as exc:  # any fault of this one message is its own
+            if not isinstance(exc, POP3MailError):
+                log.exception("%s: saving message %s failed", self.configuration, uidl)
+            attempts = self._fail(number, uidl, exc)
+            if attempts < self.options.quarantine_after:
+                sink.discard()
+                return None
+            return self.store.quarantine(sink, uidl, f"failed {attempts} times; last: "
+                                         f"{type(exc).__name__}: {exc}")
+
+    def _count_session_failure(self, arriving: list[tuple[int, IncomingMessage]],
+                               listing: _Listing) -> None:
+        """A message that ends the session (over the size limit while arriving) is counted,
+        so it cannot block the mailbox forever."""
+        for number, sink in arriving:
+            sink.discard()
+            self._fail(number, listing.uidls[number],
+                       MessageTooLargeError("larger than the maximum message size"),
+                       kind="retr")
+
+    def _fail(self, number: int, uidl: str, error: BaseException, *, count: bool = True,
+              kind: str = "save") -> int:
+        """Record one message's failure; returns its failed attempts so far."""
+        attempts = self.journal.record_failure(uidl, kind) if count else 1
         log.warning("Message %s not received, left on the server: %s", uidl, error)
         self.report.failed.append(
-            MessageFailure(uidl=uidl, number=number, error=str(error),
-                           error_type=type(error).__name__)
+            MessageFailure(uidl=uidl, number=number, error=_describe(error),
+                           error_type=type(error).__name__, attempts=attempts)
         )
+        return attempts
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return text[:1000] if text else type(error).__name__
 
 
 def receive_mailbox(configuration: str, connection: ConnectionSettings, save: SaveOptions,
-                    options: ReceiveOptions, *, limit: int | None = None,
-                    progress: Progress | None = None) -> ReceiveReport:
-    """Receive one mailbox: the engine's entry point."""
-    return MailboxReceiver(configuration, connection, save, options, progress=progress).run(limit)
+                    options: ReceiveOptions, *, progress: Progress | None = None
+                    ) -> ReceiveReport:
+    """Receive one mailbox and take what it saved out of the outbox: the engine's entry
+    point for callers that announce nothing themselves."""
+    with MailboxReceiver(configuration, connection, save, options, progress=progress) as rx:
+        report = rx.run()
+        rx.acknowledge(report.announcements)
+    return report

@@ -18,11 +18,11 @@ import io
 import logging
 import os
 import shutil
-import time
+import stat
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
-from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 
 from prefect_pop3mail.tasks.pop3 import smime
@@ -32,22 +32,24 @@ from prefect_pop3mail.tasks.pop3.errors import (
     SaveDirectoryError,
     SaveError,
 )
-from prefect_pop3mail.tasks.pop3.filenames import decode_rfc2047
-from prefect_pop3mail.tasks.pop3.journal import STATE_DIR, mailbox_digest
+from prefect_pop3mail.tasks.pop3.headers import header_fields
+from prefect_pop3mail.tasks.pop3.headers import read_head as _read_head
+from prefect_pop3mail.tasks.pop3.journal import HEAD_DIGEST_BYTES, head_digest, mailbox_digest
 from prefect_pop3mail.tasks.pop3.layout import (
     ATTACHMENTS_DIR,
     HTML_NAME,
     TEXT_NAME,
     FolderLayout,
     LayoutOptions,
+    LayoutResult,
 )
-from prefect_pop3mail.tasks.pop3.mime import Part, parse_file, parse_headers
-from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SaveOptions
+from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
+from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SaveOptions, SignatureInfo
+from prefect_pop3mail.tasks.pop3.statedir import QUARANTINE_DIR, StateFolder, open_private_dir
 
 log = logging.getLogger("pop3mail.store")
 
 ORIGINAL_NAME = "message.eml"
-MAX_HEADER_BYTES = 1 << 20
 #: Encrypted inside signed inside encrypted...: more layers than this are not unwrapped.
 MAX_SMIME_LAYERS = 4
 
@@ -57,9 +59,10 @@ class IncomingMessage:
 
     def __init__(self, path: Path, mode: int):
         self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._file = os.fdopen(os.open(path, flags, mode), "wb", buffering=256 * 1024)
         self._hash = hashlib.sha256()
+        self._head = bytearray()  # the start of the message, until its header ends
         self.size = 0
         self._error: OSError | None = None
 
@@ -67,6 +70,8 @@ class IncomingMessage:
         if self._error is not None:
             return  # the disk failed: drop the rest, but let the session read it to the end
         self._hash.update(data)
+        if len(self._head) < HEAD_DIGEST_BYTES and not _header_ended(self._head):
+            self._head += data[:HEAD_DIGEST_BYTES]
         try:
             self._file.write(data)
         except OSError as exc:
@@ -77,6 +82,10 @@ class IncomingMessage:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    @property
+    def head_digest(self) -> str:
+        return head_digest(bytes(self._head))
 
     def finish(self) -> None:
         """Flush to the OS, so a crash of this process cannot lose it."""
@@ -93,10 +102,27 @@ class IncomingMessage:
         self.path.unlink(missing_ok=True)
 
 
+def _header_ended(head: bytes | bytearray) -> bool:
+    return b"\n\n" in head or b"\n\r\n" in head
+
+
+@dataclass
+class _Findings:
+    """What saving one message found, gathered until its ReceivedMail is built."""
+
+    warnings: list[str] = field(default_factory=list)
+    decrypted: bool = False
+    signature: SignatureInfo | None = None
+    #: The From address, which an S/MIME signer's certificate must name.
+    sender: str | None = None
+    layout: LayoutResult | None = None
+
+
 class MessageStore:
     """Turns retrieved originals into saved folders for one mailbox."""
 
-    def __init__(self, options: SaveOptions, mailbox_key: str, configuration: str):
+    def __init__(self, options: SaveOptions, mailbox_key: str, configuration: str,
+                 state: StateFolder | None = None):
         self.options = options
         self.configuration = configuration
         self._mailbox = mailbox_key
@@ -104,29 +130,19 @@ class MessageStore:
         self.dir_mode = 0o700 if options.private else 0o755
         self.root = options.directory
         self._keys = smime.KeyStore(options.key_store, options.key_password) if options.key_store else None
-        self._work = self.root / STATE_DIR / f"work-{mailbox_digest(mailbox_key)}"
+        self._owns_state = state is None
+        self.state = state or StateFolder(self.root, f"work-{mailbox_digest(mailbox_key)}",
+                                          self.dir_mode)
+        self._work = self.state.work
         with _os_errors(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._work.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.root / STATE_DIR, 0o700)
             probe = self._work / f".probe-{uuid.uuid4().hex}"
-            probe.touch()
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             probe.unlink()
-        self._remove_leftovers()
+        self.state.remove_leftovers()
 
-    def _remove_leftovers(self, older_than: float = 3600.0) -> None:
-        """Drop what killed runs left in the work folder (partial originals, staging folders).
-
-        Only entries untouched for an hour: a live run of another configuration of the same
-        mailbox writes its files continuously and renames them away within moments.
-        """
-        cutoff = time.time() - older_than
-        for entry in self._work.iterdir():
-            try:
-                if entry.lstat().st_mtime < cutoff:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            except OSError:
-                continue
+    def close(self) -> None:
+        if self._owns_state:
+            self.state.close()
 
     def incoming(self) -> IncomingMessage:
         return IncomingMessage(self._work / f"incoming-{uuid.uuid4().hex}.eml", self.file_mode)
@@ -137,37 +153,106 @@ class MessageStore:
         digest = hashlib.sha256(f"{self._mailbox}\0{uidl}".encode()).hexdigest()[:12]
         return f"{stamp}-{digest}"
 
+    def stable_id(self, uidl: str, sha256: str) -> str:
+        """The id a message keeps across runs: a reused UIDL gets another one."""
+        return hashlib.sha256(f"{self._mailbox}\0{uidl}\0{sha256}".encode()).hexdigest()[:32]
+
     def save(self, incoming: IncomingMessage, uidl: str) -> ReceivedMail:
         """Save everything for one message; the incoming file is consumed."""
         with _os_errors(incoming.path), open(incoming.path, "rb") as f:
             head = _read_head(f)
         headers = header_fields(head)
-        mail = ReceivedMail(
-            configuration=self.configuration,
-            uidl=uidl,
-            size=incoming.size,
-            sha256=incoming.sha256,
-            **headers,
-        )
-        name = self.folder_name(uidl, mail.date)
-        staging = self._work / f"staging-{name}-{uuid.uuid4().hex[:8]}"
-        final = self.root / name
+        name = self.folder_name(uidl, headers["date"])
+        staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
+        staging = self._work / staging_name
+        findings = _Findings(sender=headers["sender"])
         try:
             with _os_errors(staging):
                 staging.mkdir(mode=self.dir_mode)
                 original = staging / ORIGINAL_NAME
                 os.replace(incoming.path, original)
-                self.write_contents(original, staging, mail, head)
+                self.write_contents(original, staging, findings, uidl, head)
                 if not self.options.save_original:
                     original.unlink()
-                self._publish(staging, final)
+                self._publish(staging_name, self.state.root_fd, name)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            incoming.path.unlink(missing_ok=True)
+            self._undo(staging, incoming)
             raise
-        return self._relocate(mail, staging, final)
+        return self._received(incoming, uidl, headers, self.root / name, staging, findings)
 
-    def write_contents(self, original: Path, folder: Path, mail: ReceivedMail,
+    @staticmethod
+    def _undo(staging: Path, incoming: IncomingMessage) -> None:
+        """After a failure: the original goes back to where it arrived (the caller may
+        still set it aside, or discards it), and the staging folder goes."""
+        try:
+            os.replace(staging / ORIGINAL_NAME, incoming.path)
+        except OSError:
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def quarantine(self, incoming: IncomingMessage, uidl: str, reason: str) -> ReceivedMail:
+        """Set a message aside: its original alone, under ``quarantine/``, nothing parsed
+        but what the results need (and that only as far as it reads)."""
+        try:
+            with open(incoming.path, "rb") as f:
+                headers = header_fields(_read_head(f))
+        except Exception:  # the message is here because reading it fails
+            headers = {}
+        name = self.folder_name(uidl, headers.get("date"))
+        staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
+        staging = self._work / staging_name
+        quarantine_fd = open_private_dir(self.state.root_fd, QUARANTINE_DIR,
+                                         self.root / QUARANTINE_DIR, self.dir_mode,
+                                         private=False)
+        try:
+            with _os_errors(staging):
+                staging.mkdir(mode=self.dir_mode)
+                os.replace(incoming.path, staging / ORIGINAL_NAME)
+                self._publish(staging_name, quarantine_fd, name)
+        except BaseException:
+            self._undo(staging, incoming)
+            raise
+        finally:
+            os.close(quarantine_fd)
+        findings = _Findings(warnings=[f"set aside in quarantine: {reason}"])
+        folder = self.root / QUARANTINE_DIR / name
+        return self._received(incoming, uidl, headers, folder, staging, findings,
+                              quarantined=True)
+
+    def _received(self, incoming: IncomingMessage, uidl: str, headers: dict, folder: Path,
+                  staging: Path, findings: _Findings, *, quarantined: bool = False
+                  ) -> ReceivedMail:
+        """The message's result, built once, with the paths where its files now are."""
+
+        def final(path: Path | None) -> Path | None:
+            return folder / path.relative_to(staging) if path else None
+
+        layout = findings.layout or LayoutResult()
+        keep_original = self.options.save_original or quarantined
+        return ReceivedMail(
+            id=self.stable_id(uidl, incoming.sha256),
+            configuration=self.configuration,
+            uidl=uidl,
+            size=incoming.size,
+            sha256=incoming.sha256,
+            **headers,
+            folder=folder,
+            original_path=folder / ORIGINAL_NAME if keep_original else None,
+            text_path=final(layout.text_path),
+            text_sha256=layout.text_sha256,
+            html_path=final(layout.html_path),
+            html_sha256=layout.html_sha256,
+            attachments=[
+                a.model_copy(update={"path": final(a.path), "parent": final(a.parent)})
+                for a in layout.attachments
+            ],
+            decrypted=findings.decrypted,
+            signature=findings.signature,
+            quarantined=quarantined,
+            warnings=[*findings.warnings, *layout.warnings],
+        )
+
+    def write_contents(self, original: Path, folder: Path, findings: _Findings, uidl: str,
                        head: Message | None = None) -> None:
         """Write the text, HTML and attachments of ``original`` (whose top headers are
         ``head``, when already read) into ``folder``."""
@@ -176,21 +261,22 @@ class MessageStore:
             return
         plaintexts: list[Path] = []
         try:
-            source = self._unwrap(original, mail, plaintexts, head)
+            source = self._unwrap(original, findings, plaintexts, head)
             if source is not None:
-                self._lay_out(source, folder, mail)
+                self._lay_out(source, folder, findings, uidl)
         finally:
             for path in plaintexts:  # decrypted content lives on only in the saved files
                 path.unlink(missing_ok=True)
 
-    def _lay_out(self, source: Path, folder: Path, mail: ReceivedMail) -> None:
+    def _lay_out(self, source: Path, folder: Path, findings: _Findings, uidl: str) -> None:
         opts = self.options
         layout = FolderLayout(
             folder,
             LayoutOptions(opts.save_text, opts.save_attachments, self.file_mode, self.dir_mode),
             self._work,
             parse=parse_file,
-            verify=smime.verify_detached,
+            verify=lambda signature, digests, covers: smime.verify_detached(
+                signature, digests, covers, sender=findings.sender, trust_store=opts.trust_store),
         )
         try:
             parse_file(source, layout)
@@ -200,21 +286,18 @@ class MessageStore:
             raise
         except Exception as exc:  # a parser bug must cost this message's parts, not the batch
             layout.abort()
-            log.exception("Laying out message %s failed", mail.uidl)
+            log.exception("Laying out message %s failed", uidl)
             for name in (TEXT_NAME, HTML_NAME, ATTACHMENTS_DIR):
                 shutil.rmtree(folder / name, ignore_errors=True)
                 (folder / name).unlink(missing_ok=True)
-            mail.warnings.append(f"internal error reading the message ({type(exc).__name__}); "
-                                 "only the original is saved")
+            findings.warnings.append(f"internal error reading the message "
+                                     f"({type(exc).__name__}); only the original is saved")
             return
-        mail.text_path, mail.text_sha256 = result.text_path, result.text_sha256
-        mail.html_path, mail.html_sha256 = result.html_path, result.html_sha256
-        mail.attachments = result.attachments
-        mail.warnings.extend(result.warnings)
-        if mail.signature is None:
-            mail.signature = result.signature
+        findings.layout = result
+        if findings.signature is None:
+            findings.signature = result.signature
 
-    def _unwrap(self, source: Path, mail: ReceivedMail, plaintexts: list[Path],
+    def _unwrap(self, source: Path, findings: _Findings, plaintexts: list[Path],
                 headers: Message | None) -> Path | None:
         """Decrypt and open S/MIME layers; None when there is nothing more to save."""
         for _ in range(MAX_SMIME_LAYERS):
@@ -233,16 +316,18 @@ class MessageStore:
                 kind = "signed" if smime.is_signed_data(der) else "enveloped"
             if kind == "enveloped":
                 if self._keys is None:
-                    mail.warnings.append("the message is S/MIME encrypted and the configuration "
-                                         "names no public key; only the original is saved")
+                    findings.warnings.append("the message is S/MIME encrypted and the "
+                                             "configuration names no public key; only the "
+                                             "original is saved")
                     return None
                 content = self._keys.decrypt(der)
-                mail.decrypted = True
+                findings.decrypted = True
             else:
-                content, info = smime.verify_opaque(der)
-                mail.signature = mail.signature or info
+                content, info = smime.verify_opaque(der, sender=findings.sender,
+                                                    trust_store=self.options.trust_store)
+                findings.signature = findings.signature or info
                 if not info.verified:
-                    mail.warnings.append(f"S/MIME signature not verified: {info.detail}")
+                    findings.warnings.append(f"S/MIME signature not verified: {info.detail}")
                 if content is None:
                     return None
             source = self._work / f"plain-{uuid.uuid4().hex}.eml"
@@ -250,38 +335,31 @@ class MessageStore:
             fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(fd, "wb") as f:
                 f.write(content)
-        mail.warnings.append("too many S/MIME layers; the innermost content is not saved")
+        findings.warnings.append("too many S/MIME layers; the innermost content is not saved")
         return None
 
-    def _publish(self, staging: Path, final: Path) -> None:
-        """Rename the finished folder into place, replacing an earlier save of it."""
+    def _publish(self, staging_name: str, parent_fd: int, name: str) -> None:
+        """Rename the finished folder into place, replacing an earlier save of it.
+
+        By descriptors: whatever was planted under that name is moved away and removed
+        without following a symlink.
+        """
+        work_fd = self.state.work_fd
         try:
-            os.rename(staging, final)
+            os.rename(staging_name, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
         except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
-            old = self._work / f"replaced-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)
-            os.rename(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _relocate(self, mail: ReceivedMail, staging: Path, final: Path) -> ReceivedMail:
-        def moved(path: Path | None) -> Path | None:
-            return final / path.relative_to(staging) if path else None
-
-        original = final / ORIGINAL_NAME
-        return mail.model_copy(
-            update={
-                "folder": final,
-                "original_path": original if self.options.save_original else None,
-                "text_path": moved(mail.text_path),
-                "html_path": moved(mail.html_path),
-                "attachments": [
-                    a.model_copy(update={"path": moved(a.path), "parent": moved(a.parent)})
-                    for a in mail.attachments
-                ],
-            }
-        )
+            old = f"replaced-{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(name, old, src_dir_fd=parent_fd, dst_dir_fd=work_fd)
+            os.rename(staging_name, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
+            try:
+                if stat.S_ISDIR(os.lstat(old, dir_fd=work_fd).st_mode):
+                    shutil.rmtree(old, dir_fd=work_fd)
+                else:
+                    os.unlink(old, dir_fd=work_fd)
+            except OSError:
+                pass  # removed with the leftovers later
 
 
 class _RootBody:
@@ -307,63 +385,6 @@ class _RootBody:
 
     def warn(self, part, text) -> None:
         pass
-
-
-def _read_head(f) -> Message:
-    head = bytearray()
-    for line in f:
-        if line in (b"\r\n", b"\n") or len(head) > MAX_HEADER_BYTES:
-            break
-        head += line
-    return parse_headers(bytes(head))
-
-
-def header_fields(message: Message) -> dict:
-    """ReceivedMail's header fields. Raw values, decoded here: a malformed header must not
-    stop the save."""
-    senders = _addresses(message, "From")
-    return {
-        "message_id": _header(message, "Message-ID") or None,
-        "sender": senders[0] if senders else "",
-        "recipients": _addresses(message, "To") + _addresses(message, "Cc"),
-        "subject": _header(message, "Subject"),
-        "date": _date(message),
-    }
-
-
-def _text(raw: str) -> str:
-    """A raw header value as text: unfolded, encoded words decoded."""
-    return decode_rfc2047(" ".join(raw.split()))
-
-
-def _raw(message: Message, name: str) -> list[str]:
-    """Raw values: compat32's get() could return Header objects."""
-    wanted = name.lower()
-    return [str(v) for k, v in message.raw_items() if k.lower() == wanted]
-
-
-def _header(message: Message, name: str) -> str:
-    values = _raw(message, name)
-    return _text(values[0]) if values else ""
-
-
-def _addresses(message: Message, name: str) -> list[str]:
-    values = [" ".join(v.split()) for v in _raw(message, name)]
-    try:
-        pairs = getaddresses(values)
-    except (ValueError, IndexError, TypeError):
-        return [_text(v) for v in values if v.strip()]
-    return [f"{_text(display)} <{addr}>" if display else addr for display, addr in pairs if addr]
-
-
-def _date(message: Message) -> datetime | None:
-    raw = _raw(message, "Date")
-    if not raw:
-        return None
-    try:
-        return parsedate_to_datetime(raw[0])
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 class _os_errors:

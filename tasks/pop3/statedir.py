@@ -1,0 +1,164 @@
+"""The save directory's private state folder, reached only through directory descriptors.
+
+Workers often run as root, and others may write in the save directory. So the state folder
+(journal, outbox, work area) is opened without following symlinks, refused unless this
+process's user owns it with mode 0700, and every file in it is reached relative to an open
+descriptor: a symlink or a folder swapped in later cannot redirect a write, an append or a
+cleanup outside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
+
+STATE_DIR = ".pop3mail"
+QUARANTINE_DIR = "quarantine"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PROC_FD = Path("/proc/self/fd")
+
+
+def _refuse(path: Path, problem: str) -> SaveDirectoryError:
+    return SaveDirectoryError(f"save_directory: {path}: {problem}")
+
+
+def _os_problem(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a symbolic link; refused"
+    if exc.errno == errno.ENOTDIR:
+        return "is not a folder"
+    return exc.strerror or str(exc)
+
+
+def open_root(root: Path, dir_mode: int) -> int:
+    """Open (creating what is missing, with ``dir_mode``) the save directory itself.
+
+    The configured path may contain symlinks: it is the user's choice, not an attacker's.
+    """
+    missing = []
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, dir_mode)
+            except FileExistsError:
+                pass
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refuse(root, f"cannot open or create it: {_os_problem(exc)}") from exc
+
+
+def open_private_dir(parent_fd: int, name: str, shown: Path, mode: int = 0o700, *,
+                     private: bool = True) -> int:
+    """Open the folder ``name`` under ``parent_fd``, creating it with ``mode``.
+
+    Never through a symlink. With ``private``, refused unless owned by this user with no
+    access for group or others.
+    """
+    try:
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _refuse(shown, f"cannot create it: {_os_problem(exc)}") from exc
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        raise _refuse(shown, _os_problem(exc)) from exc
+    if private:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            os.close(fd)
+            raise _refuse(
+                shown,
+                f"must be owned by this worker's user (uid {os.geteuid()}) with mode 0700, "
+                f"but is owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):o}; "
+                "fix its owner and mode, or remove it",
+            )
+    return fd
+
+
+def fd_path(fd: int, fallback: Path) -> Path:
+    """A path that resolves to the folder behind ``fd`` even if its name is swapped later."""
+    path = _PROC_FD / str(fd)
+    return path if path.is_dir() else fallback
+
+
+class StateFolder:
+    """``<save directory>/.pop3mail`` and one mailbox's work folder in it."""
+
+    def __init__(self, root: Path, work_name: str, dir_mode: int = 0o700):
+        self.root = root
+        self.path = root / STATE_DIR
+        self.root_fd = open_root(root, dir_mode)
+        try:
+            self.fd = open_private_dir(self.root_fd, STATE_DIR, self.path)
+            self.work_fd = open_private_dir(self.fd, work_name, self.path / work_name)
+        except BaseException:
+            self.close()
+            raise
+        #: The work folder as a path for code that takes paths (parser, layout).
+        self.work = fd_path(self.work_fd, self.path / work_name)
+
+    def open(self, name: str, flags: int, mode: int = 0o600) -> int:
+        """Open a file of the state folder; never through a symlink."""
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+
+    def read(self, name: str) -> bytes:
+        try:
+            fd = self.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return b""
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def replace(self, name: str, data: bytes, mode: int = 0o600) -> None:
+        """Write ``name`` atomically: a temporary file, fsync, rename, fsync the folder."""
+        temp = f".{name}.{os.getpid()}.tmp"
+        fd = self.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        os.fsync(self.fd)
+
+    def remove_leftovers(self, older_than: float = 3600.0) -> None:
+        """Drop what killed runs left in the work folder (partial originals, staging folders).
+
+        Only entries untouched for an hour: a live run of another configuration of the same
+        mailbox writes its files continuously and renames them away within moments. Symlinks
+        are removed, never followed.
+        """
+        cutoff = time.time() - older_than
+        for name in os.listdir(self.work_fd):
+            try:
+                info = os.lstat(name, dir_fd=self.work_fd)
+                if info.st_mtime >= cutoff:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(name, dir_fd=self.work_fd)
+                else:
+                    os.unlink(name, dir_fd=self.work_fd)
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        for attr in ("work_fd", "fd", "root_fd"):
+            fd = getattr(self, attr, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
