@@ -15,13 +15,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefect_pop3mail.tasks.pop3 import lineio
 from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
     POP3ConnectionError,
     POP3ProtocolError,
     POP3TimeoutError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import CHUNK, MAX_STATUS_LINE, LineReader
+from prefect_pop3mail.tasks.pop3.lineio import (
+    CHUNK,
+    MAX_STATUS_LINE,
+    MIN_TRANSFER_RATE,
+    LineReader,
+)
 
 
 class PiecewiseSocket:
@@ -157,3 +163,101 @@ def test_buffered_reports_what_arrived_beyond_the_line():
     reader = LineReader(PiecewiseSocket(b"+OK begin TLS\r\n+OK injected\r\n"))
     reader.status_line()
     assert reader.buffered == len(b"+OK injected\r\n")
+
+
+# --- the per-reply deadline, on a fake clock ------------------------------------------------
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedSocket:
+    """Hands out ``piece`` forever, each recv taking ``seconds`` of ``clock``; a recv that
+    the socket's timeout cuts short raises TimeoutError, as a real socket's would."""
+
+    def __init__(self, clock: Clock, piece: bytes, seconds: float, timeout: float):
+        self.clock, self.piece, self.seconds, self.timeout = clock, piece, seconds, timeout
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def recv(self, size: int) -> bytes:
+        if self.seconds > self.timeout:
+            self.clock.now += self.timeout
+            raise TimeoutError
+        self.clock.now += self.seconds
+        return self.piece
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(lineio, "monotonic", fake)
+    return fake
+
+
+def test_a_body_faster_than_the_minimum_rate_is_never_cut(clock):
+    piece = b"x" * 9998 + b"\r\n"
+    rate = 2 * MIN_TRANSFER_RATE
+    sock = ClockedSocket(clock, piece, len(piece) / rate, timeout=1)
+    reader = LineReader(sock, 1)
+    reader.begin("RETR")
+    with pytest.raises(MessageTooLargeError):  # the limit, not the clock, ends it
+        reader.copy_body(io.BytesIO(), limit=20 * 1024 * 1024)
+    assert clock.now > 100  # a long transfer, at a rate above the floor: allowed
+
+
+@pytest.mark.parametrize("slowdown", [2, 10, 1000])
+def test_a_body_slower_than_the_minimum_rate_is_cut_at_its_deadline(clock, slowdown):
+    piece = b"y" * 98 + b"\r\n"
+    rate = MIN_TRANSFER_RATE / slowdown
+    sock = ClockedSocket(clock, piece, len(piece) / rate, timeout=1)
+    reader = LineReader(sock, 1)
+    reader.begin("RETR")
+    with pytest.raises(POP3TimeoutError, match="reply to RETR is too slow") as caught:
+        reader.copy_body(io.BytesIO())
+    received = reader._received
+    # Cut once the time passed the grace plus what the bytes received would need at the floor.
+    assert clock.now == pytest.approx(1 + received / MIN_TRANSFER_RATE, abs=2 * sock.seconds)
+    assert f"{received} bytes" in str(caught.value)
+
+
+def test_the_deadline_restarts_with_each_reply(clock):
+    sock = ClockedSocket(clock, b"+OK\r\n", 0.9, timeout=1)
+    reader = LineReader(sock, 1)
+    for command in ("STAT", "NOOP", "LIST 1"):  # each within its own second
+        reader.begin(command)
+        assert reader.status_line() == b"+OK"
+    assert sock.timeout == 1  # a cut read timeout is restored for the next reply
+
+
+def test_a_silent_server_is_named_in_the_timeout(clock):
+    sock = ClockedSocket(clock, b"", 5, timeout=1)
+    reader = LineReader(sock, 1)
+    reader.begin("UIDL")
+    with pytest.raises(POP3TimeoutError, match=r"did not answer UIDL in time \(nothing for 1 s"):
+        reader.status_line()
+
+
+def test_endless_short_reply_is_cut_at_its_byte_cap():
+    endless = PiecewiseSocket(*[b"1 abc\r\n" * 1000] * 1000)
+    reader = LineReader(endless)
+    reader.begin("UIDL")
+    with pytest.raises(POP3ProtocolError, match="reply to UIDL is longer than its cap of 4096"):
+        reader.body_lines(max_bytes=4096)
+    assert len(endless.pieces) > 990
+
+
+def test_errors_quote_server_bytes_redacted_before_they_are_cut():
+    secret = b"S3cret-pass"
+    line = b"-ERR " + b"z" * (lineio.QUOTE - 8) + secret + b"z" * MAX_STATUS_LINE
+    reader = LineReader(PiecewiseSocket(line + b"\r\n"),
+                        redact=lambda data: data.replace(secret, b"****"))
+    with pytest.raises(POP3ProtocolError, match="too long") as caught:
+        reader.status_line()
+    assert b"S3c".decode() not in str(caught.value)  # not even the part before the cut

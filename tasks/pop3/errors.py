@@ -58,6 +58,16 @@ class STLSNotOfferedError(POP3TLSError):
     """Explicit TLS was required but the server does not offer STLS."""
 
 
+class WrongSecurityModeError(POP3TLSError):
+    """The port speaks another security mode than the configured one (implicit TLS on a
+    plain POP3 port, or the reverse). The message says which setting to change."""
+
+
+class UntrustedCertificateError(POP3TLSError):
+    """The server's certificate does not chain to a trusted CA, or does not name the host.
+    The message names its issuer and the settings that fix it."""
+
+
 class POP3ProtocolError(POP3MailError):
     """The server sent something that is not POP3 (garbage, an endless line...)."""
 
@@ -66,6 +76,23 @@ class POP3ProtocolError(POP3MailError):
     def __init__(self, message: str, reply: bytes | str | None = None):
         self.reply = _as_text(reply)
         super().__init__(message if reply is None else f"{message}: {self.reply!r}")
+
+
+class InvalidUIDLError(POP3ProtocolError):
+    """One message's UIDL breaks RFC 1939 (1-70 characters 0x21-0x7E) or is shared with
+    another message. The session reports it for that message only (``number``); the
+    message cannot be journalled safely, so it stays on the server."""
+
+    retryable = False
+
+    def __init__(self, number: int, problem: str, uidl: bytes | str | None = None):
+        self.number = number
+        super().__init__(f"message {number}: {problem}", uidl)
+
+
+class DuplicateUIDLError(InvalidUIDLError):
+    """Two or more messages of one listing share a UIDL: the journal could not tell them
+    apart, so none of them is received or deleted."""
 
 
 # --- replies ---------------------------------------------------------------------------

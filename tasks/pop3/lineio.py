@@ -6,11 +6,19 @@ reasons: a body is copied in whole received blocks (one ``find`` per block inste
 reply, which matters before a TLS upgrade. Memory stays bounded by one block plus one
 status line, so a 10 MB line (or one with no CRLF at all) never sits whole in memory and
 never desynchronises the session the way poplib's 2,048-byte cap does.
+
+Time is bounded as well as memory. Each read waits at most the connection's timeout, and each
+reply as a whole, from :meth:`LineReader.begin` on, must arrive within that timeout plus one
+second per :data:`MIN_TRANSFER_RATE` bytes received: a server that trickles a byte now and
+then cannot hold a run for hours, while a large message on a slow link still gets the time
+its size needs.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from time import monotonic
 
 from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
@@ -24,15 +32,52 @@ from prefect_pop3mail.tasks.pop3.sinks import Sink
 MAX_STATUS_LINE = 8192
 #: Bytes asked of the socket per receive; a TLS socket returns at most one record (16 KiB).
 CHUNK = 64 * 1024
+#: The slowest transfer we wait for, in bytes per second, once a reply's first ``timeout``
+#: seconds are spent: 100 kB/s (1 MB per 10 s, 0.8 Mbit/s). A 100 MB message may take
+#: timeout + 1,000 s; a server sending below this rate is cut off as stalled.
+MIN_TRANSFER_RATE = 100_000
+#: Caps on the multi-line replies kept in memory. A real CAPA is a few hundred bytes; a
+#: listing line is at most ~85 bytes (a 70-character UIDL), so 32 MiB holds the listing of
+#: some 400,000 messages (over a million with Dovecot's 16-character UIDLs).
+MAX_CAPA_BYTES = 64 * 1024
+MAX_LISTING_BYTES = 32 * 1024 * 1024
+#: How many bytes of a bad reply an error quotes.
+QUOTE = 80
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
 
 
 class LineReader:
     """Reads POP3 lines from a connected socket (plain or TLS)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, timeout: float | None = None, *,
+                 min_rate: float = MIN_TRANSFER_RATE,
+                 redact: Callable[[bytes], bytes] = _as_is):
+        """``timeout``: the socket's own per-read timeout, which is also each reply's grace
+        before ``min_rate`` applies (None: no per-reply deadline). ``redact`` removes
+        secrets from server bytes quoted in errors."""
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._timeout = timeout
+        self._min_rate = min_rate
+        self.redact = redact
+        self._command = "the command"
+        self._started: float | None = None
+        self._received = 0
+
+    def begin(self, command: str) -> None:
+        """Start the clock for the reply to ``command`` (its status line and any body)."""
+        self._command = command
+        self._started = monotonic()
+        self._received = 0
+
+    def quote(self, data: bytes) -> bytes:
+        """A short, redacted excerpt of server bytes for an error (redacted before it is
+        cut, so a secret across the cut cannot leave a prefix behind)."""
+        return self.redact(bytes(data))[:QUOTE]
 
     def close(self) -> None:
         self._buf, self._pos = b"", 0
@@ -44,18 +89,50 @@ class LineReader:
 
     def _fill(self) -> bool:
         """Receive one more block, keeping the unconsumed rest; False at end of stream."""
+        wait = self._wait_at_most()
         try:
             data = self._sock.recv(CHUNK)
         except TimeoutError as exc:  # socket.timeout is TimeoutError
-            raise POP3TimeoutError("the server did not answer in time") from exc
+            if wait is not None and self._received:
+                raise self._too_slow() from exc
+            quiet = f" (nothing for {self._timeout:g} s)" if self._timeout else ""
+            raise POP3TimeoutError(
+                f"the server did not answer {self._command} in time{quiet}"
+            ) from exc
         except OSError as exc:
             raise POP3ConnectionError(f"connection lost: {exc.strerror or exc}") from exc
+        finally:
+            if wait is not None:  # sends and later replies get the whole timeout again
+                self._sock.settimeout(self._timeout)
         if not data:
             return False
+        self._received += len(data)
         rest = self._buf[self._pos:]
         self._buf = rest + data if rest else data
         self._pos = 0
         return True
+
+    def _wait_at_most(self) -> float | None:
+        """When the reply's deadline comes before the read timeout would, cut the socket's
+        timeout to it and return it; None when the read timeout comes first."""
+        if self._timeout is None or self._started is None:
+            return None
+        allowed = self._timeout + self._received / self._min_rate
+        remaining = self._started + allowed - monotonic()
+        if remaining <= 0:
+            raise self._too_slow()
+        if remaining >= self._timeout:
+            return None
+        self._sock.settimeout(remaining)
+        return remaining
+
+    def _too_slow(self) -> POP3TimeoutError:
+        assert self._started is not None
+        return POP3TimeoutError(
+            f"the reply to {self._command} is too slow: {self._received} bytes in "
+            f"{monotonic() - self._started:.1f} s, below the minimum of "
+            f"{self._min_rate / 1000:g} kB/s after the first {self._timeout:g} s"
+        )
 
     def status_line(self) -> bytes:
         """One status or continuation line, without its line ending."""
@@ -67,11 +144,13 @@ class LineReader:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if len(line) > MAX_STATUS_LINE:
-                    raise POP3ProtocolError("status line too long", line[:80])
+                    raise POP3ProtocolError(f"status line too long (reply to {self._command})",
+                                            self.quote(line))
                 return line
             if self.buffered > MAX_STATUS_LINE + 1:
                 raise POP3ProtocolError(
-                    "status line too long or unterminated", self._buf[self._pos:self._pos + 80]
+                    f"status line too long or unterminated (reply to {self._command})",
+                    self.quote(self._buf[self._pos:]),
                 )
             if not self._fill():
                 where = " in the middle of a line" if self.buffered else ""
@@ -125,15 +204,20 @@ class LineReader:
             if not self._fill():  # too few bytes to decide yet
                 raise POP3ConnectionError("the connection closed in the middle of a message")
 
-    def body_lines(self, max_lines: int = 1_000_000) -> list[bytes]:
-        """A short multi-line reply (CAPA, LIST, UIDL) as a list of lines."""
+    def body_lines(self, max_bytes: int = MAX_LISTING_BYTES) -> list[bytes]:
+        """A short multi-line reply (CAPA, LIST, UIDL) as a list of lines, at most
+        ``max_bytes`` long on the wire (beyond, POP3ProtocolError names the command)."""
         lines: list[bytes] = []
+        size = 0
         while True:
             line = self.status_line()
             if line == b".":
                 return lines
+            size += len(line) + 2
+            if size > max_bytes:
+                raise POP3ProtocolError(
+                    f"the reply to {self._command} is longer than its cap of {max_bytes} bytes"
+                )
             if line.startswith(b"."):
                 line = line[1:]
             lines.append(line)
-            if len(lines) > max_lines:
-                raise POP3ProtocolError("multi-line reply is endless")

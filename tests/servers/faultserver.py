@@ -11,7 +11,8 @@ second), and DELE takes effect only at QUIT: a session that ends any other way d
 
 API::
 
-    from tests.servers.faultserver import FaultServer, reply, drop, delay, raw, cut_after
+    from tests.servers.faultserver import (FaultServer, reply, drop, delay, raw, cut_after,
+                                           trickle, endless)
 
     with FaultServer([b"Subject: a\\r\\n\\r\\nbody\\r\\n"], ca=ca, security="plain") as server:
         server.host, server.port, server.user, server.password, server.ca_file
@@ -19,6 +20,9 @@ API::
         server.on("DELE", drop())                     # hang up instead of answering
         server.on("RETR", cut_after(1000))            # answer, but hang up 1,000 bytes in
         server.on("STAT", delay(3))                   # answer 3 s late
+        server.on("RETR", trickle(b"+OK\\r\\n" + body))   # one byte at a time, for ages
+        server.on("UIDL", endless(b"+OK\\r\\n", b"1 a\\r\\n"))  # a listing that never ends
+        server.on("GREETING", trickle(b"+OK hi\\r\\n"))  # faults on the greeting, too
         server.cut_output_at = 5000                   # hang up once 5,000 bytes were sent
         ...connect a client...
         server.messages                               # the maildrop now (after QUITs)
@@ -113,6 +117,35 @@ def cut_after(nbytes: int) -> Action:
     def action(conn: Connection, args: list[str]) -> bool:
         conn.cut_output_at = conn.sent + nbytes
         return False
+
+    return action
+
+
+def trickle(data: bytes, interval: float = 0.02) -> Action:
+    """Send ``data`` one byte every ``interval`` seconds: a stalled or hostile server that
+    never lets a read time out. Stops early when the client hangs up."""
+
+    def action(conn: Connection, args: list[str]) -> bool:
+        for byte in data:
+            if conn.closed:
+                break
+            conn.send(bytes([byte]))
+            time.sleep(interval)
+        return True
+
+    return action
+
+
+def endless(head: bytes, piece: bytes) -> Action:
+    """Send ``head``, then ``piece`` over and over until the client hangs up (an endless
+    listing, CAPA or message)."""
+
+    def action(conn: Connection, args: list[str]) -> bool:
+        conn.send(head)
+        block = piece * max(1, CHUNK // len(piece))
+        while not conn.closed:
+            conn.send(block)
+        return True
 
     return action
 
@@ -358,7 +391,9 @@ class Connection:
             except (ssl.SSLError, OSError):
                 self.close()
                 return
-        self.sendline(f"+OK faultserver ready {self.stamp}")
+        greeting = srv._fault_for("GREETING", [])
+        if greeting is None or not greeting(self, []):
+            self.sendline(f"+OK faultserver ready {self.stamp}")
         while not self.closed:
             try:
                 line = self.readline()

@@ -1,0 +1,91 @@
+"""Cutting secrets out of what a server says, before it reaches an error or a log.
+
+A server may echo what it was sent: the password after PASS, the base64 SASL response, or
+the decoded payload inside a JSON error. The session remembers every secret it sends and
+cuts each of these forms out of any server bytes it quotes, for the rest of the session
+(a multi-line reply to PASS surfaces as the "reply" to the next command):
+
+- the secret as sent (UTF-8), in Latin-1, in both Unicode normal forms, upper and lower case;
+- its base64 and base64url encodings, with or without padding, and inside any longer
+  payload (the SASL PLAIN and XOAUTH2 responses): at each of the three byte alignments,
+  the run of base64 characters that depends on the secret's bytes alone;
+- for a secret with spaces, each word of four characters or more (a partial echo);
+
+matched without regard to ASCII case, since some servers upper-case what they echo.
+Redaction runs on the whole reply before anything is cut to length, so a secret that
+straddles a cut cannot leave a prefix behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import unicodedata
+
+MASK = b"****"
+#: Words of a multi-word secret shorter than this are common words, not evidence.
+MIN_WORD = 4
+
+
+def secret_forms(secret: str | bytes) -> set[bytes]:
+    """Every form of ``secret`` a server could plausibly send back."""
+    texts: set[bytes] = set()
+    if isinstance(secret, str):
+        # The regular expression ignores case in ASCII only; these cover the rest.
+        for variant in {secret, secret.upper(), secret.lower()}:
+            for form in ("NFC", "NFD"):
+                normal = unicodedata.normalize(form, variant)
+                texts.add(normal.encode("utf-8"))
+                try:
+                    texts.add(normal.encode("latin-1"))
+                except UnicodeEncodeError:
+                    pass
+    else:
+        texts.add(secret)
+    forms = set(texts)
+    for text in texts:
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(text).rstrip(b"="))
+            forms |= _embedded_base64(text, encode)
+        words = text.split()
+        if len(words) > 1:
+            forms.update(w for w in words if len(w) >= MIN_WORD)
+    forms.discard(b"")
+    return forms
+
+
+def _embedded_base64(text: bytes, encode) -> set[bytes]:
+    """What stays the same of ``text``'s base64 wherever it sits in a longer payload: for
+    each offset modulo 3, the whole 4-character groups made of ``text``'s bytes only."""
+    cores = set()
+    for offset in range(3):
+        encoded = encode(bytes(offset) + text)
+        cores.add(encoded[4 if offset else 0:(offset + len(text)) // 3 * 4])
+    return cores
+
+
+class Redactor:
+    """The secrets of one session, and the one function that hides them."""
+
+    def __init__(self) -> None:
+        self._forms: set[bytes] = set()
+        self._pattern: re.Pattern[bytes] | None = None
+
+    def remember(self, *secrets: str | bytes) -> None:
+        before = len(self._forms)
+        for secret in secrets:
+            if secret:
+                self._forms |= secret_forms(secret)
+        if len(self._forms) != before:
+            # Longest first, so a secret is cut whole before any of its words.
+            ordered = sorted(self._forms, key=len, reverse=True)
+            self._pattern = re.compile(b"|".join(map(re.escape, ordered)), re.IGNORECASE)
+
+    def __call__(self, data: bytes) -> bytes:
+        return self._pattern.sub(MASK, data) if self._pattern else data
+
+    def text(self, text: str) -> str:
+        """The same for text the session built from server bytes."""
+        if not self._pattern:
+            return text
+        return self(text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
