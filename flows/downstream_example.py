@@ -2,6 +2,11 @@
 ``deployments/prefect.yaml``: it takes the saved paths from the event and records what
 arrived - each saved file's size and SHA-256 - in a manifest beside the message and in a
 table artifact. Replace its body with your own processing (parse the CSV, file the PDF...).
+
+An event's paths are not trusted: anyone who may emit events could name any file. The flow
+loads the configuration the event names and reads and writes only inside a message folder
+under that configuration's save directory (symbolic links resolved, the hidden state
+folder excluded).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from prefect_pop3mail.tasks.activities import resolve_configuration
+from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
 from prefect_pop3mail.tasks.publish import artifact_key
 
 MANIFEST_NAME = "received-files.json"
@@ -29,6 +36,32 @@ def _describe(path: Path, role: str) -> dict:
             digest.update(chunk)
     return {"role": role, "name": path.name, "path": str(path), "size": path.stat().st_size,
             "sha256": digest.hexdigest()}
+
+
+def _save_directory(configuration: str) -> Path:
+    """The configuration's save directory, resolved: the only place this flow touches."""
+    if not configuration.strip():
+        raise ConfigurationError(
+            "configuration", "required: the POP3 Mail Configuration that saved the message"
+        )
+    directory = resolve_configuration(configuration).save_directory
+    if not directory:
+        raise ConfigurationError("save_directory", f"{configuration!r} has no save directory")
+    return Path(directory).expanduser().resolve()
+
+
+def _inside(parent: Path, path: str, name: str, configuration: str) -> Path:
+    """``path`` resolved, refused unless it lies strictly within ``parent`` and outside
+    hidden folders (the journal's state folder, partial files)."""
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_relative_to(parent) or resolved == parent or any(
+        part.startswith(".") for part in resolved.relative_to(parent).parts
+    ):
+        raise ValueError(
+            f"{name}: {path} is not in a message folder under the save directory of "
+            f"{configuration!r} ({parent}); refusing to read it"
+        )
+    return resolved
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -55,18 +88,21 @@ def record_received_mail(
         text_path: The saved text body, if any.
         html_path: The saved HTML body, if any.
         attachments: The saved attachments' paths.
-        configuration: The POP3 Mail Configuration the message came from.
+        configuration: The POP3 Mail Configuration the message came from (event payload
+            ``configuration``). Only paths under its save directory are read.
         subject: The message's subject, for the record.
 
     Returns:
         The manifest: configuration, subject, folder and one entry per saved file. It is
         also written to ``received-files.json`` in the message's folder.
     """
-    message_folder = Path(folder)
+    message_folder = _inside(_save_directory(configuration), folder, "folder", configuration)
     manifest_path = message_folder / MANIFEST_NAME
-    named = [(original_path, "original"), (text_path, "text"), (html_path, "html")]
-    named += [(path, "attachment") for path in attachments or []]
-    files = [_describe(Path(path), role) for path, role in named if path]
+    named = [(original_path, "original", "original_path"), (text_path, "text", "text_path"),
+             (html_path, "html", "html_path")]
+    named += [(path, "attachment", "attachments") for path in attachments or []]
+    files = [_describe(_inside(message_folder, path, field, configuration), role)
+             for path, role, field in named if path]
     if any(Path(f["path"]) == manifest_path for f in files):
         # Never overwrite received mail with our record.
         raise ValueError(f"folder: an attachment is named {MANIFEST_NAME}; not overwriting it")

@@ -8,7 +8,13 @@ from pydantic import SecretStr, ValidationError
 
 from prefect_pop3mail.blocks import POP3MailConfiguration, POP3MailServiceSettings
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
-from prefect_pop3mail.tasks.pop3.models import Authentication, LoginMethod, Security, Status
+from prefect_pop3mail.tasks.pop3.models import (
+    Authentication,
+    LoginMethod,
+    Security,
+    Status,
+    TokenSource,
+)
 
 SEED_FIELDS = [
     "description", "status", "server", "user", "password", "port", "security",
@@ -89,16 +95,61 @@ def test_enums_accept_values_case_insensitively():
         ({"authentication": "OAUTH2", "client_id": "c", "client_secret": "s",
           "token_endpoint": "http://idp/token"}, "token_endpoint"),
         ({"login_method": "xoauth2"}, "login_method"),
-        ({"public_key_password": "x"}, "public_key_password"),
-        ({"security": "None", "tls_ca_file": "/ca.pem"}, "tls_ca_file"),
-        ({"commit_every": 10}, "commit_every"),
+        ({"authentication": "OAUTH2", "client_id": "c", "client_secret": "s",
+          "token_endpoint": "https://idp/token", "login_method": "apop"}, "login_method"),
+        ({"authentication": "OAUTH2", "client_id": "c", "client_secret": "s",
+          "token_endpoint": "https://login.microsoftonline.com/common/oauth2/v2.0/token"},
+         "token_endpoint"),
+        ({"public_key_name": "../../etc/passwd"}, "public_key_name"),
         ({"security": "Sometimes"}, "security"),
     ],
 )
-def test_bad_configuration_names_the_field(fields, named):
+def test_bad_configuration_names_the_field_and_its_title(fields, named):
     with pytest.raises(ValidationError) as info:
         make(**fields)
+    title = POP3MailConfiguration.model_fields[named].title
     assert named in str(info.value)
+    if not info.value.errors()[0]["loc"]:  # a combination: the text names field and title
+        assert f"{named} ({title})" in str(info.value)
+
+
+def test_every_missing_oauth_setting_is_named_at_once():
+    with pytest.raises(ValidationError) as info:
+        make(authentication="OAUTH2")
+    for named, title in (("client_id", "Client ID"), ("client_secret", "Client Secret"),
+                         ("token_endpoint", "Authentication Token Endpoint")):
+        assert f"{named} ({title}): required when Authentication is OAUTH2" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # Merely irrelevant: the form must accept edits in any order.
+        {"security": "None", "tls_ca_file": "/ca.pem"},
+        {"public_key_password": "x"},
+        {"commit_every": 10},
+        {"token_endpoint": "http://not-used-with-basic/token", "client_id": "c"},
+    ],
+)
+def test_irrelevant_combinations_are_accepted(fields):
+    assert make(**fields)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", ".hidden", "a..b", "x" * 101, "a b"])
+def test_public_key_name_is_a_safe_file_name(name, tmp_path):
+    with pytest.raises(ValidationError, match=r"public_key_name \(Public key name\)"):
+        make(public_key_name=name)
+    service = POP3MailServiceSettings(key_store_dir=tmp_path)
+    with pytest.raises(ConfigurationError) as caught:
+        service.key_store_for(name)
+    assert caught.value.field == "public_key_name"
+
+
+def test_public_key_names_that_are_file_names_are_kept(tmp_path):
+    service = POP3MailServiceSettings(key_store_dir=tmp_path)
+    for name in ("finance", "Finance_2024", "orders.key-1"):
+        assert make(public_key_name=name).save_options(service).key_store == (
+            tmp_path / f"{name}.p12")
 
 
 def test_validation_errors_never_echo_secrets():
@@ -168,8 +219,13 @@ def test_key_store_comes_from_service_settings(tmp_path):
         make(public_key_name="finance").save_options(POP3MailServiceSettings(key_store_dir=None))
 
 
-def test_oauth_configuration_defaults_the_microsoft_scope():
+def test_oauth_connection_settings_are_complete_with_the_microsoft_default_scope():
     c = make(authentication="OAUTH2", client_id="id", client_secret=SecretStr("s"),
-             token_endpoint="https://login.microsoftonline.com/t/oauth2/v2.0/token")
-    assert c.effective_scope() == "https://outlook.office365.com/.default"
-    assert c.login_method is LoginMethod.AUTO
+             password="", token_endpoint="https://login.microsoftonline.com/t/oauth2/v2.0/token")
+    settings = c.connection_settings()  # nothing is requested until a token is needed
+    provider = settings.token_provider
+    assert isinstance(provider, TokenSource) and provider.is_microsoft
+    assert provider.scope == "https://outlook.office365.com/.default"
+    assert settings.password is None and c.login_method is LoginMethod.AUTO
+    assert c.connection_settings().token_provider is provider  # one per configuration
+    assert make().connection_settings().token_provider is None

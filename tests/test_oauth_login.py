@@ -286,9 +286,7 @@ def oauth_block(account: OAuthMailbox, kind: str, save_directory):
 
 def oauth_provider_for(config) -> oauth.TokenProvider:
     """The provider the tasks used: the process-wide one for this configuration."""
-    from prefect_pop3mail.tasks.activities import connection_for
-
-    provider = connection_for(config).token_provider
+    provider = config.connection_settings().token_provider
     assert isinstance(provider, oauth.TokenProvider)
     return provider
 

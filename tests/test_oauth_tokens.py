@@ -6,9 +6,11 @@ through our RFC 6749 request. Failures carry the provider's words and never the 
 
 from __future__ import annotations
 
+import base64
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from urllib.parse import quote, quote_plus
 
 import pytest
 import trustme
@@ -19,6 +21,7 @@ from prefect_pop3mail.tasks.pop3.diagnostics import token_scopes
 from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
     OAuth2EndpointUnreachableError,
+    OAuth2Error,
     OAuth2InvalidClientError,
     OAuth2InvalidScopeError,
     OAuth2ResponseError,
@@ -29,6 +32,7 @@ from tests.servers.idp import (
     ENTRA_RESOURCE,
     GENERIC_AUDIENCE,
     IdentityProvider,
+    RecordingServer,
     start_identity_provider,
 )
 
@@ -339,3 +343,103 @@ def test_jwt_claims_of_an_opaque_token_are_none():
     assert oauth.jwt_claims(SecretStr("opaque-token")) is None
     assert oauth.jwt_claims(SecretStr("a.!!!.c")) is None
 
+
+
+# --- where the secret goes: the configured origin, once; never through a redirect ------
+
+
+@pytest.fixture(params=["http", "https"])
+def elsewhere(request, ca: trustme.CA):
+    """A second server, trusted for HTTPS, that records whatever reaches it."""
+    server = RecordingServer(ca if request.param == "https" else None)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("kind", ENDPOINTS)
+def test_a_redirect_is_an_error_and_the_secret_stays_home(
+    idp, kind, status, elsewhere, monkeypatch, secret_logs
+):
+    client = idp.register("redirect@example.org")
+    provider = provider_for(idp, kind, client)
+    if kind == "entra":
+        provider._application()  # discovery first; only the token endpoint redirects
+    monkeypatch.setattr(idp, "redirect_to", elsewhere.url)
+    monkeypatch.setattr(idp, "redirect_status", status)
+    before = token_requests(idp, kind)
+
+    with pytest.raises(OAuth2ResponseError) as caught:
+        provider()
+
+    text = str(caught.value)
+    assert f"HTTP {status}" in text and "token_endpoint" in text
+    assert f"{elsewhere.scheme}://localhost:{elsewhere.port}" in text  # where it pointed
+    assert not caught.value.retryable
+    assert token_requests(idp, kind) - before == 1  # sent once, to the configured endpoint
+    assert elsewhere.requests == []
+    assert client.secret not in secret_logs.text
+
+
+def test_discovery_cannot_send_the_token_request_to_another_origin(idp, elsewhere, monkeypatch):
+    client = idp.register("forged-discovery@example.org")
+    monkeypatch.setattr(idp, "discovery_token_endpoint", elsewhere.url)
+    with pytest.raises(OAuth2ResponseError) as caught:
+        provider_for(idp, "entra", client)()
+    # msal itself refuses a plain-HTTP endpoint in the document; we refuse another origin.
+    words = "refusing" if elsewhere.scheme == "https" else "OpenID discovery"
+    assert "token_endpoint" in str(caught.value) and words in str(caught.value)
+    assert elsewhere.requests == []
+
+
+# --- every form of the secret stays masked ----------------------------------------------
+
+
+def forms_of(client_id: str, secret: str) -> set[str]:
+    """The secret as sent: raw, form- and URL-encoded, and in client_secret_basic."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return {secret, quote_plus(secret), quote(secret, safe=""),
+            base64.b64encode(pair).decode().rstrip("="),
+            base64.b64encode(f"{client_id}:{secret}".encode()).decode().rstrip("=")}
+
+
+@pytest.mark.parametrize("echo", ["json", "html"])
+@pytest.mark.parametrize(("kind", "client_auth"),
+                         [("generic", "basic"), ("generic", "post"), ("entra", "auto")])
+def test_an_echoed_request_shows_no_form_of_the_secret(
+    idp, kind, client_auth, echo, monkeypatch, secret_logs
+):
+    client = idp.register("echo-all@example.org")
+    client.secret = "Qx8~a+b/c=d e%f&g:h\"i"  # every character that encodes differently
+    provider = provider_for(idp, kind, client, client_auth=client_auth)
+    if kind == "entra":
+        provider._application()
+    monkeypatch.setattr(idp, "echo_request", echo)
+
+    with pytest.raises(OAuth2ResponseError if echo == "html" else OAuth2Error) as caught:
+        provider()
+
+    error = caught.value
+    shown = [str(error), repr(error), error.description or "", error.error or "",
+             secret_logs.text]
+    assert "body=" in str(error) and "****" in str(error)  # the request was echoed, masked
+    leaked = {form for form in forms_of(client.client_id, client.secret)
+              for text in shown if form in text}
+    assert leaked == set()
+
+
+# --- tls_ca_file is trusted in addition to the system's CAs --------------------------------
+
+
+def test_the_token_endpoint_trusts_the_system_cas_and_tls_ca_file(tmp_path, monkeypatch, ca):
+    public = start_identity_provider(trustme.CA())  # a "public" CA: in the system store
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(public.ca_file))
+        monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+        private_ca = tmp_path / "private-ca.pem"
+        ca.cert_pem.write_to_path(str(private_ca))  # unrelated to the provider
+        client = public.register("system-ca@example.org")
+        assert provider_for(public, "generic", client, ca_file=str(private_ca))()
+        assert provider_for(public, "entra", client, ca_file=str(private_ca))()
+    finally:
+        public.stop()

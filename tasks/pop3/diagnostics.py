@@ -19,8 +19,17 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3AuthError,
     POP3MailError,
 )
-from prefect_pop3mail.tasks.pop3.models import ConnectionReport, ConnectionSettings, LoginMethod
-from prefect_pop3mail.tasks.pop3.oauth import ENTRA_DEFAULT_SCOPE, AccessToken
+from prefect_pop3mail.tasks.pop3.models import (
+    ConnectionReport,
+    ConnectionSettings,
+    LoginMethod,
+    TokenSource,
+)
+from prefect_pop3mail.tasks.pop3.oauth import (
+    ENTRA_DEFAULT_SCOPE,
+    AccessToken,
+    CallableTokenSource,
+)
 from prefect_pop3mail.tasks.pop3.session import POP3Session
 
 EXCHANGE_AUDIENCES = {"https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"}
@@ -41,17 +50,18 @@ def check_mailbox(configuration: str, connection: ConnectionSettings) -> Connect
         security=connection.security,
     )
     token: AccessToken | None = None
-    provider = connection.token_provider  # kept: hints ask it what kind it is
+    provider = connection.token_provider  # kept: hints ask it whose tokens they are
     if provider is not None:
         try:
-            token = _obtain_token(connection)
+            token = provider.fetch()
         except OAuth2Error as exc:
             report.login_error = f"no access token: {exc}"
             report.hints.extend(_token_error_hints(exc))
         else:
             _describe_token(report, token)
             # Log in with exactly the token described above.
-            connection = connection.model_copy(update={"token_provider": lambda: token.value})
+            pinned = CallableTokenSource(lambda: token.value)
+            connection = connection.model_copy(update={"token_provider": pinned})
     session = POP3Session(connection)
     session.connect()
     try:
@@ -72,11 +82,9 @@ def check_mailbox(configuration: str, connection: ConnectionSettings) -> Connect
             session.login()
         except POP3AuthError as exc:
             report.login_error = str(exc)
-            if token is not None:
+            if provider is not None and token is not None:
                 report.hints.extend(_refused_token_hints(connection, provider, token))
-                forget = getattr(provider, "forget_token", None)
-                if callable(forget):  # the next check sees permissions granted meanwhile
-                    forget()
+                provider.forget_token()  # the next check sees permissions granted meanwhile
             session.close()
             return report
         report.login_ok = True
@@ -86,14 +94,6 @@ def check_mailbox(configuration: str, connection: ConnectionSettings) -> Connect
         session.close()
         raise
     return report
-
-
-def _obtain_token(connection: ConnectionSettings) -> AccessToken:
-    provider = connection.token_provider
-    assert provider is not None
-    fetch = getattr(provider, "fetch", None)
-    # Any callable works as a provider; ours also tell when the token expires.
-    return fetch() if callable(fetch) else AccessToken(provider())
 
 
 def _describe_token(report: ConnectionReport, token: AccessToken) -> None:
@@ -130,10 +130,8 @@ def _claim_time(value: object) -> datetime | None:
 # --- hints -----------------------------------------------------------------------------
 
 
-def _is_microsoft(connection: ConnectionSettings, provider: object) -> bool:
-    kind = getattr(provider, "kind", "")
-    host = connection.host.lower()
-    return kind == "Microsoft Entra ID" or host.endswith(_MICROSOFT_HOSTS)
+def _is_microsoft(connection: ConnectionSettings, provider: TokenSource) -> bool:
+    return provider.is_microsoft or connection.host.lower().endswith(_MICROSOFT_HOSTS)
 
 
 def _login_mechanism(connection: ConnectionSettings) -> str:
@@ -169,7 +167,7 @@ def _token_error_hints(exc: OAuth2Error) -> list[str]:
 
 
 def _refused_token_hints(
-    connection: ConnectionSettings, provider: object, token: AccessToken
+    connection: ConnectionSettings, provider: TokenSource, token: AccessToken
 ) -> list[str]:
     """Why a server may refuse a token the provider issued."""
     claims = token.claims() or {}
@@ -197,7 +195,7 @@ def _refused_token_hints(
             f"permission Office 365 Exchange Online > Application permissions > {POP_ROLE}, "
             "then grant admin consent."
         )
-    client_id = getattr(provider, "client_id", "<client id>")
+    client_id = provider.client_id or "<client id>"
     hints += [
         "Register the app's service principal in Exchange Online (PowerShell): "
         f"New-ServicePrincipal -AppId {client_id} -ObjectId <object ID of the Enterprise "

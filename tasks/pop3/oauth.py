@@ -6,7 +6,11 @@ request, authenticating with client_secret_basic and falling back to client_secr
 
 Providers are shared per configuration within the process (see :func:`client_credentials`),
 so every task that uses one configuration reuses one token until shortly before it expires.
-Errors carry the provider's own error and description, never the secret or a token.
+Errors carry the provider's own error and description, never the secret (in any of the
+forms it travels in) or a token.
+
+Where requests go: only to the origin (scheme, host, port) of the configured https://
+token endpoint, and never on through a redirect: the client secret is sent once, there.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote_plus, urlencode, urlsplit
+from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 from pydantic import SecretStr
 
@@ -37,6 +42,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
     OAuth2ResponseError,
     OAuth2TLSError,
 )
+from prefect_pop3mail.tasks.pop3.tls import client_context
 
 log = logging.getLogger("pop3mail.oauth")
 
@@ -121,22 +127,36 @@ class HttpResponse:
             )
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a 301/302/303 as a GET that keeps the Authorization header
+    (client_secret_basic) to any URL, plain HTTP included: follow none."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 class HttpClient:
     """Minimal HTTPS client for the token endpoint, also handed to msal.
 
     Certificates are always verified (the client secret travels here): the system's CAs
-    plus ``ca_file``. Transport failures become OAuth2 errors that name the endpoint.
+    plus ``ca_file``. Requests go only to ``token_endpoint``'s origin, and a redirect is an
+    error, never followed: msal's OIDC discovery cannot send the secret elsewhere either.
+    Replies that are not a success in JSON (errors, HTML pages) come back with every form of
+    the secret masked, as msal logs them. Transport failures become OAuth2 errors that name
+    the endpoint.
     """
 
-    def __init__(self, ca_file: str | None, timeout: float):
+    def __init__(self, ca_file: str | None, timeout: float, token_endpoint: str,
+                 secret_forms: list[str] | None = None):
         self.timeout = timeout
+        self.token_endpoint = token_endpoint
+        self._origin = _origin(token_endpoint)
+        self._secret_forms = secret_forms or []
         #: The last response, so an error can describe what the provider sent.
         self.last_response: HttpResponse | None = None
-        try:
-            self._context = ssl.create_default_context(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError("tls_ca_file", f"cannot load CA file: {exc}") from exc
-        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=client_context(ca_file)), _NoRedirects()
+        )
 
     def get(self, url: str, params=None, headers=None, **_ignored) -> HttpResponse:
         return self._request("GET", _with_query(url, params), None, headers)
@@ -150,13 +170,18 @@ class HttpClient:
         pass
 
     def _request(self, method: str, url: str, body: str | None, headers) -> HttpResponse:
+        if _origin(url) != self._origin:
+            raise OAuth2ResponseError(
+                f"refusing to send a request to {_origin_text(url)}: only the origin of "
+                f"token_endpoint ({_origin_text(self.token_endpoint)}) is contacted"
+            )
         request = urllib.request.Request(
             url, data=body.encode() if body is not None else None, method=method,
             headers=headers or {},
         )
         log.debug("%s %s", method, _without_query(url))
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as r:
+            with self._opener.open(request, timeout=self.timeout) as r:
                 response = HttpResponse(r.status, _text(r.read()), dict(r.headers.items()))
         except urllib.error.HTTPError as reply:  # 4xx/5xx still carry the provider's JSON
             with reply:
@@ -165,8 +190,50 @@ class HttpClient:
             raise _transport_error(url, exc.reason) from exc
         except (TimeoutError, OSError) as exc:
             raise _transport_error(url, exc) from exc
+        if 300 <= response.status_code < 400:
+            raise self._redirected(url, response)
+        if not (200 <= response.status_code < 300 and _is_json(response.text)):
+            response.text = mask(response.text, self._secret_forms)
         self.last_response = response
         return response
+
+    def _redirected(self, url: str, response: HttpResponse) -> OAuth2Error:
+        location = {k.lower(): v for k, v in response.headers.items()}.get("location", "")
+        target = _origin_text(location) if urlsplit(location).scheme else "the same host"
+        return OAuth2ResponseError(
+            f"{_without_query(url)} answered HTTP {response.status_code}, redirecting to "
+            f"{target}; redirects are not followed, so the client secret goes nowhere else: "
+            "set token_endpoint to the provider's own https:// token URL"
+        )
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def mask(text: str, forms: list[str]) -> str:
+    """``text`` with each of ``forms`` (see :func:`secret_forms`) replaced by ****."""
+    for form in forms:
+        text = text.replace(form, "****")
+    return text
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+    except ValueError:  # a port that is not a number
+        port = -1
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"
 
 
 def _transport_error(url: str, reason: object) -> OAuth2Error:
@@ -208,7 +275,8 @@ class TokenProvider:
     Thread-safe: concurrent tasks wait for one request instead of each sending their own.
     """
 
-    kind = "OAuth2"
+    #: Microsoft Entra ID issues the tokens (the connection check's hints are Microsoft's).
+    is_microsoft = False
     client_hint = "check client_id and client_secret"
 
     def __init__(
@@ -224,7 +292,8 @@ class TokenProvider:
         self.client_id = client_id
         self.scope = scope
         self._secret = client_secret
-        self._http = HttpClient(ca_file, timeout)
+        self._secret_forms = secret_forms(client_id, client_secret)
+        self._http = HttpClient(ca_file, timeout, token_endpoint, self._secret_forms)
         self._lock = threading.Lock()
 
     def __call__(self) -> SecretStr:
@@ -252,7 +321,7 @@ class TokenProvider:
 
     def _error(self, reply: dict[str, Any], status: int | None = None) -> OAuth2Error:
         """The error for an RFC 6749 section 5.2 error reply, saying what to fix."""
-        code = str(reply.get("error") or "")
+        code = self._redact(str(reply.get("error") or ""))
         description = reply.get("error_description")
         description = self._redact(str(description)) if description else None
         where = f"the token endpoint {self.token_endpoint}"
@@ -301,13 +370,46 @@ class TokenProvider:
             reply = None
         if isinstance(reply, dict) and reply.get("error"):
             description = reply.get("error_description") or ""
-            return str(reply["error"]), self._redact(str(description))
+            return self._redact(str(reply["error"])), self._redact(str(description))
         return None, self._redact(response.text if response is not None else fallback)
 
     def _redact(self, text: str) -> str:
-        """Provider text with the secret masked, in case a provider echoes it back."""
-        secret = self._secret.get_secret_value()
-        return _snippet(text.replace(secret, "****") if secret else text)
+        """Provider text with the secret masked, in case a provider echoes the request."""
+        return _snippet(mask(text, self._secret_forms))
+
+
+def secret_forms(client_id: str, client_secret: SecretStr) -> list[str]:
+    """Every form the secret travels or is echoed in, longest first: as is, form- and
+    URL-encoded, JSON-escaped, and the Base64 of client_secret_basic's "id:secret"."""
+    secret = client_secret.get_secret_value()
+    if not secret:
+        return []
+    forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
+             json.dumps(secret, ensure_ascii=False)[1:-1]}
+    for pair in (f"{quote_plus(client_id)}:{quote_plus(secret)}", f"{client_id}:{secret}"):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(pair.encode()).decode("ascii").rstrip("="))
+    return sorted(forms, key=len, reverse=True)
+
+
+class CallableTokenSource:
+    """A plain function that returns a token, as a TokenSource: no expiry known, nothing
+    cached to forget."""
+
+    client_id = ""
+    is_microsoft = False
+
+    def __init__(self, get_token: Callable[[], SecretStr]):
+        self._get_token = get_token
+
+    def __call__(self) -> SecretStr:
+        return self._get_token()
+
+    def fetch(self) -> AccessToken:
+        return AccessToken(self._get_token())
+
+    def forget_token(self) -> None:
+        pass
 
 
 class GenericClientCredentials(TokenProvider):
@@ -374,7 +476,7 @@ class GenericClientCredentials(TokenProvider):
 class EntraClientCredentials(TokenProvider):
     """Microsoft Entra ID through msal, which keeps its own token cache."""
 
-    kind = "Microsoft Entra ID"
+    is_microsoft = True
     client_hint = (
         "check client_id and client_secret (use the secret's Value, not its Secret ID; "
         "secrets expire)"
@@ -474,6 +576,14 @@ def is_entra_endpoint(token_endpoint: str) -> bool:
     return bool(_ENTRA_ENDPOINT.match(token_endpoint.strip()))
 
 
+def default_scope(token_endpoint: str, scope: str = "") -> str:
+    """The scope to request: the one set, else Exchange Online's for Entra endpoints."""
+    scope = scope.strip()
+    if not scope and is_entra_endpoint(token_endpoint):
+        return ENTRA_DEFAULT_SCOPE
+    return scope
+
+
 def client_credentials(
     *,
     token_endpoint: str,
@@ -490,11 +600,11 @@ def client_credentials(
     https://outlook.office365.com/.default for Microsoft Entra endpoints. ``client_auth``
     (auto, basic or post) applies to non-Entra endpoints.
     """
-    token_endpoint, client_id, scope = token_endpoint.strip(), client_id.strip(), scope.strip()
-    _check(token_endpoint, client_id, client_secret)
+    token_endpoint, client_id = token_endpoint.strip(), client_id.strip()
+    for name, problem in oauth_problems(token_endpoint, client_id, client_secret):
+        raise ConfigurationError(name, problem)
     entra = is_entra_endpoint(token_endpoint)
-    if entra and not scope:
-        scope = ENTRA_DEFAULT_SCOPE
+    scope = default_scope(token_endpoint, scope)
     # The secret is part of the key (hashed), so a corrected secret gets a new provider.
     digest = hashlib.sha256(client_secret.get_secret_value().encode()).hexdigest()
     key = (token_endpoint, client_id, digest, scope, ca_file, client_auth)
@@ -517,24 +627,32 @@ def forget_providers() -> None:
         _providers.clear()
 
 
-def _check(token_endpoint: str, client_id: str, client_secret: SecretStr) -> None:
+def oauth_problems(
+    token_endpoint: str, client_id: str, client_secret: SecretStr
+) -> list[tuple[str, str]]:
+    """(field, problem) for each OAUTH2 setting that cannot work; empty when all can."""
+    problems: list[tuple[str, str]] = []
     parts = urlsplit(token_endpoint)
-    if parts.scheme.lower() != "https" or not parts.hostname:
-        raise ConfigurationError("token_endpoint", "must be an https:// URL")
-    if _ENTRA_V1_ENDPOINT.match(token_endpoint):
-        raise ConfigurationError(
+    entra = _ENTRA_ENDPOINT.match(token_endpoint)
+    if not token_endpoint:
+        problems.append(("token_endpoint", "required when Authentication is OAUTH2"))
+    elif parts.scheme.lower() != "https" or not parts.hostname:
+        problems.append(("token_endpoint", "must be an https:// URL (the client secret is "
+                                           "sent there)"))
+    elif _ENTRA_V1_ENDPOINT.match(token_endpoint):
+        problems.append((
             "token_endpoint",
             "this is the Entra ID v1 endpoint; use the v2.0 one: "
             "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
-        )
-    entra = _ENTRA_ENDPOINT.match(token_endpoint)
-    if entra and entra.group(1).rsplit("/", 1)[1].lower() in _SHARED_TENANTS:
-        raise ConfigurationError(
+        ))
+    elif entra and entra.group(1).rsplit("/", 1)[1].lower() in _SHARED_TENANTS:
+        problems.append((
             "token_endpoint",
             "client credentials need your own tenant (its ID or domain) in place of "
             f"{entra.group(1).rsplit('/', 1)[1]!r}",
-        )
+        ))
     if not client_id:
-        raise ConfigurationError("client_id", "required for OAUTH2")
+        problems.append(("client_id", "required when Authentication is OAUTH2"))
     if not client_secret.get_secret_value():
-        raise ConfigurationError("client_secret", "required for OAUTH2")
+        problems.append(("client_secret", "required when Authentication is OAUTH2"))
+    return problems

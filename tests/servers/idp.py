@@ -14,7 +14,12 @@ one mailbox: introspection reports that mailbox as the token's username.
 
 Failure modes on demand: wrong secrets and scopes are refused the way Entra refuses them;
 ``clock_offset`` ages every token (expiry); ``reply_html`` makes the token endpoints answer
-like a captive portal; ``stop()`` takes the provider down.
+like a captive portal; ``redirect_to`` makes them redirect elsewhere, and
+``discovery_token_endpoint`` makes Entra's OIDC discovery name another token endpoint;
+``echo_request`` puts the whole request (form and Authorization header) into the error
+reply; ``stop()`` takes the provider down.
+
+``RecordingServer`` is the "elsewhere": an HTTP or HTTPS server that records every request.
 """
 
 from __future__ import annotations
@@ -70,6 +75,13 @@ class IdentityProvider:
         self.reply_html = False
         #: Put the secret a client sent into the error description (some providers do).
         self.echo_secrets = False
+        #: "json" or "html": refuse every token request, echoing its body and Authorization.
+        self.echo_request: str | None = None
+        #: Token endpoints answer with this redirect status, to this URL.
+        self.redirect_to: str | None = None
+        self.redirect_status = 302
+        #: Entra's OIDC discovery names this token endpoint instead of its own.
+        self.discovery_token_endpoint: str | None = None
         self.clients: dict[str, Client] = {}
         self.tokens: dict[str, Issued] = {}
         #: Requests per path, so tests can see what was (not) sent.
@@ -214,7 +226,8 @@ class IdentityProvider:
             return {
                 "issuer": f"{prefix}/v2.0",
                 "authorization_endpoint": f"{prefix}/oauth2/v2.0/authorize",
-                "token_endpoint": f"{prefix}/oauth2/v2.0/token",
+                "token_endpoint": self.discovery_token_endpoint
+                or f"{prefix}/oauth2/v2.0/token",
                 "jwks_uri": f"{self.base}/keys",
                 "token_endpoint_auth_methods_supported": ["client_secret_post",
                                                           "client_secret_basic"],
@@ -331,19 +344,85 @@ def _handler(idp: IdentityProvider) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             idp.requests[path] += 1
             length = int(self.headers.get("Content-Length") or 0)
-            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            body = self.rfile.read(length).decode()
+            form = {k: v[0] for k, v in parse_qs(body).items()}
             if path == "/introspect":
                 return self._reply(200, idp.introspect(form.get("token", "")))
             entra = path == f"/{idp.tenant}/oauth2/v2.0/token"
             if not entra and path != "/oauth/token":
                 return self._reply(404, _error("not_found", path))
+            if idp.redirect_to:
+                self.send_response(idp.redirect_status)
+                self.send_header("Location", idp.redirect_to)
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
             if idp.reply_html:
                 return self._reply(200, "<html><body>Sign in to continue</body></html>",
                                    "text/html")
+            if idp.echo_request:
+                echoed = f"body={body} authorization={self.headers.get('Authorization')}"
+                if idp.echo_request == "html":
+                    return self._reply(400, f"<html><pre>{echoed}</pre></html>", "text/html")
+                return self._reply(400, _error("invalid_request", f"Bad request: {echoed}"))
             status, reply = idp.token(entra, self.headers.get("Authorization"), form)
             self._reply(status, reply)
 
     return Handler
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: str
+
+
+class RecordingServer:
+    """Answers every request 200 with a token-shaped reply, and records it: the place a
+    redirect or a forged discovery document would send the client secret to."""
+
+    def __init__(self, ca: trustme.CA | None = None):
+        self.requests: list[Recorded] = []
+        recorded = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):
+                pass
+
+            def _record(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode("utf-8", "replace")
+                recorded.append(Recorded(self.command, self.path, dict(self.headers), body))
+                data = json.dumps({"access_token": "stolen", "expires_in": 3600}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _record
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.scheme = "http"
+        if ca is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://localhost:{self.port}/collect/token"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def start_identity_provider(ca: trustme.CA | None = None, **options) -> IdentityProvider:
