@@ -1,4 +1,5 @@
-"""S/MIME: key stores, decryption errors, what signature checking accepts and refuses, and
+"""S/MIME: key stores, decryption errors, what signature checking accepts and refuses as
+intact (``signature_valid``; trust, coverage and the From match are in test_smime_trust.py), and
 the batch promise against a real Dovecot: a message that cannot be decrypted stays on the
 server while the rest of the batch is saved."""
 
@@ -55,33 +56,39 @@ def detached(signer, digest=hashes.SHA256(), *options, content=CONTENT) -> bytes
 
 @pytest.mark.parametrize("digest", [hashes.SHA256(), hashes.SHA384(), hashes.SHA512()],
                          ids=lambda d: d.name)
-def test_rsa_signature_verifies(rsa_signer, digest):
-    info = smime.verify_detached(detached(rsa_signer, digest), DIGESTS)
-    assert info.verified, info.detail
+def test_rsa_signature_is_intact(rsa_signer, digest):
+    info = smime.verify_detached(detached(rsa_signer, digest), DIGESTS,
+                                 sender="Test Signer <signer@example.org>")
+    assert info.signature_valid, info.detail
+    assert f"signature intact ({digest.name})" in info.detail
     assert info.signer == "Test Signer <signer@example.org>"
     assert info.signed_at is not None
-    assert "chain to a trusted root not checked" in info.detail
+    assert info.signer_matches_from is True
+    # Intact is not verified: this self-signed certificate chains to nothing trusted.
+    assert not info.signer_trusted and not info.verified
+    assert "signer not trusted" in info.detail
 
 
-def test_ecdsa_signature_verifies():
+def test_ecdsa_signature_is_intact():
     info = smime.verify_detached(detached(identity(ec.generate_private_key(ec.SECP256R1()))), DIGESTS)
-    assert info.verified, info.detail
+    assert info.signature_valid, info.detail
 
 
 def test_signature_without_signed_attributes_is_checked_over_the_content(rsa_signer):
     info = smime.verify_detached(
         detached(rsa_signer, hashes.SHA256(), pkcs7.PKCS7Options.NoAttributes), DIGESTS)
-    assert info.verified, info.detail
+    assert info.signature_valid, info.detail
     assert info.signed_at is None
     changed = dict(DIGESTS, sha256=hashlib.sha256(b"other").digest())
     assert not smime.verify_detached(
-        detached(rsa_signer, hashes.SHA256(), pkcs7.PKCS7Options.NoAttributes), changed).verified
+        detached(rsa_signer, hashes.SHA256(), pkcs7.PKCS7Options.NoAttributes), changed
+    ).signature_valid
 
 
 def test_changed_content_is_reported(rsa_signer):
     changed = dict(DIGESTS, sha256=hashlib.sha256(CONTENT + b"x").digest())
     info = smime.verify_detached(detached(rsa_signer), changed)
-    assert not info.verified and "message digest mismatch" in info.detail
+    assert not info.signature_valid and "message digest mismatch" in info.detail
     assert info.signer == "Test Signer <signer@example.org>"
 
 
@@ -89,27 +96,29 @@ def test_a_damaged_signature_value_does_not_verify(rsa_signer):
     der = bytearray(detached(rsa_signer))
     der[-5] ^= 0xFF  # inside the signature value, the last field
     info = smime.verify_detached(bytes(der), DIGESTS)
-    assert not info.verified
-    assert "does not match" in info.detail
+    assert not info.signature_valid
+    assert "does not match the content" in info.detail
 
 
 def test_a_missing_signer_certificate_is_reported(rsa_signer):
     info = smime.verify_detached(detached(rsa_signer, hashes.SHA256(), pkcs7.PKCS7Options.NoCerts), DIGESTS)
-    assert not info.verified and "not included" in info.detail
+    assert not info.signature_valid and not info.signer_trusted and "not included" in info.detail
 
 
-def test_an_expired_signer_certificate_does_not_verify():
+def test_a_signer_certificate_expired_at_signing_time_is_not_trusted():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     old = identity(key, valid_from=datetime.datetime(2001, 1, 1), valid_to=datetime.datetime(2002, 1, 1))
     info = smime.verify_detached(detached(old), DIGESTS)
-    assert not info.verified and "not valid at" in info.detail
+    assert not info.signer_trusted and not info.verified
+    assert "not valid at signing time" in info.detail
 
 
 @pytest.mark.parametrize("junk", [b"", b"\x30\x80", b"\x30\x03\x02\x01", b"not asn.1 at all" * 10,
                                   bytes(range(256))])
 def test_garbage_signatures_are_reported_not_raised(junk):
     info = smime.verify_detached(junk, DIGESTS)
-    assert not info.verified and info.detail
+    assert not info.signature_valid and not info.verified
+    assert info.detail.startswith("signature structure unreadable")
 
 
 def test_opaque_signed_data_gives_its_content(rsa_signer):
@@ -117,7 +126,8 @@ def test_opaque_signed_data_gives_its_content(rsa_signer):
     der = (pkcs7.PKCS7SignatureBuilder().set_data(CONTENT).add_signer(cert, key, hashes.SHA256())
            .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
     content, info = smime.verify_opaque(der)
-    assert content == CONTENT and info.verified, info.detail
+    assert content == CONTENT and info.signature_valid, info.detail
+    assert info.covers == smime.WHOLE_MESSAGE
 
 
 # --- key stores --------------------------------------------------------------------------

@@ -1,16 +1,17 @@
 """S/MIME: decrypt enveloped messages with the configured key store, check signatures.
 
 Decryption uses the cryptography package (PKCS#12 key store, PKCS#7 EnvelopedData).
-cryptography cannot verify PKCS#7 signatures, so ``verify`` reads the SignedData itself
-(asn1.py) and checks, with cryptography's primitives:
+cryptography cannot verify PKCS#7 signatures, so this module reads the SignedData itself
+(asn1.py, bounded) and reports, for every signer, four facts apart (``SignatureInfo``):
 
-- the message digest in the signed attributes equals the digest of the content;
-- the signature over the signed attributes (or the content) with the signer's certificate
-  from the message (RSA PKCS#1 v1.5, RSA-PSS, ECDSA);
-- the certificate's validity period at the signing time (or now, when undated).
+- ``signature_valid``: the message digest in the signed attributes equals the digest of
+  the content, and the signature over them (or over the content) matches the signer's
+  certificate (RSA PKCS#1 v1.5, RSA-PSS, ECDSA). SHA-1 and MD5 are refused as broken.
+- ``signer_trusted``: the certificate chains to a trusted root (trust.py).
+- ``covers``: the whole message, or only one part of it (the caller knows which).
+- ``signer_matches_from``: one of the certificate's addresses is the From address.
 
-It does not check the certificate's chain to a trusted root or its revocation: the
-configuration names no trust store. ``SignatureInfo.detail`` says so.
+``verified`` is all four. A signature never raises: what cannot be read is reported.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import asn1
+from prefect_pop3mail.tasks.pop3 import asn1, trust
 from prefect_pop3mail.tasks.pop3.errors import (
     SMIMEDecryptError,
     SMIMEKeyNotFoundError,
@@ -35,21 +36,35 @@ from prefect_pop3mail.tasks.pop3.errors import (
 from prefect_pop3mail.tasks.pop3.models import SignatureInfo
 
 ENVELOPED_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
+WHOLE_MESSAGE = "whole message"
+#: Signers checked in one signature; more make the signature unreadable (each costs a
+#: public-key operation and a chain search).
+MAX_SIGNERS = 8
+#: Certificates read from one signature (the signer's and its intermediates).
+MAX_CERTIFICATES = 32
 
 _SIGNED_DATA = "1.2.840.113549.1.7.2"
 _MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 _SIGNING_TIME = "1.2.840.113549.1.9.5"
 _DIGESTS = {
-    "1.3.14.3.2.26": "sha1",
     "2.16.840.1.101.3.4.2.4": "sha224",
     "2.16.840.1.101.3.4.2.1": "sha256",
     "2.16.840.1.101.3.4.2.2": "sha384",
     "2.16.840.1.101.3.4.2.3": "sha512",
 }
-_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+#: Digest and signature algorithms broken by collisions: a signature made with one proves
+#: nothing, so it is reported as not valid.
+_BROKEN = {
+    "1.3.14.3.2.26": "SHA-1", "1.2.840.113549.2.5": "MD5", "1.2.840.113549.2.2": "MD2",
+    "1.2.840.113549.1.1.5": "SHA-1", "1.3.14.3.2.29": "SHA-1", "1.2.840.10045.4.1": "SHA-1",
+    "1.2.840.10040.4.3": "SHA-1", "1.2.840.113549.1.1.4": "MD5", "1.2.840.113549.1.1.2": "MD2",
+}
+_HASHES = {"sha224": hashes.SHA224, "sha256": hashes.SHA256,
            "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 _RSA_PSS = "1.2.840.113549.1.1.10"
-NOT_CHAINED = "certificate chain to a trusted root not checked (no trust store configured)"
+#: What a malformed structure can raise while it is read, from asn1 or from cryptography.
+_UNREADABLE = (asn1.ASN1Error, IndexError, ValueError, TypeError, UnsupportedAlgorithm,
+               x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
 def smime_kind(content_type: str, smime_type: str | None, name: str | None) -> str | None:
@@ -117,24 +132,28 @@ def is_signed_data(der: bytes) -> bool:
         return False
 
 
-def verify_opaque(der: bytes) -> tuple[bytes | None, SignatureInfo]:
-    """The content of an opaque signed message and what its signature says."""
+def verify_opaque(der: bytes, *, sender: str | None = None,
+                  trust_store: Path | None = None) -> tuple[bytes | None, SignatureInfo]:
+    """The content of an opaque signed message (it covers the whole message) and what its
+    signature says; ``sender`` is the From address, ``trust_store`` extra trusted roots."""
     try:
         signed = _SignedData(der)
-    except (asn1.ASN1Error, IndexError, ValueError) as exc:
+    except _UNREADABLE as exc:
         return None, SignatureInfo(detail=f"signature structure unreadable: {exc}")
     if signed.content is None:
         return None, SignatureInfo(detail="signed-data carries no content")
     digests = {name: hashes_of(signed.content, name) for name in _HASHES}
-    return signed.content, signed.check(digests)
+    return signed.content, signed.check(digests, WHOLE_MESSAGE, sender, trust_store)
 
 
-def verify_detached(signature: bytes, digests: dict[str, bytes]) -> SignatureInfo:
-    """What a multipart/signed signature says about content with these digests."""
+def verify_detached(signature: bytes, digests: dict[str, bytes], covers: str = WHOLE_MESSAGE,
+                    *, sender: str | None = None, trust_store: Path | None = None) -> SignatureInfo:
+    """What a multipart/signed signature says about content with these digests; ``covers``
+    says which part of the message that content is."""
     try:
-        return _SignedData(signature).check(digests)
-    except (asn1.ASN1Error, IndexError, ValueError) as exc:
-        return SignatureInfo(detail=f"signature structure unreadable: {exc}")
+        return _SignedData(signature).check(digests, covers, sender, trust_store)
+    except _UNREADABLE as exc:
+        return SignatureInfo(covers=covers, detail=f"signature structure unreadable: {exc}")
 
 
 def hashes_of(data: bytes, name: str) -> bytes:
@@ -158,56 +177,47 @@ class _SignedData:
         self.certificates: list[x509.Certificate] = []
         for node in fields[3:-1]:
             if node.tag == 0xA0:
-                for cert in node.children():
-                    if cert.tag == asn1.SEQUENCE:
-                        self.certificates.append(x509.load_der_x509_certificate(cert.raw))
+                certs = [c for c in node.children() if c.tag == asn1.SEQUENCE]
+                if len(certs) > MAX_CERTIFICATES:
+                    raise ValueError(f"more than {MAX_CERTIFICATES} certificates (MAX_CERTIFICATES)")
+                self.certificates += [x509.load_der_x509_certificate(c.raw) for c in certs]
         self.signers = fields[-1].children()
         if fields[-1].tag != asn1.SET or not self.signers:
             raise ValueError("no signer")
+        if len(self.signers) > MAX_SIGNERS:
+            raise ValueError(f"more than {MAX_SIGNERS} signers (MAX_SIGNERS)")
 
-    def check(self, digests: dict[str, bytes]) -> SignatureInfo:
-        node = self.signers[0].children()
-        sid, digest_oid = node[1], node[2].children()[0].oid()
-        rest = node[3:]
+    def check(self, digests: dict[str, bytes], covers: str, sender: str | None,
+              trust_store: Path | None) -> SignatureInfo:
+        """Every signer checked; the summary holds only when it holds for all of them."""
+        each = []
+        for node in self.signers:
+            try:
+                each.append(self._signer(node, digests, covers, sender, trust_store))
+            except _UNREADABLE as exc:
+                each.append(SignatureInfo(covers=covers, detail=f"signer info unreadable: {exc}"))
+        return _summary(each, covers)
+
+    def _signer(self, node: asn1.Node, digests: dict[str, bytes], covers: str,
+                sender: str | None, trust_store: Path | None) -> SignatureInfo:
+        fields = node.children()
+        sid, digest_oid = fields[1], fields[2].children()[0].oid()
+        rest = fields[3:]
         attrs = rest.pop(0) if rest and rest[0].tag == 0xA0 else None
         sig_alg, signature = rest[0].children()[0].oid(), rest[1].octets()
         cert = self._certificate(sid)
-        signer = _describe(cert) if cert else None
-        name = _DIGESTS.get(digest_oid)
-        if name is None:
-            return SignatureInfo(signer=signer, detail=f"unsupported digest {digest_oid}")
-        digest = digests[name]
-        signed_at = None
-        if attrs is not None:
-            values = _attributes(attrs)
-            if values.get(_MESSAGE_DIGEST, b"") != digest:
-                return SignatureInfo(signer=signer, detail="content changed after signing "
-                                     "(message digest mismatch)")
-            signed_at = values.get(_SIGNING_TIME)
+        values = _attributes(attrs) if attrs is not None else {}
+        signed_at = values.get(_SIGNING_TIME)
+        valid, integrity = _integrity(cert, digest_oid, sig_alg, attrs, values, digests, signature)
         if cert is None:
-            return SignatureInfo(detail="signer certificate not included in the message",
-                                 signed_at=signed_at)
-        if attrs is not None:
-            if not attrs.definite:
-                return SignatureInfo(signer=signer, detail="signed attributes not DER-encoded")
-            data, algorithm = bytes([asn1.SET]) + attrs.raw[1:], _HASHES[name]()
-        else:
-            data, algorithm = digest, Prehashed(_HASHES[name]())
-        try:
-            _verify_with(cert.public_key(), signature, data, algorithm, sig_alg)
-        except InvalidSignature:
-            return SignatureInfo(signer=signer, signed_at=signed_at,
-                                 detail="signature does not match the content")
-        except (UnsupportedAlgorithm, TypeError, ValueError) as exc:
-            return SignatureInfo(signer=signer, signed_at=signed_at,
-                                 detail=f"signature algorithm not supported ({exc})")
-        when = signed_at or datetime.now(UTC)
-        if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-            return SignatureInfo(signer=signer, signed_at=signed_at,
-                                 detail=f"signer certificate not valid at {when:%Y-%m-%d %H:%M}Z")
-        return SignatureInfo(signer=signer, verified=True, signed_at=signed_at,
-                             detail=f"signature and content digest ({name}) match the signer "
-                             f"certificate, valid at signing time; {NOT_CHAINED}")
+            return SignatureInfo(covers=covers, signed_at=signed_at, detail=integrity)
+        trusted, chain = trust.chain_to_root(cert, self.certificates, trust_store, signed_at)
+        matches, address = trust.matches_sender(cert, sender)
+        return SignatureInfo(
+            signer=trust.describe(cert), signature_valid=valid, signer_trusted=trusted,
+            covers=covers, signer_matches_from=matches, signed_at=signed_at,
+            detail="; ".join((integrity, chain, address)),
+        )
 
     def _certificate(self, sid: asn1.Node) -> x509.Certificate | None:
         if sid.tag == asn1.SEQUENCE:
@@ -224,6 +234,58 @@ class _SignedData:
                 if ski.value.digest == sid.content:
                     return cert
         return None
+
+
+def _integrity(cert: x509.Certificate | None, digest_oid: str, sig_alg: str,
+               attrs: asn1.Node | None, values: dict[str, object], digests: dict[str, bytes],
+               signature: bytes) -> tuple[bool, str]:
+    """(signature_valid, why): is the signature intact, with an algorithm worth trusting?"""
+    broken = _BROKEN.get(digest_oid) or _BROKEN.get(sig_alg)
+    if broken:
+        return False, f"signature not valid: {broken} is broken and not accepted"
+    name = _DIGESTS.get(digest_oid)
+    if name is None:
+        return False, f"signature not valid: unsupported digest {digest_oid}"
+    digest = digests[name]
+    if attrs is not None and values.get(_MESSAGE_DIGEST, b"") != digest:
+        return False, "signature not valid: content changed after signing (message digest mismatch)"
+    if cert is None:
+        return False, "signature not valid: signer certificate not included in the message"
+    if attrs is not None:
+        if not attrs.definite:
+            return False, "signature not valid: signed attributes not DER-encoded"
+        data, algorithm = bytes([asn1.SET]) + attrs.raw[1:], _HASHES[name]()
+    else:
+        data, algorithm = digest, Prehashed(_HASHES[name]())
+    try:
+        _verify_with(cert.public_key(), signature, data, algorithm, sig_alg)
+    except InvalidSignature:
+        return False, "signature not valid: it does not match the content"
+    except (UnsupportedAlgorithm, TypeError, ValueError) as exc:
+        return False, f"signature not valid: algorithm not supported ({exc})"
+    return True, f"signature intact ({name})"
+
+
+def _summary(each: list[SignatureInfo], covers: str) -> SignatureInfo:
+    """One SignatureInfo for the whole signature: every signer valid and trusted, one of
+    them the From address."""
+    matches = [s.signer_matches_from for s in each if s.signer_matches_from is not None]
+    if len(each) == 1:
+        detail = each[0].detail
+    else:
+        detail = "; ".join(f"signer {n}: {s.detail}" for n, s in enumerate(each, 1))
+    if covers != WHOLE_MESSAGE:
+        detail += f"; covers only {covers}: the rest of the message is not signed"
+    return SignatureInfo(
+        signer=", ".join(s.signer or "unknown signer" for s in each),
+        signature_valid=all(s.signature_valid for s in each),
+        signer_trusted=all(s.signer_trusted for s in each),
+        covers=covers,
+        signer_matches_from=any(matches) if matches else None,
+        signed_at=next((s.signed_at for s in each if s.signed_at), None),
+        detail=detail,
+        signers=each,
+    )
 
 
 def _attributes(attrs: asn1.Node) -> dict[str, object]:
@@ -263,20 +325,3 @@ def _verify_with(key, signature: bytes, data: bytes, algorithm, sig_alg: str) ->
         key.verify(signature, data, ec.ECDSA(algorithm))
     else:
         raise UnsupportedAlgorithm(f"{type(key).__name__} keys")
-
-
-def _describe(cert: x509.Certificate) -> str:
-    def first(oid) -> str | None:
-        values = cert.subject.get_attributes_for_oid(oid)
-        return str(values[0].value) if values else None
-
-    email = first(x509.NameOID.EMAIL_ADDRESS)
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        email = next(iter(names.value.get_values_for_type(x509.RFC822Name)), email)
-    except x509.ExtensionNotFound:
-        pass
-    common = first(x509.NameOID.COMMON_NAME)
-    if common and email:
-        return f"{common} <{email}>"
-    return email or common or cert.subject.rfc4514_string()
