@@ -42,6 +42,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
     OAuth2ResponseError,
     OAuth2TLSError,
 )
+from prefect_pop3mail.tasks.pop3.redaction import Redactor
 from prefect_pop3mail.tasks.pop3.tls import client_context
 
 log = logging.getLogger("pop3mail.oauth")
@@ -147,11 +148,11 @@ class HttpClient:
     """
 
     def __init__(self, ca_file: str | None, timeout: float, token_endpoint: str,
-                 secret_forms: list[str] | None = None):
+                 redactor: Redactor | None = None):
         self.timeout = timeout
         self.token_endpoint = token_endpoint
         self._origin = _origin(token_endpoint)
-        self._secret_forms = secret_forms or []
+        self._redactor = redactor or Redactor()
         #: The last response, so an error can describe what the provider sent.
         self.last_response: HttpResponse | None = None
         self._opener = urllib.request.build_opener(
@@ -193,7 +194,7 @@ class HttpClient:
         if 300 <= response.status_code < 400:
             raise self._redirected(url, response)
         if not (200 <= response.status_code < 300 and _is_json(response.text)):
-            response.text = mask(response.text, self._secret_forms)
+            response.text = self._redactor.text(response.text)
         self.last_response = response
         return response
 
@@ -213,13 +214,6 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def mask(text: str, forms: list[str]) -> str:
-    """``text`` with each of ``forms`` (see :func:`secret_forms`) replaced by ****."""
-    for form in forms:
-        text = text.replace(form, "****")
-    return text
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -292,8 +286,9 @@ class TokenProvider:
         self.client_id = client_id
         self.scope = scope
         self._secret = client_secret
-        self._secret_forms = secret_forms(client_id, client_secret)
-        self._http = HttpClient(ca_file, timeout, token_endpoint, self._secret_forms)
+        self._redactor = Redactor()
+        self._redactor.remember(*_as_sent(client_id, client_secret.get_secret_value()))
+        self._http = HttpClient(ca_file, timeout, token_endpoint, self._redactor)
         self._lock = threading.Lock()
 
     def __call__(self) -> SecretStr:
@@ -375,21 +370,16 @@ class TokenProvider:
 
     def _redact(self, text: str) -> str:
         """Provider text with the secret masked, in case a provider echoes the request."""
-        return _snippet(mask(text, self._secret_forms))
+        return _snippet(self._redactor.text(text))
 
 
-def secret_forms(client_id: str, client_secret: SecretStr) -> list[str]:
-    """Every form the secret travels or is echoed in, longest first: as is, form- and
-    URL-encoded, JSON-escaped, and the Base64 of client_secret_basic's "id:secret"."""
-    secret = client_secret.get_secret_value()
+def _as_sent(client_id: str, secret: str) -> list[str]:
+    """The secret as it travels: as is, form- and URL-encoded, JSON-escaped, and as
+    client_secret_basic's "id:secret" pair (the redactor adds every Base64 form)."""
     if not secret:
         return []
-    forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
-             json.dumps(secret, ensure_ascii=False)[1:-1]}
-    for pair in (f"{quote_plus(client_id)}:{quote_plus(secret)}", f"{client_id}:{secret}"):
-        for encode in (base64.b64encode, base64.urlsafe_b64encode):
-            forms.add(encode(pair.encode()).decode("ascii").rstrip("="))
-    return sorted(forms, key=len, reverse=True)
+    return [secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
+            f"{quote_plus(client_id)}:{quote_plus(secret)}", f"{client_id}:{secret}"]
 
 
 class CallableTokenSource:
