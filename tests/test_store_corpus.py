@@ -169,7 +169,13 @@ def test_decrypted_plaintext_is_not_left_behind(tmp_path):
 def test_a_failed_message_leaves_no_folder(tmp_path):
     data, expected = corpus_case("smime_encrypted_for_someone_else")
     store = MessageStore(options_for(expected, tmp_path), "m@h:1", "c")
+    incoming = store.incoming()
+    incoming.write(data)
+    incoming.finish()
     with pytest.raises(errors.SMIMEDecryptError, match="not encrypted for public key 'bob'"):
-        save(store, data, "u1")
+        store.save(incoming, "u1")
     assert [p.name for p in tmp_path.iterdir()] == [".pop3mail"]
+    # The original is back where it arrived, for the caller to set aside or discard.
+    assert incoming.path.read_bytes() == data
+    incoming.discard()
     assert [p for p in (tmp_path / ".pop3mail").rglob("*") if p.is_file()] == []

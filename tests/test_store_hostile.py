@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3.errors import POP3MailError
-from prefect_pop3mail.tasks.pop3.models import SaveOptions
+from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SaveOptions
 from prefect_pop3mail.tasks.pop3.store import MessageStore
 from tests.test_mime_differential import mime_tree
 
@@ -65,7 +65,10 @@ def hostile_message(draw) -> bytes:
     return data
 
 
-def check_saved(root: Path, data: bytes, uidl: str) -> None:
+def check_saved(root: Path, data: bytes, uidl: str, *, allow_errors: bool = True
+                ) -> ReceivedMail | None:
+    """Save ``data`` and check the promises; the result, or None for a clear error (an
+    error of ours naming the message, when ``allow_errors``)."""
     store = MessageStore(SaveOptions(directory=root), "hostile@test:110", "hostile")
     incoming = store.incoming()
     incoming.write(data)
@@ -73,7 +76,9 @@ def check_saved(root: Path, data: bytes, uidl: str) -> None:
     try:
         mail = store.save(incoming, uidl)
     except POP3MailError:
-        return  # a clear error for this message is allowed; a crash is not
+        if not allow_errors:
+            raise
+        return None  # a clear error for this message is allowed; a crash is not
     folder = mail.folder
     assert folder.parent == root
     for path in mail.saved_paths:
@@ -90,6 +95,7 @@ def check_saved(root: Path, data: bytes, uidl: str) -> None:
     assert not any("internal error" in w for w in mail.warnings), mail.warnings
     for path in folder.rglob("*"):
         assert not path.is_symlink()
+    return mail
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

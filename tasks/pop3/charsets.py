@@ -37,6 +37,10 @@ _SUPERSETS = {
     "big5": "big5hkscs",
 }
 FALLBACK = "cp1252"
+#: Text codecs that still must not decode mail: punycode and IDNA are quadratic in their
+#: input, "undefined" always raises. Non-text codecs (zlib_codec, bz2, base64_codec, hex,
+#: uu, rot13...) are refused by ``_is_text_encoding``: a "charset" must never decompress.
+_REFUSED = {"punycode", "idna", "undefined"}
 
 
 @dataclass
@@ -54,11 +58,23 @@ def _label(declared: str | None) -> str:
     return (declared or "us-ascii").strip().strip("\"'").lower()
 
 
-def _codec(label: str) -> str | None:
+def text_codec(label: str) -> str | None:
+    """The codec a charset label names, or None when unknown or not a safe text codec."""
     try:
-        return codecs.lookup(_SUPERSETS.get(label, label)).name
-    except LookupError:
+        info = codecs.lookup(_SUPERSETS.get(label, label))
+    except (LookupError, ValueError, TypeError):
         return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED:
+        return None
+    return info.name
+
+
+def _exists(label: str) -> bool:
+    try:
+        codecs.lookup(label)
+    except (LookupError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _reads_cleanly(chunks: Iterable[bytes], codec: str) -> bool:
@@ -75,29 +91,33 @@ def _reads_cleanly(chunks: Iterable[bytes], codec: str) -> bool:
 def choose(chunks: Iterable[bytes], declared: str | None) -> Decoding:
     """Pick how to decode the text that ``chunks`` yields (it is iterated more than once)."""
     label = _label(declared)
-    codec = _codec(label)
+    codec = text_codec(label)
     eight_bit = not all(chunk.isascii() for chunk in chunks)
     utf8 = not eight_bit or _reads_cleanly(chunks, "utf-8")
     if codec == "utf-8":
         if utf8:
             return Decoding("utf-8")
-        return Decoding(FALLBACK, "replace", f"text is not valid {label}; read as Windows-1252")
+        return Decoding(FALLBACK, "replace", f"text is not valid {label[:40]}; read as Windows-1252")
     if codec is None:
         guess = "utf-8" if utf8 else FALLBACK
         name = "UTF-8" if utf8 else "Windows-1252"
-        return Decoding(guess, "replace", f"unknown charset {label!r}; read as {name}")
+        if _exists(label):
+            why = f"charset {label[:40]!r} is not a text charset (refused)"
+        else:
+            why = f"unknown charset {label[:40]!r}"
+        return Decoding(guess, "replace", f"{why}; read as {name}")
     if eight_bit and utf8 and not codec.startswith(("utf-16", "utf-32")):
-        return Decoding("utf-8", warning=f"text labelled {label} is UTF-8; read as UTF-8")
+        return Decoding("utf-8", warning=f"text labelled {label[:40]} is UTF-8; read as UTF-8")
     if _reads_cleanly(chunks, codec):
         return Decoding(codec)
-    return Decoding(codec, "replace", f"text has bytes that are not valid {label}; replaced")
+    return Decoding(codec, "replace", f"text has bytes that are not valid {label[:40]}; replaced")
 
 
 def decode_chunks(chunks: Iterable[bytes], decoding: Decoding) -> Iterator[str]:
     """The text, with CRLF line endings made LF."""
     decoder = codecs.getincrementaldecoder(decoding.codec)(decoding.errors)
     held_cr = False
-    for chunk in [*chunks, None]:
+    for chunk in _and_end(chunks):  # one chunk at a time: memory stays flat
         text = decoder.decode(chunk or b"", final=chunk is None)
         if held_cr:
             text = "\r" + text
@@ -106,3 +126,8 @@ def decode_chunks(chunks: Iterable[bytes], decoding: Decoding) -> Iterator[str]:
             text = text[:-1]
         if text:
             yield text.replace("\r\n", "\n")
+
+
+def _and_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
+    yield from chunks
+    yield None

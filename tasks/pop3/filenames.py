@@ -12,6 +12,8 @@ import quopri
 import re
 import unicodedata
 
+from prefect_pop3mail.tasks.pop3.charsets import text_codec
+
 #: Bytes, not characters: file systems cap a component at 255 bytes. Room is left for a
 #: " (NNN)" suffix.
 MAX_NAME_BYTES = 200
@@ -46,7 +48,10 @@ def _decode_word(match: re.Match) -> str:
             raw = base64.b64decode(data + "=" * (-len(data) % 4))
         else:
             raw = quopri.decodestring(data.replace("_", " ").encode("ascii"), header=True)
-        return raw.decode(charset, "replace")
+        codec = text_codec(charset.lower())
+        if codec is None:  # unknown, or not a text codec (zlib, punycode...): left as is
+            return match.group(0)
+        return raw.decode(codec, "replace")
     except (ValueError, LookupError, UnicodeError):
         return match.group(0)
 
@@ -94,10 +99,13 @@ def _cap(name: str, limit: int) -> str:
 
 class NameAllocator:
     """Hands out unique names in one folder: "a.pdf", "a (2).pdf", ... Case-insensitive,
-    so a folder copied to a case-insensitive file system keeps every file."""
+    so a folder copied to a case-insensitive file system keeps every file. Constant time
+    per name: each name remembers the next number to try, so 10,000 equal names do not
+    try "(2)", "(3)"... from the start every time."""
 
     def __init__(self, taken: tuple[str, ...] = ()):
         self._taken = {n.casefold() for n in taken}
+        self._next: dict[tuple[str, str], int] = {}
 
     def claim(self, name: str, *, also: str = "") -> str:
         """A free variant of ``name``. With ``also`` (a suffix such as ".eml"), the name
@@ -106,13 +114,18 @@ class NameAllocator:
         if not dot or not stem:
             stem, ext = name, ""
         suffix = f".{ext}" if ext else ""
-        candidate, n = name, 1
-        while self._is_taken(candidate, also):
-            n += 1
-            tag = f" ({n})"
-            room = MAX_NAME_BYTES - len(tag.encode()) - len(suffix.encode("utf-8"))
-            short = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
-            candidate = f"{short}{tag}{suffix}"
+        key = (name.casefold(), also.casefold())
+        candidate, n = name, self._next.get(key, 1)
+        if n > 1 or self._is_taken(candidate, also):
+            while True:
+                n += 1
+                tag = f" ({n})"
+                room = MAX_NAME_BYTES - len(tag.encode()) - len(suffix.encode("utf-8"))
+                short = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
+                candidate = f"{short}{tag}{suffix}"
+                if not self._is_taken(candidate, also):
+                    break
+        self._next[key] = n
         self._taken.add(candidate.casefold())
         if also:
             self._taken.add((candidate + also).casefold())

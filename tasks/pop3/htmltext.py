@@ -8,7 +8,7 @@ is rendered without holding it in memory.
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
+from html import unescape
 
 _BLOCK = {
     "address", "article", "aside", "blockquote", "div", "dl", "dt", "dd", "fieldset",
@@ -18,17 +18,132 @@ _BLOCK = {
 _SKIP = {"script", "style", "head", "title", "template"}
 _SPACES = re.compile(r"[ \t\r\n\f\v]+")
 
+#: A tag whose ">" is further than this from its "<" is not a tag: the "<" is text.
+MAX_TAG = 16 * 1024
+# Where markup may start; any other "<" is text.
+_MARKUP = re.compile(r"<[a-zA-Z/!?]")
+_NAME = re.compile(r"/?([a-zA-Z][^\s/>]*)")
+_ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
+# Elements whose content is raw text up to their end tag, as in html.parser.
+_RAW_END = {"script": re.compile(r"</script", re.I), "style": re.compile(r"</style", re.I)}
 
-class HTMLToText(HTMLParser):
-    """Feed HTML with ``feed``; collect text with ``take`` as you go; ``close`` at the end."""
+
+class HTMLToText:
+    """Feed HTML with ``feed``; collect text with ``take`` as you go; ``close`` at the end.
+
+    Its own tokenizer, not html.parser's: that one rescans an unfinished construct on every
+    feed and is quadratic on inputs such as many "<a" or "</". Here every search resumes
+    where the last one stopped, and markup is at most MAX_TAG long, so the work is linear.
+    """
 
     def __init__(self):
-        super().__init__(convert_charrefs=True)
+        self._buf = ""
+        self._no_gt = 0  # no ">" in self._buf between the pending "<" and this index
+        self._comment = False  # inside <!-- -->
+        self._raw: re.Pattern | None = None  # inside <script> or <style>
         self._out: list[str] = []
         self._skip = 0
         self._pre = 0
         self._href: list[str | None] = []
         self._blank = True  # at the start of a line
+
+    def feed(self, data: str) -> None:
+        self._buf += data
+        self._parse(final=False)
+
+    def close(self) -> None:
+        self._parse(final=True)
+
+    def _parse(self, final: bool) -> None:
+        buf, pos = self._buf, 0
+        n = len(buf)
+        while pos < n:
+            if self._comment:
+                end = buf.find("-->", pos)
+                if end < 0:
+                    pos = n if final else max(pos, n - 2)
+                    break
+                pos, self._comment = end + 3, False
+                continue
+            if self._raw is not None:
+                found = self._raw.search(buf, pos)
+                if found is None:
+                    pos = n if final else max(pos, n - 8)
+                    break
+                pos, self._raw = found.start(), None
+                continue
+            found = _MARKUP.search(buf, pos)
+            if found is None:
+                cut = n if final else self._text_end(buf, pos)
+                self._text(buf[pos:cut])
+                pos = cut
+                break
+            lt = found.start()
+            if lt > pos:
+                self._text(buf[pos:lt])
+                pos = lt
+            if buf.startswith("<!--", lt):
+                pos, self._comment = lt + 4, True
+                continue
+            if n - lt < 4 and not final:
+                break  # could be the start of "<!--"
+            gt = buf.find(">", max(lt + 2, self._no_gt))
+            if gt < 0:
+                self._no_gt = n
+                if final:
+                    self._text(buf[lt:])
+                    pos = n
+                elif n - lt > MAX_TAG:
+                    self._text(buf[lt:n - MAX_TAG])  # no ">" can come close enough now
+                    pos = n - MAX_TAG
+                break
+            self._no_gt = gt
+            if gt - lt > MAX_TAG:
+                self._text("<")
+                pos = lt + 1
+                continue
+            self._markup(buf[lt + 1:gt])
+            pos = gt + 1
+        self._buf = buf[pos:]
+        self._no_gt = max(0, self._no_gt - pos)
+
+    @staticmethod
+    def _text_end(buf: str, pos: int) -> int:
+        """Where text may be cut before more data comes: not inside a character reference
+        or right after a "<"."""
+        end = len(buf)
+        if buf.endswith("<"):
+            end -= 1
+        amp = buf.rfind("&", max(pos, end - 34), end)
+        if amp >= 0 and not re.search(r"[\s;]", buf[amp:end]):
+            end = amp
+        return end
+
+    def _text(self, raw: str) -> None:
+        if raw:
+            self.handle_data(unescape(raw))
+
+    def _markup(self, inner: str) -> None:
+        if inner[0] in "!?":
+            return  # a declaration, processing instruction or bogus comment
+        name = _NAME.match(inner)
+        if name is None:
+            return
+        tag = name.group(1).lower()
+        if inner[0] == "/":
+            self.handle_endtag(tag)
+            return
+        attrs = []
+        if tag in ("a", "img"):
+            for key, value in _ATTR.findall(inner, name.end()):
+                if value[:1] in ("'", '"'):
+                    value = value[1:-1]
+                attrs.append((key.lower(), unescape(value) if value else None))
+        if inner.endswith("/"):
+            self.handle_startendtag(tag, attrs)
+            return
+        self.handle_starttag(tag, attrs)
+        self._raw = _RAW_END.get(tag)
 
     def take(self) -> str:
         text = "".join(self._out)

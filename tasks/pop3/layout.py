@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from prefect_pop3mail.tasks.pop3 import charsets
 from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
+from prefect_pop3mail.tasks.pop3.headers import MAX_TEXT_CHARS, clip
 from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_headers
 from prefect_pop3mail.tasks.pop3.models import SavedAttachment, SignatureInfo
@@ -32,9 +33,17 @@ from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink
 TEXT_NAME = "text.txt"
 HTML_NAME = "body.html"
 ATTACHMENTS_DIR = "attachments"
+#: A body is held in memory up to this size, then spilled to a temporary file.
 SPOOL_BYTES = 1 << 20
 MAX_SIGNATURE_BYTES = 1 << 20
 MAX_NESTED_MESSAGES = 8
+#: MIME parts (leaves and multiparts, attached messages' included) laid out per message;
+#: beyond it parts stay only in the original.
+MAX_PARTS = 1000
+#: Warnings kept per message; further ones are counted in a last warning.
+MAX_WARNINGS = 50
+#: Only this much of an HTML body (characters) is rendered into text.txt.
+MAX_HTML_RENDER = 4 << 20
 
 _SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
 _EXTENSIONS = {
@@ -144,11 +153,8 @@ VerifyFunction = Callable[[bytes, dict[str, bytes]], SignatureInfo]
 
 
 def _filename(part: Part) -> str | None:
-    try:
-        name = part.headers.get_filename()
-    except (ValueError, LookupError, TypeError, IndexError):
-        return None
-    return str(name) if name else None
+    name = part.filename
+    return clip(name, MAX_TEXT_CHARS) if name else None
 
 
 def _in_body_position(part: Part) -> bool:
@@ -178,7 +184,7 @@ class FolderLayout:
 
     def __init__(self, folder: Path, options: LayoutOptions, work: Path, *,
                  parse: ParseFunction, verify: VerifyFunction | None = None,
-                 within: Path | None = None, depth: int = 0):
+                 within: Path | None = None, depth: int = 0, budget: _Budget | None = None):
         self.folder = folder
         self.options = options
         self.work = work
@@ -187,6 +193,8 @@ class FolderLayout:
         self.within = within
         self.depth = depth
         self.result = LayoutResult()
+        self._budget = budget or _Budget()
+        self._unsaid = 0
         self._names = NameAllocator()
         self._attachments_dir: Path | None = None
         self._text: FileWriter | None = None
@@ -201,10 +209,28 @@ class FolderLayout:
 
     def warn(self, part: Part | None, text: str) -> None:
         where = f"part {part.label}: " if part is not None and part.number else ""
-        self.result.warnings.append(f"{where}{text}")
+        self._add_warning(f"{where}{text}")
+
+    def _add_warning(self, text: str) -> None:
+        warnings = self.result.warnings
+        if len(warnings) < MAX_WARNINGS:
+            warnings.append(text)
+            return
+        self._unsaid += 1
+        if len(warnings) == MAX_WARNINGS:
+            warnings.append("")
+        warnings[-1] = f"{self._unsaid} more warnings (over {MAX_WARNINGS}) not listed"
+
+    def _over_budget(self) -> bool:
+        """Counts a part; True when it is one too many to lay out (warned once)."""
+        budget = self._budget
+        budget.parts += 1
+        if budget.parts == MAX_PARTS + 1:
+            self._add_warning(f"over {MAX_PARTS} MIME parts; the rest are only in the original")
+        return budget.parts > MAX_PARTS
 
     def begin_multipart(self, part: Part) -> None:
-        pass
+        self._over_budget()
 
     def raw_tap(self, part: Part) -> Sink | None:
         if part.content_type != "multipart/signed" or self.verify is None:
@@ -227,6 +253,8 @@ class FolderLayout:
             self.warn(part, f"S/MIME signature not verified: {info.detail}")
 
     def begin_leaf(self, part: Part) -> Sink | None:
+        if self._over_budget():
+            return None
         parent = part.parent
         if (parent is not None and id(parent) in self._signed and part.index == 1
                 and part.content_type in _SIGNATURE_TYPES):
@@ -324,10 +352,15 @@ class FolderLayout:
         if self._text is None and result.html_path is not None and self.options.save_text:
             self._text = FileWriter(self.folder / TEXT_NAME, self.options.file_mode)
             renderer = HTMLToText()
+            left = MAX_HTML_RENDER
             with open(result.html_path, encoding="utf-8", errors="replace") as html:
-                while chunk := html.read(WRITE_BLOCK):
+                while left and (chunk := html.read(min(WRITE_BLOCK, left))):
+                    left -= len(chunk)
                     renderer.feed(chunk)
                     self._text.write(renderer.take().encode("utf-8"))
+                if not left and html.read(1):
+                    self._add_warning(f"the HTML body is over {MAX_HTML_RENDER >> 20} M "
+                                      "characters; text.txt renders only its start")
             renderer.close()
             self._text.write(renderer.take().encode("utf-8"))
         if self._text is not None:
@@ -402,10 +435,13 @@ class FolderLayout:
         if self.depth + 1 >= MAX_NESTED_MESSAGES:
             self.warn(part, "attached messages nest too deeply; this one is kept only as .eml")
             return
+        if self._budget.parts >= MAX_PARTS:
+            return  # over the part budget (warned): kept only as .eml
         folder = final.with_name(stem)
         os.mkdir(folder, self.options.dir_mode)
         child = FolderLayout(folder, self.options, self.work, parse=self.parse,
-                             verify=self.verify, within=final, depth=self.depth + 1)
+                             verify=self.verify, within=final, depth=self.depth + 1,
+                             budget=self._budget)
         try:
             self.parse(final, child, nested=True)
         except BaseException:
@@ -426,7 +462,15 @@ class FolderLayout:
                     size=path.stat().st_size, sha256=sha256 or "", inline=True, parent=eml,
                 ))
         self.result.attachments.extend(inner.attachments)
-        self.result.warnings.extend(f"in attached message {eml.name}: {w}" for w in inner.warnings)
+        for warning in inner.warnings:
+            self._add_warning(f"in attached message {eml.name}: {warning}")
+
+
+@dataclass
+class _Budget:
+    """Shared by a message's layout and its attached messages' layouts."""
+
+    parts: int = 0
 
 
 def _subject_of(path: Path) -> str:

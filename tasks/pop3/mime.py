@@ -16,13 +16,21 @@ from email.message import Message
 from functools import cached_property
 from typing import BinaryIO, Protocol
 
+from prefect_pop3mail.tasks.pop3.headers import MAX_HEADER_BYTES, clip, parse_headers, split_params
 from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
+
+__all__ = ["MAX_HEADER_BYTES", "Part", "StreamParser", "Visitor", "parse_file", "parse_headers"]
 
 BLOCK = 256 * 1024
 #: A boundary line longer than this is not a boundary (RFC 2046 caps boundaries at 70).
 MAX_DELIMITER_LINE = 4096
-MAX_HEADER_BYTES = 1 << 20
+#: Multiparts nested deeper than this are read as leaves (their content stays in the original).
 MAX_DEPTH = 64
+#: A content type longer than this is not one (RFC 6838: 127 characters per name).
+MAX_TYPE_CHARS = 255
+#: A quoted-printable line longer than this is decoded in pieces, so a body without line
+#: breaks is not copied again and again while waiting for one.
+MAX_QP_LINE = 64 * 1024
 
 # The email package's test for a header line (feedparser.headerRE).
 _HEADER_LINE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
@@ -44,9 +52,31 @@ class Part:
         """The IMAP-style part number; a single-part message's body is part 1."""
         return self.number or "1"
 
+    def _first(self, name: str) -> str | None:
+        for key, value in self.headers.raw_items():
+            if key.lower() == name:
+                return str(value)
+        return None
+
+    @cached_property
+    def _type(self) -> tuple[str, dict[str, str]] | None:
+        value = self._first("content-type")
+        return None if value is None else split_params(value)
+
+    @cached_property
+    def _disposition(self) -> tuple[str, dict[str, str]] | None:
+        value = self._first("content-disposition")
+        return None if value is None else split_params(value)
+
     @cached_property
     def content_type(self) -> str:
-        return self.headers.get_content_type()
+        """As the email package reads it: the default when absent, text/plain when invalid."""
+        if self._type is None:
+            return self.headers.get_default_type()
+        main = self._type[0]
+        if main.count("/") != 1 or len(main) > MAX_TYPE_CHARS:
+            return "text/plain"
+        return main
 
     @property
     def maintype(self) -> str:
@@ -58,20 +88,24 @@ class Part:
 
     @cached_property
     def disposition(self) -> str | None:
-        value = self.headers.get_content_disposition()
-        return value.lower() if value else None
+        return self._disposition[0] if self._disposition else None
 
     @cached_property
     def transfer_encoding(self) -> str:
-        return str(self.headers.get("content-transfer-encoding", "")).strip().lower()
+        return (self._first("content-transfer-encoding") or "").strip().lower()
 
     def param(self, name: str) -> str | None:
-        value = self.headers.get_param(name)
-        if isinstance(value, tuple):  # RFC 2231 with a charset
-            from email.utils import collapse_rfc2231_value
+        """A Content-Type parameter (RFC 2231 resolved), None when absent."""
+        return self._type[1].get(name.lower()) if self._type else None
 
-            value = collapse_rfc2231_value(value)
-        return value if value is None else str(value)
+    @cached_property
+    def filename(self) -> str | None:
+        """The name the sender gives the part: Content-Disposition's filename, else
+        Content-Type's name; None when neither is there or it is empty."""
+        params = self._disposition[1] if self._disposition else {}
+        name = params["filename"] if "filename" in params else self.param("name")
+        name = (name or "").strip()
+        return name or None
 
 
 class Visitor(Protocol):
@@ -84,37 +118,6 @@ class Visitor(Protocol):
     def end_leaf(self, part: Part, sink: Sink | None) -> None: ...
     def raw_tap(self, part: Part) -> Sink | None: ...
     def warn(self, part: Part | None, text: str) -> None: ...
-
-
-def parse_headers(data: bytes, default_type: str = "text/plain") -> Message:
-    """A header block as a compat32 Message, as the email package's parser builds it (name
-    up to the colon, value with its folding), without its per-message machinery.
-
-    Raw 8-bit values (RFC 6532 allows UTF-8; older clients send their own charset) are
-    decoded first: compat32 would make them "unknown-8bit" Header objects and lose the text.
-    """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    message = Message()
-    if default_type != "text/plain":
-        message.set_default_type(default_type)
-    name, value = None, ""
-    for line in text.split("\n"):
-        if line[:1] in (" ", "\t"):
-            if name is not None:
-                value += "\n" + line
-            continue
-        if name is not None:
-            message.set_raw(name, value.rstrip("\r\n"))
-        name = None
-        colon = line.find(":")
-        if colon > 0:  # a line without one ("From " envelope lines) is no header
-            name, value = line[:colon], line[colon + 1:].lstrip(" \t")
-    if name is not None:
-        message.set_raw(name, value.rstrip("\r\n"))
-    return message
 
 
 # --- decoders: transfer encoding -> bytes ----------------------------------------------------
@@ -197,6 +200,8 @@ class QuotedPrintableDecoder:
     def write(self, data: bytes) -> None:
         data = self._carry + data
         cut = data.rfind(b"\n") + 1
+        if not cut and len(data) > MAX_QP_LINE:
+            cut = _qp_cut(data)
         if cut:
             self.sink.write(binascii.a2b_qp(data[:cut]))
         self._carry = data[cut:]
@@ -205,6 +210,17 @@ class QuotedPrintableDecoder:
         if self._carry:
             self.sink.write(binascii.a2b_qp(self._carry))
             self._carry = b""
+
+
+def _qp_cut(data: bytes) -> int:
+    """Where a long line without a break can be decoded in two pieces: after two bytes that
+    are not "=", so no escape ("=XX", "==") spans the cut. Garbage with "=" every other
+    byte is cut anyway: bounded work matters more than its exact bytes."""
+    end = len(data) - 2
+    for cut in range(end, max(end - 64, 2), -1):
+        if 0x3D not in data[cut - 2:cut]:
+            return cut
+    return end
 
 
 class IdentityDecoder:
@@ -408,7 +424,7 @@ class StreamParser:
                 self._warn(part, "no blank line between headers and body")
                 break
             if size + len(line) >= MAX_HEADER_BYTES:
-                self._warn(part, "headers are over 1 MB; the rest is read as body")
+                self._warn(part, f"headers are over {MAX_HEADER_BYTES >> 20} MB; the rest is read as body")
                 break
             src.take(src.pos + len(line))
             lines.append(line if line.endswith(b"\n") else line + b"\n")
@@ -435,7 +451,7 @@ class StreamParser:
         else:
             decoder = decoder_for(encoding, sink)
             if encoding not in _KNOWN_ENCODINGS:
-                self._warn(part, f"unknown transfer encoding {encoding!r}; saved undecoded")
+                self._warn(part, f"unknown transfer encoding {clip(encoding, 40)!r}; saved undecoded")
             end = self._scan(decoder, stack)
             decoder.close()
             if isinstance(decoder, Base64Decoder) and decoder.junk:
@@ -464,13 +480,16 @@ class StreamParser:
                 canonical = CanonicalTap(tap)
                 self._src.taps.append((level, canonical))
             raw = self._read_headers(part, inner)
+            headers = parse_headers(raw, default)
             child = Part(
-                headers=parse_headers(raw, default),
+                headers=headers,
                 number=f"{part.number}.{index + 1}" if part.number else str(index + 1),
                 parent=part,
                 index=index,
                 depth=part.depth + 1,
             )
+            for problem in headers.problems:  # the top level's go with ReceivedMail's fields
+                self._warn(child, problem)
             end = self._entity(child, inner)
             if tap is not None:
                 self._src.taps.pop()

@@ -1,0 +1,355 @@
+"""Hostile messages, one builder per class of attack on the message parser.
+
+Each builder takes a size in bytes (roughly the size of the message it returns) and gives
+the worst case of its class at that size, as a POP3 server would hand it over (CRLF,
+7-bit-clean unless the class is about 8-bit bytes). ``CLASSES`` lists them with the warning
+the store must give (None when the input is simply read, with no limit to report).
+
+Used by tests/test_hostile_messages.py (each class through MessageStore.save),
+tests/test_hostile_dovecot.py (each between two ordinary messages, through a real server)
+and bench/bench_hostile.py (time and memory against an ordinary message of the same size).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    name: str
+    build: Callable[[int], bytes]
+    #: A substring one of the saved message's warnings must contain, or None.
+    warning: str | None
+    #: The ordinary message of the same size to compare with: "text" or "html".
+    baseline: str = "text"
+
+
+CLASSES: dict[str, Hostile] = {}
+
+
+def hostile(warning: str | None = None, baseline: str = "text"):
+    def register(fn: Callable[[int], bytes]) -> Callable[[int], bytes]:
+        CLASSES[fn.__name__] = Hostile(fn.__name__, fn, warning, baseline)
+        return fn
+
+    return register
+
+
+def head(*lines: str, content_type: str = "text/plain; charset=utf-8", **fields: str) -> bytes:
+    base = {
+        "From": "Alice <alice@example.org>",
+        "To": "bob@example.org",
+        "Subject": "hostile",
+        "Date": "Tue, 01 Dec 2026 10:00:00 +0000",
+        "Message-ID": "<hostile@example.org>",
+        "MIME-Version": "1.0",
+        "Content-Type": content_type,
+    }
+    base.update({k.replace("_", "-"): v for k, v in fields.items()})
+    text = "".join(f"{k}: {v}\r\n" for k, v in base.items()) + "".join(f"{x}\r\n" for x in lines)
+    return text.encode("utf-8")
+
+
+def message(body: bytes, *lines: str, **fields: str) -> bytes:
+    return head(*lines, **fields) + CRLF + body
+
+
+def _lines(unit: bytes, size: int) -> bytes:
+    return unit * max(1, size // len(unit))
+
+
+def _filler(size: int) -> bytes:
+    """Ordinary text lines, about ``size`` bytes."""
+    return _lines(b"The quick brown fox jumps over the lazy dog, again and again.\r\n", size)
+
+
+# --- ordinary messages, the baselines -------------------------------------------------------
+
+
+def ordinary(size: int, kind: str = "text") -> bytes:
+    """An ordinary message of about ``size`` bytes: a text (or HTML) body and a base64
+    attachment, as mail clients send them."""
+    half = max(size // 2, 64)
+    if kind == "html":
+        body = _lines(b"<p>The quick <b>brown</b> fox <a href='https://example.org/'>jumps"
+                      b"</a> over the lazy dog.</p>\r\n", half)
+        first = b"Content-Type: text/html; charset=utf-8\r\n\r\n" + body
+    else:
+        first = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + _filler(half)
+    blob = hashlib.sha256(b"x").digest() * (half * 3 // 4 // 32 + 1)
+    attachment = (b'Content-Type: application/pdf; name="report.pdf"\r\n'
+                  b"Content-Transfer-Encoding: base64\r\n"
+                  b'Content-Disposition: attachment; filename="report.pdf"\r\n\r\n'
+                  + base64.encodebytes(blob).replace(b"\n", CRLF))
+    return message(b"--B\r\n" + first + b"\r\n--B\r\n" + attachment + b"--B--\r\n",
+                   content_type='multipart/mixed; boundary="B"')
+
+
+# --- headers ----------------------------------------------------------------------------------
+
+
+@hostile()
+def nested_comments(size: int) -> bytes:
+    """From: with thousands of nested comments (the email package recurses: RecursionError)."""
+    n = max(2000, size // 4)
+    sender = "(" * n + "x" + ")" * (n // 2) + " <a@example.org>"
+    return message(b"hello\r\n", From=sender, To="(" * n + "b@example.org", Cc="(" * n)
+
+
+@hostile("is not a date")
+def absurd_date(size: int) -> bytes:
+    """A Date with an absurd year (OverflowError in parsedate_to_datetime)."""
+    return message(_filler(size), Date="Mon, 1 Jan 99999999999 25:61:61 +99999")
+
+
+@hostile()
+def rfc2231_mixed(size: int) -> bytes:
+    """RFC 2231 continuations mixed with an unnumbered section (TypeError in get_param)."""
+    return message(_filler(size), content_type="text/plain; name*0=a; name*=b; charset*0=utf; "
+                   "charset*=''x", Content_Disposition="attachment; filename*0*=utf-8''a%; "
+                   "filename*=b; filename*1=c; filename*99999999999=d")
+
+
+@hostile()
+def rfc2231_continuations(size: int) -> bytes:
+    """A filename in tens of thousands of RFC 2231 sections."""
+    n = max(1000, size // 16)
+    sections = "; ".join(f"filename*{i}*=%41" for i in range(n))
+    return message(b"x\r\n", content_type="application/octet-stream",
+                   Content_Disposition=f"attachment; {sections}")
+
+
+@hostile()
+def quoted_params(size: int) -> bytes:
+    """Many quotes and semicolons in one parameter list (quadratic in the email package)."""
+    n = max(1000, size // 4)
+    return message(b"x\r\n", content_type='application/octet-stream; name="' + ';"' * n,
+                   Content_Disposition="attachment; " + 'a="b;' * n)
+
+
+@hostile("over 1000 header fields")
+def many_header_fields(size: int) -> bytes:
+    """Hundreds of thousands of tiny header fields."""
+    n = min(size, (1 << 20) - 4096) // 8
+    return message(b"hello\r\n", *(["X-A: b"] * n))
+
+
+@hostile("characters; the rest was ignored")
+def long_header_line(size: int) -> bytes:
+    """One header field of many megabytes (a Subject without a line break)."""
+    return message(b"hello\r\n", Subject="x" * max(size, 100_000))
+
+
+@hostile("headers are over 1 MB")
+def huge_header_section(size: int) -> bytes:
+    """A header section over the 1 MB cap, in folded lines of one field."""
+    fold = "\r\n ".join(["y" * 70] * max((1 << 20) // 72 + 100, size // 72))
+    return message(b"hello\r\n", X_Long=fold)
+
+
+@hostile("only the first 100 are listed")
+def many_recipients(size: int) -> bytes:
+    """Tens of thousands of recipients."""
+    n = max(1000, size // 60)
+    return message(b"hello\r\n", To=", ".join(f"User {i} <u{i}@example.org>" for i in range(n)))
+
+
+@hostile("subject is over 1000 characters")
+def encoded_word_flood(size: int) -> bytes:
+    """A Subject of a hundred thousand encoded words, some in hostile charsets."""
+    n = max(1000, size // 40)
+    words = ["=?utf-8?B?w6k=?=", "=?zlib_codec?B?eJxLBAAAYgBi?=", "=?punycode?Q?abc-?=",
+             "=?x-unknown?Q?a?="]
+    return message(b"hello\r\n", Subject=" ".join(words[i % 4] for i in range(n)))
+
+
+@hostile()
+def address_quotes(size: int) -> bytes:
+    """Address lists of quotes, angle brackets and backslashes only."""
+    n = max(1000, size // 6)
+    return message(b"hello\r\n", From='"' * n, To="<" * n + ">" * n, Cc="\\" * n + ",:;" * n)
+
+
+# --- charsets ---------------------------------------------------------------------------------
+
+
+@hostile("not a text charset")
+def compressing_charset(size: int) -> bytes:
+    """A body labelled charset=zlib_codec holding a zlib bomb (100 times its size)."""
+    bomb = zlib.compress(b"\0" * max(size, 1 << 16) * 100, 9)
+    body = base64.encodebytes(bomb).replace(b"\n", CRLF)
+    return message(body, "Content-Transfer-Encoding: base64",
+                   content_type="text/plain; charset=zlib_codec")
+
+
+@hostile("not a text charset")
+def punycode_charset(size: int) -> bytes:
+    """charset=punycode: quadratic decoding."""
+    return message(b"a" * size + b"-" + b"9" * 1000 + CRLF, content_type="text/plain; charset=punycode")
+
+
+@hostile("not a text charset", baseline="html")
+def binary_codec_html(size: int) -> bytes:
+    """An HTML body labelled with a binary codec (bz2_codec)."""
+    return message(_lines(b"<p>x</p>\r\n", size), content_type="text/html; charset=bz2_codec")
+
+
+# --- MIME structure ---------------------------------------------------------------------------
+
+
+def _multipart(parts: list[bytes], boundary: str = "B") -> bytes:
+    b = boundary.encode()
+    body = b"".join(b"--" + b + CRLF + p + CRLF for p in parts) + b"--" + b + b"--" + CRLF
+    return message(body, content_type=f'multipart/mixed; boundary="{boundary}"')
+
+
+@hostile("over 1000 MIME parts")
+def many_parts(size: int) -> bytes:
+    """Tens of thousands of tiny attachments."""
+    part = b"Content-Type: application/octet-stream\r\n\r\nx"
+    return _multipart([part] * max(3000, size // 56))
+
+
+@hostile()
+def equal_filenames(size: int) -> bytes:
+    """Parts that all claim the same file name (de-duplication must not be quadratic)."""
+    part = b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="a.pdf"\r\n\r\nx'
+    return _multipart([part] * min(990, max(100, size // 90)))
+
+
+@hostile("over 1000 MIME parts")
+def many_attached_messages(size: int) -> bytes:
+    """Many attached messages, each with many parts: the part cap covers them all."""
+    inner = _multipart([b"Content-Type: application/octet-stream\r\n\r\nx"] * 50, "I")
+    part = b"Content-Type: message/rfc822\r\n\r\n" + inner
+    return _multipart([part] * max(100, size // len(part)))
+
+
+@hostile("nested too deeply")
+def nested_multiparts(size: int) -> bytes:
+    """Fifty thousand nested multiparts, each with its own boundary."""
+    n = max(50_000, size // 60)
+    out = [f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode() for i in range(n)]
+    return message(b"--b0\r\n" + b"".join(out[1:]) + b"x\r\n",
+                   content_type='multipart/mixed; boundary="b0"')
+
+
+@hostile("nest too deeply")
+def nested_messages(size: int) -> bytes:
+    """Messages attached inside messages, far deeper than the nesting cap."""
+    data = b"Content-Type: text/plain\r\n\r\n" + _filler(size)
+    for _ in range(40):
+        data = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + data
+    return message(data.split(CRLF + CRLF, 1)[1], content_type="message/rfc822")
+
+
+@hostile()
+def boundary_lines(size: int) -> bytes:
+    """Megabytes of lines that start like a delimiter but are not one."""
+    return _multipart([b"Content-Type: text/plain\r\n\r\n" + _lines(b"\n--", size)])
+
+
+@hostile()
+def boundary_prefix_lines(size: int) -> bytes:
+    """Lines that are the boundary plus junk, and delimiter-long lines."""
+    unit = b"--B" + b"x" * 60 + CRLF + b"--" + b"B" * 5000 + CRLF
+    return _multipart([b"Content-Type: text/plain\r\n\r\n" + _lines(unit, size)])
+
+
+@hostile("no blank line between headers and body")
+def no_header_end(size: int) -> bytes:
+    """Parts whose headers never end, and a body of one endless line."""
+    part = b"Content-Type: text/plain\r\nX: " + b"y" * 100 + b"\r\nnot a header"
+    return _multipart([part] * 100 + [b"Content-Type: text/plain\r\n\r\n" + b"z" * size])
+
+
+# --- transfer encodings -----------------------------------------------------------------------
+
+
+@hostile()
+def qp_without_line_breaks(size: int) -> bytes:
+    """A quoted-printable body of one line of many megabytes, escapes throughout."""
+    return message(b"=41=" * (size // 4), "Content-Transfer-Encoding: quoted-printable")
+
+
+@hostile("base64 data has invalid characters")
+def base64_padding_junk(size: int) -> bytes:
+    """Base64 where '=' appears everywhere it cannot pad, and junk between."""
+    return message(_lines(b"AAAA=!", size), "Content-Transfer-Encoding: base64",
+                   content_type="application/octet-stream")
+
+
+# --- HTML -------------------------------------------------------------------------------------
+
+
+def _html(body: bytes) -> bytes:
+    return message(body, content_type="text/html; charset=utf-8")
+
+
+@hostile(baseline="html")
+def html_unclosed_tags(size: int) -> bytes:
+    """"<a" repeated: html.parser is quadratic on it."""
+    return _html(b"<a" * (size // 2))
+
+
+@hostile(baseline="html")
+def html_unclosed_end_tags(size: int) -> bytes:
+    return _html(b"</" * (size // 2))
+
+
+@hostile(baseline="html")
+def html_unterminated_comment(size: int) -> bytes:
+    return _html(b"<p>before</p><!--" + b"-" * size)
+
+
+@hostile(baseline="html")
+def html_unterminated_declaration(size: int) -> bytes:
+    return _html(b"<p>before</p><!" + b"a" * size)
+
+
+@hostile(baseline="html")
+def html_lone_brackets(size: int) -> bytes:
+    return _html(b"<" * size)
+
+
+@hostile("renders only its start", baseline="html")
+def html_huge(size: int) -> bytes:
+    """An HTML body larger than the rendering cap."""
+    return _html(_lines(b"<p>The quick <b>brown</b> fox.</p>\r\n", max(size, 5 << 20)))
+
+
+# --- S/MIME -----------------------------------------------------------------------------------
+
+
+@hostile("S/MIME")
+def smime_garbage(size: int) -> bytes:
+    """An S/MIME container that is random bytes."""
+    junk = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(size // 32))
+    return message(base64.encodebytes(junk).replace(b"\n", CRLF), "Content-Transfer-Encoding: base64",
+                   content_type='application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"')
+
+
+@hostile("S/MIME")
+def smime_nested_der(size: int) -> bytes:
+    """A signed-data container whose DER nests deeper and deeper."""
+    n = max(1000, size // 4)
+    der = b"\x30\x80" * n  # indefinite-length SEQUENCEs, never closed
+    return message(base64.encodebytes(der).replace(b"\n", CRLF), "Content-Transfer-Encoding: base64",
+                   content_type='application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"')
+
+
+# --- big but well formed ----------------------------------------------------------------------
+
+
+@hostile()
+def big_text_body(size: int) -> bytes:
+    """A large 8-bit text body in a legacy charset (decoded as a stream)."""
+    return message(_lines("Grüße aus Köln, schöne Straße.\r\n".encode("latin-1"), size),
+                   content_type="text/plain; charset=iso-8859-1")
