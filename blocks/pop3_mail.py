@@ -376,8 +376,8 @@ class POP3MailConfiguration(Block):
             where = f"differ from the saved configuration {name!r}" if name else "are not saved"
             raise pickle.PicklingError(
                 f"POP3 Mail Configuration: the block holds secrets ({', '.join(holding)}) "
-                f"that {where}, and secrets never travel in a pickle (as a Dask task runner sends task parameters): save the "
-                "configuration and pass its name"
+                f"that {where}, and secrets never travel in a pickle (a Dask task runner "
+                "pickles task parameters): save the configuration and pass its name"
             )
         return _unpickle, (type(self), fields, dict(self.__pydantic_private__ or {}),
                            name if holding else None)
