@@ -234,7 +234,7 @@ def _raise_if_nothing_saved(report: ReceiveReport) -> None:
         first = report.failed[0]
         raise MessagesNotReceivedError(
             f"{report.configuration}: {len(report.failed)} message(s) could not be received "
-            f"and stay on the server; first: {first.uidl}: {first.error}"
+            f"and stay on the server; first: {first.uidl}: {first.error_type}: {first.error}"
         )
 
 

@@ -230,12 +230,12 @@ class MailboxReceiver:
                 try:
                     head = header_fields(parse_headers(session.top(number, 0)))
                 except POP3ReplyError as exc:
-                    self._fail(number, uidl, exc, count=False)
+                    self._fail(number, uidl, exc)
                     continue
                 except POP3MailError:
                     raise  # the session's fault, not this message's
                 except Exception as exc:  # its headers: this message's failure alone
-                    self._fail(number, uidl, exc, count=False)
+                    self._fail(number, uidl, exc)
                     continue
                 if not opts.filters.matches(head["sender"], head["recipients"], head["subject"]):
                     self.report.skipped_filtered += 1
@@ -295,7 +295,7 @@ class MailboxReceiver:
             for done, (number, sink, refused) in enumerate(messages, 1):
                 uidl = listing.uidls[number]
                 if refused is not None:
-                    self._fail(number, uidl, refused, count=False)
+                    self._fail(number, uidl, refused)
                     continue
                 assert isinstance(sink, IncomingMessage)
                 arriving.clear()
@@ -303,7 +303,7 @@ class MailboxReceiver:
                     mail = self._save(number, uidl, sink)
                 except _RUN_FAULTS as exc:
                     sink.discard()
-                    self._fail(number, uidl, exc, count=False)
+                    self._fail(number, uidl, exc)
                     log.error("Stopping this run: %s. Later messages wait on the server.", exc)
                     return True
                 if mail is None:
@@ -342,12 +342,15 @@ class MailboxReceiver:
         except Exception as exc:  # any fault of this one message is its own
             if not isinstance(exc, POP3MailError):
                 log.exception("%s: saving message %s failed", self.configuration, uidl)
-            attempts = self._fail(number, uidl, exc)
+            attempts = self.journal.record_failure(uidl, "save")
             if attempts < self.options.quarantine_after:
+                self._fail(number, uidl, exc, attempts=attempts)
                 sink.discard()
                 return None
+            log.warning("%s: message %s failed %d times; setting it aside in quarantine",
+                        self.configuration, uidl, attempts)
             return self.store.quarantine(sink, uidl, f"failed {attempts} times; last: "
-                                         f"{type(exc).__name__}: {exc}")
+                                         f"{type(exc).__name__}: {_describe(exc)}")
 
     def _count_session_failure(self, arriving: list[tuple[int, IncomingMessage]],
                                listing: _Listing) -> None:
@@ -355,20 +358,17 @@ class MailboxReceiver:
         so it cannot block the mailbox forever."""
         for number, sink in arriving:
             sink.discard()
-            self._fail(number, listing.uidls[number],
-                       MessageTooLargeError("larger than the maximum message size"),
-                       kind="retr")
+            uidl = listing.uidls[number]
+            self._fail(number, uidl, MessageTooLargeError("larger than the maximum message size"),
+                       attempts=self.journal.record_failure(uidl, "retr"))
 
-    def _fail(self, number: int, uidl: str, error: BaseException, *, count: bool = True,
-              kind: str = "save") -> int:
-        """Record one message's failure; returns its failed attempts so far."""
-        attempts = self.journal.record_failure(uidl, kind) if count else 1
+    def _fail(self, number: int, uidl: str, error: BaseException, *, attempts: int = 1) -> None:
+        """Report one message's failure this run; it stays on the server."""
         log.warning("Message %s not received, left on the server: %s", uidl, error)
         self.report.failed.append(
             MessageFailure(uidl=uidl, number=number, error=_describe(error),
                            error_type=type(error).__name__, attempts=attempts)
         )
-        return attempts
 
 
 def _describe(error: BaseException) -> str:

@@ -9,6 +9,7 @@ cleanup outside it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -73,7 +74,11 @@ def open_private_dir(parent_fd: int, name: str, shown: Path, mode: int = 0o700, 
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
-        raise _refuse(shown, _os_problem(exc)) from exc
+        problem = _os_problem(exc)
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.lstat(name, dir_fd=parent_fd).st_mode):
+                problem = "is a symbolic link; refused"
+        raise _refuse(shown, problem) from exc
     if private:
         info = os.fstat(fd)
         if info.st_uid != os.geteuid() or info.st_mode & 0o077:

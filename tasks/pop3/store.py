@@ -147,11 +147,12 @@ class MessageStore:
     def incoming(self) -> IncomingMessage:
         return IncomingMessage(self._work / f"incoming-{uuid.uuid4().hex}.eml", self.file_mode)
 
-    def folder_name(self, uidl: str, date: datetime | None) -> str:
-        """Stable for a message of this mailbox: its date and a hash of its UIDL."""
+    def folder_name(self, uidl: str, date: datetime | None, sha256: str) -> str:
+        """Stable for a message of this mailbox: its date and a hash of its UIDL and
+        content, so saving it again replaces its folder, and a message that a server gave
+        a reused UIDL gets a folder of its own."""
         stamp = date.strftime("%Y%m%d-%H%M%S") if date else "undated"
-        digest = hashlib.sha256(f"{self._mailbox}\0{uidl}".encode()).hexdigest()[:12]
-        return f"{stamp}-{digest}"
+        return f"{stamp}-{self.stable_id(uidl, sha256)[:12]}"
 
     def stable_id(self, uidl: str, sha256: str) -> str:
         """The id a message keeps across runs: a reused UIDL gets another one."""
@@ -162,7 +163,7 @@ class MessageStore:
         with _os_errors(incoming.path), open(incoming.path, "rb") as f:
             head = _read_head(f)
         headers = header_fields(head)
-        name = self.folder_name(uidl, headers["date"])
+        name = self.folder_name(uidl, headers["date"], incoming.sha256)
         staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
         staging = self._work / staging_name
         findings = _Findings(sender=headers["sender"])
@@ -198,7 +199,7 @@ class MessageStore:
                 headers = header_fields(_read_head(f))
         except Exception:  # the message is here because reading it fails
             headers = {}
-        name = self.folder_name(uidl, headers.get("date"))
+        name = self.folder_name(uidl, headers.get("date"), incoming.sha256)
         staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
         staging = self._work / staging_name
         quarantine_fd = open_private_dir(self.state.root_fd, QUARANTINE_DIR,
