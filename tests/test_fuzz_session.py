@@ -9,11 +9,12 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3.errors import POP3MailError
+from prefect_pop3mail.tasks.pop3.errors import InvalidUIDLError, POP3MailError
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
     ReceiveOptions,
@@ -21,6 +22,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     Security,
 )
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
+from tests.servers.faultserver import FaultServer, raw
+from tests.test_session_faults import logged_in, settings_for
 
 SOAK = os.environ.get("POP3MAIL_SOAK") == "1"
 EXAMPLES = 2000 if SOAK else 120
@@ -90,3 +93,40 @@ def test_any_server_reply_ends_in_our_error_or_success(tmp_path_factory, payload
     finally:
         server.close()
     assert outside(root, save_dir) == outside_before
+
+
+# --- UIDL listings: any entry, one verdict per message --------------------------------------
+
+uid_bytes = st.one_of(
+    st.sampled_from([b"uid-1", b"uid-2", b"x" * 70, b"x" * 71, b"", b"a b", b"caf\xc3\xa9"]),
+    st.binary(max_size=80).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+)
+entries = st.lists(st.tuples(st.integers(1, 12), uid_bytes), max_size=30)
+
+
+@pytest.fixture(scope="module")
+def listing_server():
+    with FaultServer([b"Subject: x\r\n\r\nx\r\n"]) as server:
+        yield server
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(listing=entries)
+def test_any_uidl_listing_gives_valid_unique_uidls_and_a_verdict_per_message(
+    listing_server, listing
+):
+    wire = b"".join(b"%d %s\r\n" % (n, uid) for n, uid in listing)
+    wire = b"".join(b"." + line if line.startswith(b".") else line
+                    for line in wire.splitlines(keepends=True))
+    listing_server.clear_faults()
+    listing_server.on("UIDL", raw(b"+OK\r\n" + wire + b".\r\n"))
+    with logged_in(settings_for(listing_server)) as session:
+        valid = session.uidl()
+        invalid = session.invalid_uidls
+        assert session.noop().startswith(b"+OK")  # still in step with the server
+    listed = {n for n, _ in listing}
+    assert set(valid) | set(invalid) == listed and not set(valid) & set(invalid)
+    assert len(set(valid.values())) == len(valid)  # unique
+    assert all(0 < len(u) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in u)
+               for u in valid.values())
+    assert all(isinstance(e, InvalidUIDLError) and e.number == n for n, e in invalid.items())

@@ -208,6 +208,7 @@ def test_listing_commands_and_rset(mailbox):
     with POP3Session(mailbox.settings(Security.IMPLICIT)) as session:
         session.login()
         sizes, uidls = session.list(), session.uidl()
+        assert len(uidls) == 3 and session.invalid_uidls == {}  # a real server's UIDLs pass
         assert session.list(2) == {2: sizes[2]} and session.uidl(3) == {3: uidls[3]}
         session.dele(2)
         session.noop()  # the pipelined DELE's reply is read before NOOP's

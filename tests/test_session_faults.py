@@ -15,6 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_pop3mail.tasks.pop3.errors import (
+    DuplicateUIDLError,
+    InvalidUIDLError,
     MessageTooLargeError,
     POP3AuthError,
     POP3AuthResponseError,
@@ -29,12 +31,23 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3TimeoutError,
     POP3TLSError,
     STLSNotOfferedError,
+    UntrustedCertificateError,
+    WrongSecurityModeError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import CHUNK
+from prefect_pop3mail.tasks.pop3.lineio import CHUNK, MAX_CAPA_BYTES, MAX_LISTING_BYTES
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
 from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import sample_message
-from tests.servers.faultserver import FaultServer, cut_after, delay, drop, raw, reply
+from tests.servers.faultserver import (
+    FaultServer,
+    cut_after,
+    delay,
+    drop,
+    endless,
+    raw,
+    reply,
+    trickle,
+)
 
 MESSAGES = [sample_message(i, body=f"Body {i}.\n.dot line\n") for i in range(1, 7)]
 
@@ -279,6 +292,158 @@ def test_pipelined_commands_travel_in_batches(server):
     assert server.commands.count("NOOP") == 2
 
 
+# --- bounded work per server (issue #11) ------------------------------------------------------
+# A trickle never lets one read time out (a byte every 20 ms, timeout 0.5 s); without the
+# per-reply deadline each of these would take the trickle's full length, minutes to hours.
+TRICKLE = 100_000  # bytes: at one per 20 ms, over half an hour
+
+
+def sent_to_last_session(server: FaultServer) -> int:
+    """Bytes the server sent to the last session, once that session has ended there."""
+    server.stop()  # waits for the session threads to record how they ended
+    return server.bytes_sent[-1]
+
+
+def assert_ended_and_intact(session: POP3Session, server: FaultServer) -> None:
+    """The session closed itself (no QUIT, so nothing deleted) and says why."""
+    with pytest.raises(POP3ConnectionError, match="earlier error.*nothing was deleted"):
+        session.noop()
+    assert server.messages == MESSAGES
+
+
+def test_trickled_status_line_hits_the_reply_deadline(server):
+    server.on("STAT", trickle(b"+OK " + b"1" * TRICKLE))
+    with logged_in(settings_for(server, timeout=0.5)) as session:
+        with pytest.raises(POP3TimeoutError, match="reply to STAT is too slow"):
+            session.stat()
+        assert_ended_and_intact(session, server)
+    assert sent_to_last_session(server) < 2000  # gave up after about a second's worth
+
+
+def test_trickled_message_body_hits_the_reply_deadline(server):
+    server.on("RETR", trickle(b"+OK\r\n" + b"x" * TRICKLE), args=("2",))
+    with logged_in(settings_for(server, timeout=0.5)) as session:
+        results = {}
+        with pytest.raises(POP3TimeoutError, match="reply to RETR is too slow"):
+            for number, sink, _refused in session.retrieve([1, 2, 3], lambda _n: io.BytesIO()):
+                results[number] = sink.getvalue()
+        assert list(results) == [1]  # the message before the trickle arrived whole
+        assert_ended_and_intact(session, server)
+
+
+def test_trickled_greeting_hits_the_reply_deadline(server):
+    server.on("GREETING", trickle(b"+OK " + b"g" * TRICKLE))
+    with pytest.raises(POP3TimeoutError, match="reply to greeting is too slow"):
+        POP3Session(settings_for(server, timeout=0.5)).connect()
+
+
+def test_trickled_sasl_challenge_hits_the_reply_deadline(server):
+    server.on("AUTH", trickle(b"+ " + b"A" * TRICKLE))
+    session = POP3Session(settings_for(server, timeout=0.5, login_method=LoginMethod.PLAIN))
+    session.connect()
+    with pytest.raises(POP3TimeoutError, match="reply to AUTH is too slow"):
+        session.login()
+    assert_ended_and_intact(session, server)
+
+
+@pytest.mark.parametrize(
+    ("command", "piece", "cap"),
+    [
+        ("UIDL", b"1 " + b"u" * 70 + b"\r\n", MAX_LISTING_BYTES),
+        ("LIST", b"1 " + b"9" * 70 + b"\r\n", MAX_LISTING_BYTES),
+    ],
+)
+def test_endless_listing_stops_at_its_cap(server, command, piece, cap):
+    server.on(command, endless(b"+OK\r\n", piece))
+    with logged_in(settings_for(server, timeout=10)) as session:
+        with pytest.raises(POP3ProtocolError, match=f"reply to {command} is longer than its "
+                                                    f"cap of {cap} bytes"):
+            session.uidl() if command == "UIDL" else session.list()
+        assert_ended_and_intact(session, server)
+    assert sent_to_last_session(server) < cap + (16 << 20)  # the cap and socket buffers
+
+
+def test_huge_capa_stops_at_its_cap_during_connect(server):
+    server.on("CAPA", endless(b"+OK\r\n", b"X-EXTENSION " + b"y" * 100 + b"\r\n"))
+    with pytest.raises(POP3ProtocolError, match=f"reply to CAPA is longer than its cap of "
+                                                f"{MAX_CAPA_BYTES} bytes"):
+        POP3Session(settings_for(server, timeout=10)).connect()
+    assert sent_to_last_session(server) < MAX_CAPA_BYTES + (16 << 20)
+
+
+def test_endless_top_stops_at_its_limit(server):
+    server.on("TOP", endless(b"+OK\r\n", b"X-Header: " + b"h" * 60 + b"\r\n"))
+    with logged_in(settings_for(server, timeout=10)) as session:
+        with pytest.raises(MessageTooLargeError, match="limit of 65536"):
+            session.top(1, 0, limit=65536)
+        assert_ended_and_intact(session, server)
+
+
+@pytest.mark.parametrize("pipelining", [None, False], ids=["pipelined", "sequential"])
+def test_endless_retr_stops_at_the_limit_and_keeps_the_mailbox(server, pipelining):
+    server.on("RETR", endless(b"+OK\r\n", b"x" * 998 + b"\r\n"), args=("2",))
+    limit = 1 << 20
+    sinks: dict[int, io.BytesIO] = {}
+
+    def open_sink(number: int) -> io.BytesIO:
+        sinks[number] = io.BytesIO()
+        return sinks[number]
+
+    with logged_in(settings_for(server, timeout=10), pipelining=pipelining) as session:
+        done = []
+        with pytest.raises(MessageTooLargeError, match=f"limit of {limit}"):
+            for number, _sink, _refused in session.retrieve([1, 2, 3], open_sink, limit=limit):
+                done.append(number)
+                session.dele(number)
+        assert done == [1]
+        assert len(sinks[2].getvalue()) <= limit  # nothing past the limit reached the sink
+        assert_ended_and_intact(session, server)  # DELE 1 was sent, but never committed
+
+
+INVALID_UIDLS = {
+    2: (b"2 " + b"L" * 71, "71 characters long"),
+    3: (b"3 bad\x01uid", "outside 0x21-0x7E"),
+    4: ("4 caf\u00e9".encode(), "outside 0x21-0x7E"),
+    5: (b"5", "missing"),
+    6: (b"6 two words", "white space"),
+}
+
+
+def test_invalid_uidls_are_set_aside_per_message(server):
+    lines = [b"1 good-1", *(line for line, _ in INVALID_UIDLS.values()), b"7 " + b"k" * 70]
+    server.on("UIDL", raw(b"+OK\r\n" + b"".join(line + b"\r\n" for line in lines) + b".\r\n"))
+    with logged_in(settings_for(server)) as session:
+        assert session.uidl() == {1: "good-1", 7: "k" * 70}  # 70 characters is still fine
+        assert sorted(session.invalid_uidls) == sorted(INVALID_UIDLS)
+        for number, (_line, problem) in INVALID_UIDLS.items():
+            error = session.invalid_uidls[number]
+            assert type(error) is InvalidUIDLError and error.number == number
+            assert f"message {number}:" in str(error) and problem in str(error)
+            assert not error.retryable
+        assert session.stat()[0] == len(MESSAGES)  # still in step with the server
+
+
+def test_duplicate_uidls_set_aside_every_holder(server):
+    listing = b"1 same\r\n2 other\r\n3 same\r\n4 twice-a\r\n4 twice-b\r\n5 same\r\n.\r\n"
+    server.on("UIDL", raw(b"+OK\r\n" + listing))
+    with logged_in(settings_for(server)) as session:
+        assert session.uidl() == {2: "other"}
+        shared = {n: e for n, e in session.invalid_uidls.items() if isinstance(e, DuplicateUIDLError)}
+        assert sorted(shared) == [1, 3, 5]
+        assert "also the UIDL of message 3, 5" in str(shared[1])
+        assert "listed twice" in str(session.invalid_uidls[4])
+        server.clear_faults()  # the next clean listing replaces the record
+        assert len(session.uidl()) == len(MESSAGES) and session.invalid_uidls == {}
+
+
+def test_invalid_uidl_of_one_message_asked_for_alone_is_raised(server):
+    server.on("UIDL", reply("+OK 2 " + "L" * 80), args=("2",))
+    with logged_in(settings_for(server)) as session:
+        with pytest.raises(InvalidUIDLError, match="message 2: .*80 characters"):
+            session.uidl(2)
+        assert session.uidl(1) == {1: server._uids[0]}
+
+
 # --- replies and response codes -----------------------------------------------------------
 
 
@@ -387,6 +552,39 @@ def test_untrusted_certificate_is_refused(ca):
             POP3Session(settings_for(srv, security=Security.IMPLICIT,
                                      tls_ca_file=None)).connect()
         assert srv.commands == []
+
+
+def test_implicit_tls_against_a_plain_port_says_so(server):
+    with pytest.raises(WrongSecurityModeError, match=f"{server.host}:{server.port} speaks plain "
+                                                     "POP3.*use port 995"):
+        POP3Session(settings_for(server, security=Security.IMPLICIT)).connect()
+
+
+@pytest.mark.parametrize("security", [Security.NONE, Security.EXPLICIT])
+def test_plain_or_stls_against_an_implicit_tls_port_says_so(ca, security):
+    with FaultServer(MESSAGES, ca=ca, security="implicit") as srv:
+        with pytest.raises(WrongSecurityModeError, match="expects implicit TLS. Set Security "
+                                                         "to 'Implicit SSL/TLS'"):
+            POP3Session(settings_for(srv, security=security, timeout=60)).connect()
+        assert srv.commands == []  # nothing was sent in plain text
+
+
+def test_a_slow_greeting_on_a_plain_port_is_waited_for(server):
+    """Silence past the greeting patience, then a greeting: the probe finds no TLS, and
+    the session goes on as usual."""
+    server.on("GREETING", delay(2.5), times=1)
+    with POP3Session(settings_for(server, timeout=10)) as session:
+        session.login()
+        assert session.stat()[0] == len(MESSAGES)
+
+
+def test_untrusted_certificate_error_names_issuer_and_settings(ca):
+    with FaultServer(MESSAGES, ca=ca, security="implicit") as srv:
+        with pytest.raises(UntrustedCertificateError) as caught:
+            POP3Session(settings_for(srv, security=Security.IMPLICIT, tls_ca_file=None)).connect()
+    text = str(caught.value)
+    assert f"localhost:{srv.port} is not trusted" in text and "issued by" in text
+    assert "trustme" in text and "tls_ca_file" in text and "tls_verify" in text
 
 
 def test_missing_ca_file_names_the_field(ca, tmp_path):

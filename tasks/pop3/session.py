@@ -13,6 +13,7 @@ import io
 import itertools
 import logging
 import re
+import selectors
 import socket
 import ssl
 from collections import deque
@@ -21,9 +22,12 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
+from prefect_pop3mail.tasks.pop3 import probes
 from prefect_pop3mail.tasks.pop3.errors import (
     RESPONSE_CODE_ERRORS,
     ConfigurationError,
+    DuplicateUIDLError,
+    InvalidUIDLError,
     POP3AuthError,
     POP3ConnectionError,
     POP3MailError,
@@ -32,10 +36,24 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3TimeoutError,
     POP3TLSError,
     STLSNotOfferedError,
+    UntrustedCertificateError,
+    WrongSecurityModeError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import LineReader
-from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
+from prefect_pop3mail.tasks.pop3.lineio import (
+    MAX_CAPA_BYTES,
+    MAX_LISTING_BYTES,
+    QUOTE,
+    LineReader,
+)
+from prefect_pop3mail.tasks.pop3.models import (
+    DEFAULT_PORTS,
+    ConnectionSettings,
+    LoginMethod,
+    Security,
+)
+from prefect_pop3mail.tasks.pop3.redaction import Redactor
 from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
+from prefect_pop3mail.tasks.pop3.tls import client_context
 
 log = logging.getLogger("pop3mail.session")
 
@@ -47,26 +65,23 @@ _APOP_STAMP = re.compile(rb"<[^<>@]+@[^<>]+>")
 # (Dovecot on an unencrypted connection) say so in the reply to USER.
 _AUTH_COMMANDS = {"USER", "PASS", "APOP", "AUTH"}
 _PIPELINING_CHECK = "NOOP (pipelining check)"
+#: RFC 1939 section 7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
+_UIDL = re.compile(rb"[\x21-\x7e]{1,70}")
+_NUMBER = re.compile(rb"[0-9]{1,12}")
+#: Without implicit TLS, how long a port may stay silent before we look whether it waits
+#: for a TLS handshake instead (a greeting that never comes would cost the whole timeout).
+GREETING_PATIENCE = 2.0
 
 
 def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
-    """A client context: verification on unless turned off, TLS 1.2 at least."""
-    if settings.tls_verify:
-        try:
-            context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError("tls_ca_file", f"cannot load CA file: {exc}") from exc
-    else:
+    """The shared client context (system CAs plus tls_ca_file), or unverified on request."""
+    if not settings.tls_verify:
         log.warning(
             "TLS certificate verification is OFF for %s: anyone on the path can read the "
             "password and the mail. Use tls_ca_file for a private CA instead.",
             settings.host,
         )
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
+    return client_context(settings.tls_ca_file, verify=settings.tls_verify)
 
 
 class POP3Session:
@@ -94,12 +109,16 @@ class POP3Session:
         self._out = bytearray()
         self._unsent = 0  # the last commands in _pending, still in _out
         self._pipelining_checked = False
-        self._secret_words: list[bytes] = []
+        #: Every secret sent in this session, cut out of any server text we quote.
+        self._redact = Redactor()
         #: Why the session was closed under the caller, for the error of the next command.
         self._broken: str | None = None
         #: DELEs the server refused (-ERR), with its reply; the messages stay on the server.
         self.refused_deletions: dict[int, POP3ReplyError] = {}
         self._deletions: deque[int] = deque()  # numbers of the DELEs in _pending, in order
+        #: Messages of the last UIDL listing left out of its result: their UIDL breaks
+        #: RFC 1939 or is shared (number -> error). They cannot be journalled safely.
+        self.invalid_uidls: dict[int, InvalidUIDLError] = {}
 
     # --- connection -----------------------------------------------------------------
 
@@ -128,8 +147,10 @@ class POP3Session:
         self._sock = sock
         try:
             if s.security is Security.IMPLICIT:
-                self._start_tls()
-            self._reader = LineReader(self._sock)
+                self._start_tls(implicit=True)
+            else:
+                self._expect_plain_greeting()
+            self._reader = self._new_reader()
             self.greeting = self._status("greeting")
             log.debug("S: %s", self.greeting.decode("utf-8", "replace"))
             self.capa()
@@ -145,18 +166,55 @@ class POP3Session:
             raise
         return self.greeting
 
-    def _start_tls(self) -> None:
+    def _new_reader(self) -> LineReader:
         assert self._sock is not None
+        return LineReader(self._sock, self.settings.timeout, redact=self._redact)
+
+    def _expect_plain_greeting(self) -> None:
+        """A port that stays silent may be waiting for a TLS handshake (implicit TLS): ask
+        it, instead of waiting the whole timeout for a greeting that never comes."""
+        assert self._sock is not None
+        s = self.settings
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._sock, selectors.EVENT_READ)
+            if selector.select(min(GREETING_PATIENCE, s.timeout)) or not probes.speaks_tls(s):
+                return
+        raise WrongSecurityModeError(
+            f"the server at {s.host}:{s.port} sends no POP3 greeting and answers a TLS "
+            f"handshake: it expects implicit TLS. Set Security to '{Security.IMPLICIT.value}' "
+            f"for this port, or use port {DEFAULT_PORTS[s.security]} for '{s.security.value}'"
+        )
+
+    def _start_tls(self, implicit: bool = False) -> None:
+        assert self._sock is not None
+        s = self.settings
         try:
-            self._sock = tls_context(self.settings).wrap_socket(
-                self._sock, server_hostname=self.settings.host
-            )
+            self._sock = tls_context(s).wrap_socket(self._sock, server_hostname=s.host)
         except ssl.SSLCertVerificationError as exc:
-            raise POP3TLSError(
-                f"certificate of {self.settings.host} not trusted: {exc.verify_message}"
-            ) from exc
+            raise self._untrusted(exc) from exc
         except (ssl.SSLError, OSError) as exc:
-            raise POP3TLSError(f"TLS handshake with {self.settings.host} failed: {exc}") from exc
+            if implicit and probes.greets_in_plain_text(s):
+                raise WrongSecurityModeError(
+                    f"the server at {s.host}:{s.port} speaks plain POP3, not implicit TLS: set "
+                    f"Security to '{Security.EXPLICIT.value}' (or '{Security.NONE.value}') for "
+                    f"this port, or use port {DEFAULT_PORTS[Security.IMPLICIT]} for "
+                    f"'{Security.IMPLICIT.value}'"
+                ) from exc
+            raise POP3TLSError(f"TLS handshake with {s.host}:{s.port} failed: {exc}") from exc
+
+    def _untrusted(self, exc: ssl.SSLCertVerificationError) -> UntrustedCertificateError:
+        """Say whose certificate it is, and name the two settings that decide trust."""
+        s = self.settings
+        der = probes.peer_certificate(s)
+        seen = f"; it is {probes.describe_certificate(der)}" if der else ""
+        trusted = (f"the system's CAs and those in TLS CA file {s.tls_ca_file}"
+                   if s.tls_ca_file else "the system's CAs only")
+        return UntrustedCertificateError(
+            f"the certificate of {s.host}:{s.port} is not trusted ({exc.verify_message})"
+            f"{seen}. Trusted are {trusted}. For a private or self-signed CA, set 'TLS CA "
+            "file' (tls_ca_file) to the CA's PEM file; turning 'Verify TLS certificate' "
+            "(tls_verify) off skips the check, for testing only"
+        )
 
     @property
     def is_encrypted(self) -> bool:
@@ -202,10 +260,6 @@ class POP3Session:
     def _send(self, command: str, line: str | None = None) -> None:
         """Queue ``command``; ``line``, when given, is the wire text and holds a secret."""
         log.debug("C: %s", command if line is None else f"{command} ****")
-        if line is not None:
-            # PASS's whole argument is the secret; APOP and AUTH put it in the last word.
-            arguments = line.encode("utf-8").partition(b" ")[2]
-            self._secret_words = [w for w in {arguments, arguments.rpartition(b" ")[2]} if w]
         self._out += ((command if line is None else line) + "\r\n").encode("utf-8")
         self._pending.append(command.split(" ", 1)[0].upper())
         self._unsent += 1
@@ -220,6 +274,10 @@ class POP3Session:
         self._unsent = 0
         try:
             self._sock.sendall(self._out)
+            if hasattr(socket, "TCP_QUICKACK"):
+                # ACK the reply at once: servers that write it in pieces with Nagle on
+                # (popa3d, solid-pop3d) would wait ~40 ms per command for a delayed ACK.
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         except TimeoutError as exc:
             self._give_up(exc)
             raise POP3TimeoutError("sending to the server timed out") from exc
@@ -255,6 +313,7 @@ class POP3Session:
         """Read one status line and raise the mapped error on -ERR."""
         if self._reader is None:
             raise self._not_connected()
+        self._reader.begin(command)
         try:
             line = self._reader.status_line()
         except POP3TimeoutError as exc:
@@ -274,14 +333,12 @@ class POP3Session:
         if command == _PIPELINING_CHECK:
             error = POP3ProtocolError(
                 "the server offers PIPELINING but answered a pipelined NOOP with something "
-                "else; try pipelining off", line)
+                "else; try pipelining off", self._redact(line))
             self._give_up(error)
             raise error
         if line.startswith(b"-ERR"):
-            for word in self._secret_words:  # in case a server echoes what it was sent
-                line = line.replace(word, b"****")
-            raise _reply_error(command, line)
-        error = POP3ProtocolError(f"unexpected reply to {command}", line)
+            raise _reply_error(command, line, self._redact)
+        error = POP3ProtocolError(f"unexpected reply to {command}", self._redact(line))
         self._give_up(error)
         raise error
 
@@ -317,11 +374,11 @@ class POP3Session:
         self._send(command, line)
         return self._reply()
 
-    def _longcmd(self, command: str) -> list[bytes]:
+    def _longcmd(self, command: str, max_bytes: int = MAX_LISTING_BYTES) -> list[bytes]:
         self._shortcmd(command)
         assert self._reader is not None
         try:
-            return self._reader.body_lines()
+            return self._reader.body_lines(max_bytes)
         except POP3MailError as exc:
             self._give_up(exc)
             raise
@@ -335,7 +392,7 @@ class POP3Session:
 
     def capa(self) -> dict[str, list[str]]:
         try:
-            lines = self._longcmd("CAPA")
+            lines = self._longcmd("CAPA", MAX_CAPA_BYTES)
         except POP3ReplyError:
             lines = []
         caps: dict[str, list[str]] = {}
@@ -367,7 +424,7 @@ class POP3Session:
             self._give_up(exc)
             raise
         assert self._sock is not None
-        self._reader = LineReader(self._sock)
+        self._reader = self._new_reader()
         self.capa()  # capabilities may change once encrypted (RFC 2595 section 4)
         return reply
 
@@ -375,13 +432,16 @@ class POP3Session:
         return self._shortcmd(f"USER {name}")
 
     def pass_(self, password: SecretStr) -> bytes:
-        return self._shortcmd("PASS", f"PASS {password.get_secret_value()}")
+        secret = password.get_secret_value()
+        self._redact.remember(secret)
+        return self._shortcmd("PASS", f"PASS {secret}")
 
     def apop(self, name: str, password: SecretStr) -> bytes:
         stamp = _APOP_STAMP.search(self.greeting)
         if not stamp:
             raise POP3AuthError("APOP", "-ERR the server greeting has no APOP timestamp")
         digest = hashlib.md5(stamp.group(0) + password.get_secret_value().encode()).hexdigest()
+        self._redact.remember(password.get_secret_value(), digest)
         return self._shortcmd("APOP", f"APOP {name} {digest}")
 
     def auth(self, mechanism: str, response: bytes, initial_response: bool = True) -> bytes:
@@ -396,6 +456,7 @@ class POP3Session:
         """
         self._sasl_failure_detail = None
         encoded = base64.b64encode(response) or b"="
+        self._redact.remember(response)
         self._drain()
         if initial_response:
             self._send("AUTH", f"AUTH {mechanism} {encoded.decode('ascii')}")
@@ -405,18 +466,17 @@ class POP3Session:
         if not initial_response and _is_challenge(line):
             line = self._continue_sasl(encoded)
         if _is_challenge(line):
-            self._sasl_failure_detail = _decode_challenge(line)
+            self._sasl_failure_detail = _decode_challenge(line, self._redact)
             line = self._continue_sasl(_SASL_ERROR_ACK.get(mechanism.upper(), b""))
         self._pending.popleft()
         if line.startswith(b"+OK"):
             return line
         if line.startswith(b"-ERR"):
-            line = line.replace(encoded, b"****")  # in case a server echoes the response
             if self._sasl_failure_detail:
                 line += f" (server said: {self._sasl_failure_detail})".encode()
-            raise _reply_error("AUTH", line)
+            raise _reply_error("AUTH", line, self._redact)
         # poplib's _shortcmd would take any other "+" line for success; it is not one.
-        error = POP3ProtocolError("unexpected reply to AUTH", line)
+        error = POP3ProtocolError("unexpected reply to AUTH", self._redact(line))
         self._give_up(error)
         raise error
 
@@ -429,6 +489,7 @@ class POP3Session:
             log.debug("C: <SASL response>")
             self._out += data + b"\r\n"
         self._flush()
+        self._reader.begin("AUTH")
         try:
             return self._reader.status_line()
         except POP3MailError as exc:
@@ -437,37 +498,72 @@ class POP3Session:
 
     def stat(self) -> tuple[int, int]:
         words = self._shortcmd("STAT").split()
-        try:
-            return int(words[1]), int(words[2])
-        except (IndexError, ValueError) as exc:
-            raise POP3ProtocolError("malformed STAT reply", b" ".join(words)) from exc
+        # Checked, not caught: a ValueError would quote the reply, unredacted, as its cause.
+        if len(words) < 3 or not (_NUMBER.fullmatch(words[1]) and _NUMBER.fullmatch(words[2])):
+            raise POP3ProtocolError("malformed STAT reply", self._quote(b" ".join(words)))
+        return int(words[1]), int(words[2])
 
     def list(self, number: int | None = None) -> dict[int, int]:
         """Message number to size in octets, for every message or just ``number``."""
-        return {n: int(v) for n, v in self._listing("LIST", number)}
+        sizes: dict[int, int] = {}
+        for n, words, raw in self._listing("LIST", number):
+            if not words or not _NUMBER.fullmatch(words[0]):
+                raise POP3ProtocolError("malformed LIST line", self._quote(raw))
+            sizes[n] = int(words[0])
+        return sizes
 
     def uidl(self, number: int | None = None) -> dict[int, str]:
-        """Message number to unique id, for every message or just ``number``."""
-        return dict(self._listing("UIDL", number))
+        """Message number to unique id, for every message or just ``number``.
 
-    def _listing(self, command: str, number: int | None) -> Iterator[tuple[int, str]]:
+        A UIDL that breaks RFC 1939 (1-70 characters 0x21-0x7E), a message listed twice,
+        and a UIDL several messages share are left out and recorded in ``invalid_uidls``
+        instead: one bad entry must not stop the mailbox, and such a message cannot be
+        journalled safely. Asked for one ``number``, its InvalidUIDLError is raised.
+        """
+        found: dict[int, bytes] = {}
+        invalid: dict[int, InvalidUIDLError] = {}
+        for n, words, raw in self._listing("UIDL", number):
+            problem = _uidl_problem(words)
+            if n in found or n in invalid:
+                problem = "listed twice in one UIDL listing"
+                found.pop(n, None)
+            if problem:
+                invalid[n] = InvalidUIDLError(n, problem, self._quote(raw))
+            else:
+                found[n] = words[0]
+        holders: dict[bytes, list[int]] = {}
+        for n, uid in found.items():
+            holders.setdefault(uid, []).append(n)
+        for uid, numbers in holders.items():
+            for n in numbers if len(numbers) > 1 else ():
+                others = ", ".join(str(m) for m in numbers if m != n)
+                invalid[n] = DuplicateUIDLError(
+                    n, f"its UIDL is also the UIDL of message {others}", self._quote(uid))
+                del found[n]
+        self.invalid_uidls = invalid
+        if number is not None and number in invalid:
+            raise invalid[number]
+        return {n: uid.decode("ascii") for n, uid in found.items()}
+
+    def _listing(self, command: str, number: int | None) -> list[tuple[int, list[bytes], bytes]]:
+        """(message number, the other words, the line) for each line of a listing; a line
+        without a message number is not attributable and fails the whole listing."""
         if number is None:
-            return self._numbered(self._longcmd(command), command)
-        # "+OK 3 120": the scan listing of one message follows +OK on the status line.
-        reply = self._shortcmd(f"{command} {number}")
-        return self._numbered([reply[3:].strip()], command)
-
-    @staticmethod
-    def _numbered(lines: list[bytes], command: str) -> Iterator[tuple[int, str]]:
+            lines = self._longcmd(command)
+        else:
+            # "+OK 3 120": the scan listing of one message follows +OK on the status line.
+            lines = [self._shortcmd(f"{command} {number}")[3:].strip()]
+        entries = []
         for raw in lines:
-            parts = raw.split()
-            try:
-                number, value = int(parts[0]), parts[1].decode("ascii")
-                if command == "LIST":
-                    int(value)
-            except (IndexError, ValueError, UnicodeDecodeError) as exc:
-                raise POP3ProtocolError(f"malformed {command} line", raw[:80]) from exc
-            yield number, value
+            words = raw.split()
+            if not words or not _NUMBER.fullmatch(words[0]) or int(words[0]) < 1:
+                raise POP3ProtocolError(f"malformed {command} line", self._quote(raw))
+            entries.append((int(words[0]), words[1:], raw))
+        return entries
+
+    def _quote(self, data: bytes) -> bytes:
+        """Server bytes for an error: secrets cut out first, then cut to length."""
+        return self._redact(data)[:QUOTE]
 
     def top(self, number: int, lines: int = 0, limit: int = 1 << 20) -> bytes:
         """The headers and the first ``lines`` body lines of a message (at most ``limit``
@@ -589,6 +685,7 @@ class POP3Session:
             self.apop(s.user, s.password)
         elif method is LoginMethod.PLAIN:
             secret = s.password.get_secret_value()
+            self._redact.remember(secret)
             self.auth("PLAIN", f"\0{s.user}\0{secret}".encode(), s.sasl_initial_response)
         else:
             self.user(s.user)
@@ -613,6 +710,7 @@ class POP3Session:
     def _oauth_login(self, method: LoginMethod, token: SecretStr) -> None:
         """XOAUTH2 or OAUTHBEARER (RFC 7628) as the configured user, the mailbox address."""
         user, bearer = self.settings.user, token.get_secret_value()
+        self._redact.remember(bearer)
         if method is LoginMethod.XOAUTH2:
             message = f"user={user}\x01auth=Bearer {bearer}\x01\x01"
         else:
@@ -623,9 +721,8 @@ class POP3Session:
             self.auth(method.value.upper(), message.encode(), self.settings.sasl_initial_response)
         except POP3AuthError:
             # The next login gets a fresh token, with any permission granted since.
-            forget = getattr(self.settings.token_provider, "forget_token", None)
-            if callable(forget):
-                forget()
+            if self.settings.token_provider is not None:
+                self.settings.token_provider.forget_token()
             raise
 
     # Kept for diagnostics (connection check); never contains the token.
@@ -642,27 +739,42 @@ def _is_challenge(line: bytes) -> bool:
     return line == b"+" or line.startswith(b"+ ")
 
 
-def _decode_challenge(line: bytes) -> str | None:
-    """The text of a server challenge (XOAUTH2/OAUTHBEARER send a JSON error), bounded."""
+def _decode_challenge(line: bytes, redact: Callable[[bytes], bytes]) -> str | None:
+    """The text of a server challenge (XOAUTH2/OAUTHBEARER send a JSON error), bounded,
+    with any echoed secret cut out before it is shortened."""
     try:
-        text = base64.b64decode(line[2:].strip(), validate=True).decode("utf-8", "replace")
+        data = base64.b64decode(line[2:].strip(), validate=True)
     except ValueError:
         return None
+    text = redact(data).decode("utf-8", "replace")
     return " ".join(text.split())[:300] or None
 
 
-def _reply_error(command: str, line: bytes) -> POP3ReplyError:
+def _uidl_problem(words: list[bytes]) -> str | None:
+    """Why a listed UIDL breaks RFC 1939, or None."""
+    if not words:
+        return "the UIDL is missing"
+    if len(words) > 1:
+        return "the UIDL contains white space"
+    if len(words[0]) > 70:
+        return f"the UIDL is {len(words[0])} characters long, over RFC 1939's 70"
+    if not _UIDL.fullmatch(words[0]):
+        return "the UIDL has characters outside 0x21-0x7E"
+    return None
+
+
+def _reply_error(command: str, line: bytes, redact: Callable[[bytes], bytes]) -> POP3ReplyError:
+    """The error for a -ERR: its class from the reply as sent, its text redacted."""
+    error_class = POP3AuthError if command in _AUTH_COMMANDS else POP3ReplyError
     match = _RESPONSE_CODE.match(line)
     if match:
         code = match.group(1).decode("ascii").upper()
         while code:  # the most specific code we know: SYS/TEMP/FULL -> SYS/TEMP
-            error_class = RESPONSE_CODE_ERRORS.get(code)
-            if error_class:
-                return error_class(command, line)
+            if code in RESPONSE_CODE_ERRORS:
+                error_class = RESPONSE_CODE_ERRORS[code]
+                break
             code = code.rpartition("/")[0]
-    if command in _AUTH_COMMANDS:
-        return POP3AuthError(command, line)
-    return POP3ReplyError(command, line)
+    return error_class(command, redact(line))
 
 
 __all__ = ["POP3Session", "tls_context"]
