@@ -1,9 +1,22 @@
 # The two commands of the README: `make demo` (the main job) and `make test` (every test).
+# `make test-min` runs a fast subset against the lowest Prefect that pyproject.toml allows.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test venv venv-test packages bench lint
+# The floor in pyproject.toml (`prefect>=...`): 3.4.10 is the first with concurrency
+# leases. Prefect 3.4 sets no upper bound on FastAPI and today's FastAPI breaks its server,
+# so the floor is tested with the FastAPI of its time. Prefect 3.4's block test suite
+# imports Pillow.
+MIN_PREFECT := 3.4.10
+MIN_VENV := .venv-minprefect
+MIN_PY := $(MIN_VENV)/bin/python
+MIN_PINS := 'prefect==$(MIN_PREFECT)' 'fastapi<0.116' pillow
+MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tests/test_cli.py
+# A test of the events client that Prefect 3.4 does not have (the events themselves are sent).
+MIN_DESELECT := --deselect tests/test_flows.py::test_receive_all_results_artifacts_and_events
+
+.PHONY: demo test test-min venv venv-min packages bench lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +24,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+$(MIN_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_PY) -m pip install -q --upgrade pip
+	$(MIN_PY) -m pip install -q -e '.[test]' $(MIN_PINS)
+	touch $@
+
 venv: $(VENV)/.installed
+
+venv-min: $(MIN_VENV)/.installed
 
 packages:
 	bash tests/setup/debian-packages.sh
@@ -21,6 +42,10 @@ demo: venv packages
 
 test: venv packages
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-min: venv-min packages
+	$(MIN_PY) -c 'import prefect; assert prefect.__version__ == "$(MIN_PREFECT)", prefect.__version__'
+	$(MIN_PY) -m pytest $(MIN_TESTS) $(MIN_DESELECT) $(PYTEST_ARGS)
 
 bench: venv packages
 	$(PY) -m bench

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,12 +122,14 @@ class PrefectServer:
             return "(no server log)"
         return self.log_file.read_text(errors="replace")[-size:]
 
-    def cli(self, *args: str, timeout: float = 120.0, **env: str) -> str:
-        """Run ``prefect ARGS`` from the project root against this server; its output."""
+    def cli(self, *args: str, timeout: float = 120.0, cwd: Path = PROJECT_ROOT,
+            prefect: Sequence[str] = (PREFECT,), **env: str) -> str:
+        """Run ``prefect ARGS`` (another installation's with ``prefect``) in ``cwd``, the
+        project root by default, against this server; its output."""
         done = subprocess.run(
-            [PREFECT, *args],
+            [*prefect, *args],
             env=self.env(**env),
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -154,14 +156,15 @@ class PrefectServer:
         return PrefectClient(api=self.api_url)
 
     @contextlib.contextmanager
-    def worker(self, pool: str, log_file: Path, **env: str) -> Iterator[subprocess.Popen]:
+    def worker(self, pool: str, log_file: Path, cwd: Path = PROJECT_ROOT,
+               prefect: Sequence[str] = (PREFECT,), **env: str) -> Iterator[subprocess.Popen]:
         """A process worker polling ``pool`` every second; stopped with its flow runs."""
         log = open(log_file, "ab")
         process = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
+            [*prefect, "worker", "start", "--pool", pool, "--type", "process"],
             env=self.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
                          **env),
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

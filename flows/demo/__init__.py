@@ -1,9 +1,12 @@
 """The demo (`make demo`): a local sample mailbox, the receive-all flow, what was saved where.
 
 Starts a throwaway Dovecot on 127.0.0.1 (or, where Dovecot can't run, e.g. without root,
-the project's own POP3 test server) with a TLS certificate from a throwaway CA, seeds it
+the project's own POP3 test server) with a TLS certificate from a throwaway CA, fills it
 with a few realistic messages, saves a POP3 Mail Configuration block, and runs
 ``receive_all_mail`` through Prefect (its embedded server when no PREFECT_API_URL is set).
+
+The sample mailbox comes from the checkout's ``tests/servers``, so the demo runs from a clone
+only: it is a subpackage that pyproject.toml leaves out of the wheel.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ class SampleMailbox:
 
 
 def start_sample_mailbox(messages: list[bytes]) -> SampleMailbox:
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root))
+    checkout = Path(__file__).resolve().parents[2]  # flows/demo/ -> the clone's root
+    sys.path.insert(0, str(checkout))
     import trustme
 
     from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
@@ -98,7 +101,7 @@ def main() -> None:
     mailbox = start_sample_mailbox(sample_messages())
     try:
         POP3MailConfiguration(
-            description="Demo: a local Dovecot seeded with sample mail",
+            description="Demo: a local mailbox with sample mail",
             server="localhost",
             port=mailbox.port,
             security="Implicit SSL/TLS",
