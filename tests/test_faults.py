@@ -34,7 +34,7 @@ from prefect_pop3mail.tasks.pop3.models import (
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import sample_message
-from tests.servers.faultserver import FaultServer, raw
+from tests.servers.faultserver import FaultServer, raw, trickle
 
 DROPS = int(os.environ.get("POP3MAIL_DROPS", "30"))
 
@@ -159,6 +159,29 @@ def test_a_silent_server_times_out_and_deletes_nothing(tmp_path):
             receive_mailbox("slow", settings_for(server, timeout=1), SaveOptions(directory=tmp_path),
                             ReceiveOptions(remove_after_read=True))
         assert len(server.messages) == 1
+
+
+def test_a_trickling_server_ends_the_run_at_the_reply_deadline(tmp_path):
+    """One byte every 20 ms never trips the 1 s read timeout; the reply deadline does."""
+    with FaultServer([sample_message(1), sample_message(2)]) as server:
+        server.on("RETR", trickle(b"+OK\r\n" + b"x" * 100_000), args=("2",))
+        with pytest.raises(POP3TimeoutError, match="reply to RETR is too slow"):
+            receive_mailbox("trickle", settings_for(server, timeout=1),
+                            SaveOptions(directory=tmp_path),
+                            ReceiveOptions(remove_after_read=True, pipelining=False))
+        assert len(server.messages) == 2  # the session died: not even message 1 was deleted
+    assert len(list(tmp_path.glob("*/message.eml"))) == 1  # but it is saved and journalled
+
+
+def test_invalid_and_shared_uidls_leave_those_messages_and_receive_the_rest(tmp_path):
+    messages = [sample_message(i) for i in range(1, 6)]
+    listing = b"1 good-1\r\n2 bad\x7fuid\r\n3 shared\r\n4 shared\r\n5 good-5\r\n.\r\n"
+    with FaultServer(messages) as server:
+        server.on("UIDL", raw(b"+OK\r\n" + listing))
+        report = receive_mailbox("uidls", settings_for(server), SaveOptions(directory=tmp_path),
+                                 ReceiveOptions(remove_after_read=True))
+        assert sorted(m.uidl for m in report.received) == ["good-1", "good-5"]
+        assert server.messages == messages[1:4]  # never deleted: the journal cannot name them
 
 
 def test_every_engine_error_is_one_tree():

@@ -431,6 +431,7 @@ def test_duplicate_uidls_set_aside_every_holder(server):
         shared = {n: e for n, e in session.invalid_uidls.items() if isinstance(e, DuplicateUIDLError)}
         assert sorted(shared) == [1, 3, 5]
         assert "also the UIDL of message 3, 5" in str(shared[1])
+        assert {e.uidl for e in shared.values()} == {"same"}  # kept for the journal's prune
         assert "listed twice" in str(session.invalid_uidls[4])
         server.clear_faults()  # the next clean listing replaces the record
         assert len(session.uidl()) == len(MESSAGES) and session.invalid_uidls == {}

@@ -84,15 +84,21 @@ class InvalidUIDLError(POP3ProtocolError):
     message cannot be journalled safely, so it stays on the server."""
 
     retryable = False
+    #: The UIDL when it is well-formed but shared (DuplicateUIDLError), else None.
+    uidl: str | None = None
 
-    def __init__(self, number: int, problem: str, uidl: bytes | str | None = None):
+    def __init__(self, number: int, problem: str, reply: bytes | str | None = None):
         self.number = number
-        super().__init__(f"message {number}: {problem}", uidl)
+        super().__init__(f"message {number}: {problem}", reply)
 
 
 class DuplicateUIDLError(InvalidUIDLError):
     """Two or more messages of one listing share a UIDL: the journal could not tell them
     apart, so none of them is received or deleted."""
+
+    def __init__(self, number: int, problem: str, uidl: str):
+        super().__init__(number, problem, uidl)
+        self.uidl = uidl
 
 
 # --- replies ---------------------------------------------------------------------------
@@ -137,10 +143,6 @@ class POP3AuthResponseError(POP3AuthError):
     """[AUTH]: the credentials are wrong, as opposed to a server fault (RFC 3206)."""
 
 
-class MessageGoneError(POP3ReplyError):
-    """RETR/DELE/TOP of a message that no longer exists."""
-
-
 RESPONSE_CODE_ERRORS: dict[str, type[POP3ReplyError]] = {
     "IN-USE": POP3InUseError,
     "LOGIN-DELAY": POP3LoginDelayError,
@@ -148,6 +150,22 @@ RESPONSE_CODE_ERRORS: dict[str, type[POP3ReplyError]] = {
     "SYS/PERM": POP3SysPermError,
     "AUTH": POP3AuthResponseError,
 }
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+class MessagesNotReceivedError(POP3MailError):
+    """No message of the run could be saved; they all stay on the server."""
+
+
+class MailboxesFailedError(POP3MailError):
+    """Some mailboxes of a many-mailbox run failed; ``received`` has the others' mail, by
+    configuration name."""
+
+    def __init__(self, message: str, received: dict):
+        super().__init__(message)
+        self.received = received
 
 
 # --- OAuth2 ----------------------------------------------------------------------------

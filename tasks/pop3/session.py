@@ -538,7 +538,7 @@ class POP3Session:
             for n in numbers if len(numbers) > 1 else ():
                 others = ", ".join(str(m) for m in numbers if m != n)
                 invalid[n] = DuplicateUIDLError(
-                    n, f"its UIDL is also the UIDL of message {others}", self._quote(uid))
+                    n, f"its UIDL is also the UIDL of message {others}", uid.decode("ascii"))
                 del found[n]
         self.invalid_uidls = invalid
         if number is not None and number in invalid:
