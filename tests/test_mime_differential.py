@@ -103,7 +103,11 @@ def assert_same_files(source: Path, tmp: Path) -> None:
     assert streamed == reference
 
 
-@pytest.mark.parametrize("name", CASES)
+#: Corpus cases past one of our limits (MIME depth), where the email package has none.
+BEYOND_LIMITS = {"hostile_deep_nesting"}
+
+
+@pytest.mark.parametrize("name", [c for c in CASES if c not in BEYOND_LIMITS])
 def test_streaming_parser_and_email_package_agree_on_the_corpus(name, tmp_path):
     assert_same_files(CORPUS / name / "message.eml", tmp_path)
 

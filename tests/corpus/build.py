@@ -809,6 +809,64 @@ def unknown_transfer_encoding():
                 warnings=["unknown transfer encoding 'x-custom'"])
 
 
+# --- hostile input (tests/hostile.py has the large ones) -------------------------------------
+
+
+@case
+def hostile_not_a_text_charset():
+    body = "Plain text, labelled with a compression codec.\n"
+    return Case("hostile_not_a_text_charset",
+                "charset=zlib_codec: never used to decode (no decompressing 'charsets'); read as text",
+                message("Codec", {"Content-Type": "text/plain; charset=zlib_codec"}, crlf(body)),
+                {"text.txt": text(body)},
+                warnings=["charset 'zlib_codec' is not a text charset"])
+
+
+@case
+def hostile_rfc2231_mixed_sections():
+    body = "See attached.\n"
+    parts = [leaf({"Content-Type": "text/plain; charset=utf-8"}, crlf(body)),
+             leaf({"Content-Type": "application/pdf; name*0=x; name*=y",
+                   "Content-Disposition": "attachment; filename*0=first; filename*=second.pdf",
+                   "Content-Transfer-Encoding": "base64"}, b64(PDF))]
+    return Case("hostile_rfc2231_mixed_sections",
+                "RFC 2231 sections mixed with an unnumbered one (the email package raises "
+                "TypeError): the first section 0 wins",
+                message("Mixed sections", {"Content-Type": 'multipart/mixed; boundary="m"'},
+                        multipart("m", parts)),
+                {"text.txt": text(body), "attachments/first": PDF})
+
+
+@case
+def hostile_deep_nesting():
+    body = "Top text.\n"
+    inner = leaf({"Content-Type": "text/plain"}, b"deep\r\n")
+    for level in range(70, 0, -1):
+        inner = leaf({"Content-Type": f'multipart/mixed; boundary="n{level}"'},
+                     multipart(f"n{level}", [inner]))
+    parts = [leaf({"Content-Type": "text/plain; charset=utf-8"}, crlf(body)), inner]
+    return Case("hostile_deep_nesting",
+                "70 nested multiparts: past the depth cap a multipart is read as a leaf and "
+                "stays only in the original",
+                message("Deep", {"Content-Type": 'multipart/mixed; boundary="top"'},
+                        multipart("top", parts)),
+                {"text.txt": text(body)},
+                warnings=["nested too deeply"])
+
+
+@case
+def hostile_qp_long_line():
+    data = b"A" * 300_000
+    parts = [leaf({"Content-Type": "application/octet-stream",
+                   "Content-Disposition": 'attachment; filename="long.bin"',
+                   "Content-Transfer-Encoding": "quoted-printable"}, b"=41" * len(data))]
+    return Case("hostile_qp_long_line",
+                "a quoted-printable body of one 900 kB line: decoded in pieces, exactly",
+                message("Long line", {"Content-Type": 'multipart/mixed; boundary="q"'},
+                        multipart("q", parts)),
+                {"attachments/long.bin": data})
+
+
 # --- S/MIME ---------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,83 @@
+"""Hostile messages against ordinary ones: for the worst case of each class in
+tests/hostile.py, the time (median of 5) and peak traced memory of MessageStore.save, as
+ratios to an ordinary message of the same size (text, or HTML for the HTML classes),
+measured in the same run.
+
+    .venv/bin/python -m bench hostile                 # every class, 1 MB
+    POP3MAIL_BENCH_SIZE=4194304 .venv/bin/python -m bench hostile
+    .venv/bin/python -m bench.bench_hostile many_parts html_unclosed_tags
+
+A ratio far above the others, or one that grows with the size, marks work that is not
+linear in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+from bench.common import median_seconds, table
+from prefect_pop3mail.tasks.pop3.models import SaveOptions
+from prefect_pop3mail.tasks.pop3.store import MessageStore
+from tests.hostile import CLASSES, ordinary
+
+SIZE = int(os.environ.get("POP3MAIL_BENCH_SIZE", 1 << 20))
+REPEAT = 5
+
+
+class _Saver:
+    def __init__(self, root: Path):
+        self.store = MessageStore(SaveOptions(directory=root), "bench@hostile:110", "bench")
+        self.count = 0
+
+    def __call__(self, data: bytes) -> None:
+        self.count += 1
+        incoming = self.store.incoming()
+        incoming.write(data)
+        incoming.finish()
+        self.store.save(incoming, f"u{self.count}")
+
+
+def peak_bytes(save: _Saver, data: bytes) -> int:
+    tracemalloc.start()
+    try:
+        save(data)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def measure(save: _Saver, data: bytes) -> tuple[float, int]:
+    return median_seconds(lambda: save(data), repeat=REPEAT), peak_bytes(save, data)
+
+
+def main(names: list[str] | None = None) -> None:
+    names = names or sorted(CLASSES)
+    rows = []
+    baselines: dict[tuple[str, int], tuple[float, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
+        save = _Saver(Path(tmp))
+        for name in names:
+            case = CLASSES[name]
+            data = case.build(SIZE)
+            key = (case.baseline, len(data))
+            if key not in baselines:
+                baselines[key] = measure(save, ordinary(len(data), case.baseline))
+            base_time, base_peak = baselines[key]
+            seconds, peak = measure(save, data)
+            rows.append({
+                "class": name, "size": f"{len(data) / 1e6:.2f} MB", "baseline": case.baseline,
+                "time": f"{seconds * 1000:.0f} ms", "x time": f"{seconds / base_time:.1f}",
+                "peak": f"{peak / 1e6:.1f} MB", "x peak": f"{peak / max(base_peak, 1):.1f}",
+            })
+            print(f"  {name}: {seconds * 1000:.0f} ms", file=sys.stderr, flush=True)
+    print(f"MessageStore.save, hostile vs ordinary of the same size (medians of {REPEAT}; "
+          "peak = tracemalloc peak of one save)")
+    print(table(rows, ["class", "size", "baseline", "time", "x time", "peak", "x peak"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
