@@ -106,13 +106,13 @@ def _check(name: str) -> int:
 def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 
-    from prefect_pop3mail.tasks.activities import mail_receive_all
+    from prefect_pop3mail.tasks.activities import mail_list, mail_receive_all
 
     # One attempt: a person at a terminal retries on their own. A task run of its own, with
     # no flow around it: its logs stay on the terminal, without Prefect's warning about it.
-    task = mail_receive_all.with_options(retries=0)
+    task = (mail_list if dry_run else mail_receive_all).with_options(retries=0)
     with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
-        result = task(name, max_messages=max_messages, dry_run=dry_run)
+        result = task(name, max_messages=max_messages)
     if dry_run:
         print(f"{len(result)} message(s) would be received:")
         for listed in result:

@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import Task, flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_pop3mail.blocks import POP3MailConfiguration
 from prefect_pop3mail.tasks.activities import (
     Configuration,
     check_connection,
+    mail_list,
     mail_receive,
     mail_receive_all,
     resolve_configuration,
 )
-from prefect_pop3mail.tasks.pop3.errors import POP3MailError
-from prefect_pop3mail.tasks.pop3.models import ConnectionReport, ReceivedMail
+from prefect_pop3mail.tasks.pop3.errors import MailboxesFailedError, POP3MailError
+from prefect_pop3mail.tasks.pop3.models import ConnectionReport, ListedMessage, ReceivedMail
+
+__all__ = ["receive_mail", "receive_all_mail", "list_mail", "receive_from_mailboxes",
+           "check_pop3_connection", "MailboxesFailedError"]
 
 
-def _usable(configuration: Configuration) -> POP3MailConfiguration:
+def _active(configuration: Configuration) -> POP3MailConfiguration:
     """The configuration, refused (raised, so the run ends Failed naming it) if inactive."""
     config = resolve_configuration(configuration)
     config.ensure_active()
     return config
+
+
+def _for_tasks(configuration: Configuration, config: POP3MailConfiguration) -> Configuration:
+    """What the tasks get: the saved name when the flow was given one (each task loads it,
+    so no block, and no secret, travels to a task runner), else the block itself."""
+    return configuration.strip() if isinstance(configuration, str) else config
+
+
+def _timed(task: Task, config: POP3MailConfiguration) -> Task:
+    """The task with the configuration's run timeout: a hung run surfaces as a failure."""
+    return task.with_options(timeout_seconds=config.run_timeout or None)
 
 
 @flow(name="receive-mail", log_prints=True)
@@ -34,14 +49,29 @@ def receive_mail(
     """Receive one message (MAIL_RECEIVE): the first one not received yet.
 
     Args:
-        configuration: The saved POP3 Mail Configuration's name (or the block itself).
-        save_mail_text: Override "Save mail text" for this run.
-        save_mail_attachments: Override "Save mail attachments" for this run.
-        save_directory: Override the save directory for this run.
+        configuration: The name of a saved POP3 Mail Configuration (Blocks in the UI).
+        save_mail_text: Save the text and HTML bodies (empty: as the configuration says).
+        save_mail_attachments: Save the attachments (empty: as the configuration says).
+        save_directory: Save under this folder instead of the configuration's.
+
+    Returns:
+        The received message, with the paths of its saved files; None when none is waiting.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.flows import receive_mail
+
+        @flow
+        def process_next_order():
+            mail = receive_mail("orders-mailbox")
+            if mail:
+                print(mail.subject, mail.original_path)
+        ```
     """
-    config = _usable(configuration)
-    return mail_receive(
-        config,
+    config = _active(configuration)
+    return _timed(mail_receive, config)(
+        _for_tasks(configuration, config),
         save_mail_text=save_mail_text,
         save_mail_attachments=save_mail_attachments,
         save_directory=save_directory,
@@ -58,16 +88,40 @@ def receive_all_mail(
     sender_filter: str | None = None,
     recipient_filter: str | None = None,
     subject_filter: str | None = None,
-    dry_run: bool = False,
-) -> list:
+) -> list[ReceivedMail]:
     """Receive every message of a mailbox (MAIL_RECEIVEALL) and hand the saved files on.
 
-    The result is a list of ReceivedMail (paths of the saved original, bodies and
-    attachments); each message is also announced as a ``pop3mail.message.received`` event.
+    Each message is also announced as a `pop3mail.message.received` event, and the run as
+    one `pop3mail.mailbox.received` event, for automations and downstream deployments.
+
+    Args:
+        configuration: The name of a saved POP3 Mail Configuration (Blocks in the UI).
+        save_mail_text: Save the text and HTML bodies (empty: as the configuration says).
+        save_mail_attachments: Save the attachments (empty: as the configuration says).
+        save_directory: Save under this folder instead of the configuration's.
+        max_messages: Receive at most this many messages (empty: the configuration's limit).
+        sender_filter: Only messages whose From matches this regular expression.
+        recipient_filter: Only messages whose To or Cc matches this regular expression.
+        subject_filter: Only messages whose Subject matches this regular expression.
+
+    Returns:
+        The received messages, with the paths of their saved original, bodies and
+        attachments.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.flows import receive_all_mail
+
+        @flow
+        def nightly_invoices():
+            for mail in receive_all_mail("invoices-mailbox", subject_filter="(?i)invoice"):
+                print(mail.sender, [a.path for a in mail.attachments])
+        ```
     """
-    config = _usable(configuration)
-    return mail_receive_all(
-        config,
+    config = _active(configuration)
+    return _timed(mail_receive_all, config)(
+        _for_tasks(configuration, config),
         save_mail_text=save_mail_text,
         save_mail_attachments=save_mail_attachments,
         save_directory=save_directory,
@@ -75,16 +129,48 @@ def receive_all_mail(
         sender_filter=sender_filter,
         recipient_filter=recipient_filter,
         subject_filter=subject_filter,
-        dry_run=dry_run,
     )
 
 
-class MailboxesFailedError(POP3MailError):
-    """Some mailboxes of a receive_from_mailboxes run failed; ``received`` has the others'."""
+@flow(name="list-mail", log_prints=True)
+def list_mail(
+    configuration: Configuration,
+    max_messages: int | None = None,
+    sender_filter: str | None = None,
+    recipient_filter: str | None = None,
+    subject_filter: str | None = None,
+) -> list[ListedMessage]:
+    """List what receive-all-mail would receive (a dry run): retrieves, saves and deletes
+    nothing.
 
-    def __init__(self, message: str, received: dict[str, list[ReceivedMail]]):
-        super().__init__(message)
-        self.received = received
+    Args:
+        configuration: The name of a saved POP3 Mail Configuration (Blocks in the UI).
+        max_messages: List at most this many messages.
+        sender_filter: Only messages whose From matches this regular expression.
+        recipient_filter: Only messages whose To or Cc matches this regular expression.
+        subject_filter: Only messages whose Subject matches this regular expression.
+
+    Returns:
+        Number, UIDL, size, sender and subject of each message that would be received.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.flows import list_mail
+
+        @flow
+        def what_is_waiting():
+            return [m.subject for m in list_mail("orders-mailbox")]
+        ```
+    """
+    config = _active(configuration)
+    return _timed(mail_list, config)(
+        _for_tasks(configuration, config),
+        max_messages=max_messages,
+        sender_filter=sender_filter,
+        recipient_filter=recipient_filter,
+        subject_filter=subject_filter,
+    )
 
 
 #: Mailboxes received at once by default: enough to overlap network waits, few enough to
@@ -102,6 +188,24 @@ def receive_from_mailboxes(
 
     Every mailbox runs even when others fail; the flow then ends Failed with a
     MailboxesFailedError that names them and carries the received mail of the others.
+
+    Args:
+        configurations: Names of saved POP3 Mail Configurations.
+        max_messages: Receive at most this many messages from each mailbox.
+
+    Returns:
+        The received messages, by configuration name.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.flows import receive_from_mailboxes
+
+        @flow
+        def all_shops():
+            received = receive_from_mailboxes(["shop-de", "shop-fr", "shop-it"])
+            return {name: len(mails) for name, mails in received.items()}
+        ```
     """
     received: dict[str, list[ReceivedMail]] = {}
     failures: dict[str, str] = {}
@@ -109,12 +213,12 @@ def receive_from_mailboxes(
     for item in configurations:
         label = item if isinstance(item, str) else getattr(item, "configuration_name", "?")
         try:
-            config = _usable(item)
+            config = _active(item)
         except POP3MailError as exc:
             failures[label] = str(exc)
             continue
-        futures[config.configuration_name] = mail_receive_all.submit(
-            config, max_messages=max_messages
+        futures[config.configuration_name] = _timed(mail_receive_all, config).submit(
+            _for_tasks(item, config), max_messages=max_messages
         )
     for name, future in futures.items():
         future.wait()
@@ -133,6 +237,25 @@ def receive_from_mailboxes(
 
 @flow(name="check-pop3-connection", log_prints=True)
 def check_pop3_connection(configuration: Configuration) -> ConnectionReport:
-    """Check a configuration: TLS, capabilities, login, messages waiting. Retrieves nothing."""
-    config = _usable(configuration)
-    return check_connection(config)
+    """Check a configuration: TLS, capabilities, login, messages waiting. Retrieves nothing.
+
+    Args:
+        configuration: The name of a saved POP3 Mail Configuration (Blocks in the UI).
+
+    Returns:
+        Greeting, capabilities, TLS version and certificate, whether login works, the
+        messages waiting and, for OAUTH2, the token's facts and hints for the usual mistakes.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.flows import check_pop3_connection
+
+        @flow
+        def check_before_go_live():
+            report = check_pop3_connection("orders-mailbox")
+            assert report.login_ok, report.hints
+        ```
+    """
+    config = _active(configuration)
+    return check_connection(_for_tasks(configuration, config))

@@ -5,7 +5,7 @@ The engine in ``tasks.pop3`` never imports Prefect; importing it alone stays lig
 
 from __future__ import annotations
 
-__all__ = ["mail_receive", "mail_receive_all", "check_connection"]
+__all__ = ["mail_receive", "mail_receive_all", "mail_list", "check_connection"]
 
 
 def __getattr__(name: str):

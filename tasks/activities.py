@@ -13,9 +13,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from prefect_pop3mail.blocks import POP3MailConfiguration
+from prefect_pop3mail.blocks import POP3MailConfiguration, POP3MailServiceSettings
 from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
-from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, POP3MailError
+from prefect_pop3mail.tasks.pop3.errors import (
+    ConfigurationError,
+    MessagesNotReceivedError,
+    POP3MailError,
+)
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionReport,
     ConnectionSettings,
@@ -85,9 +89,11 @@ def _receive(
     name = config.configuration_name
     config.ensure_active()
     logger = _logger()
-    connection = connection_for(config)
+    service = POP3MailServiceSettings()  # the environment and .env, read once per run
+    connection = config.connection_settings(service)
     # Per-call overrides merge into the options here, once; the engine reads options only.
     save = config.save_options(
+        service,
         save_mail_text=save_mail_text,
         save_mail_attachments=save_mail_attachments,
         save_directory=save_directory,
@@ -147,13 +153,20 @@ def _filters(sender: str | None, recipient: str | None, subject: str | None) -> 
     return HeaderFilter(sender=sender, recipient=recipient, subject=subject)
 
 
-@task(
-    name="MAIL_RECEIVE",
-    cache_policy=NO_CACHE,
+#: A backstop for a hung worker: each command has its own deadline, so a run outlives this
+#: only on a mailbox far larger than one hour's worth. Flows apply the block's run_timeout.
+TASK_TIMEOUT_SECONDS = 6 * 3600
+
+_RECEIVING = dict(
+    cache_policy=NO_CACHE,  # it changes the outside world
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=_retry_when_transient,
+    timeout_seconds=TASK_TIMEOUT_SECONDS,
 )
+
+
+@task(name="MAIL_RECEIVE", **_RECEIVING)
 def mail_receive(
     configuration: Configuration,
     save_mail_text: bool | None = None,
@@ -163,16 +176,32 @@ def mail_receive(
     recipient_filter: str | None = None,
     subject_filter: str | None = None,
 ) -> ReceivedMail | None:
-    """MAIL_RECEIVE: receive the first message not yet received, or None when there is none.
+    """MAIL_RECEIVE: receive the first message not received yet.
 
     Args:
-        configuration: A POP3MailConfiguration, or the name it was saved under.
+        configuration: The name a POP3 Mail Configuration was saved under, or the block.
         save_mail_text: Override the configuration's "Save mail text" for this call.
         save_mail_attachments: Override "Save mail attachments" for this call.
         save_directory: Override the save directory for this call.
         sender_filter: Only a message whose From matches this regular expression.
         recipient_filter: Only a message whose To or Cc matches this regular expression.
         subject_filter: Only a message whose Subject matches this regular expression.
+
+    Returns:
+        The received message (paths of its saved files, headers, hashes), or None when no
+        message is waiting.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.tasks import mail_receive
+
+        @flow
+        def next_order():
+            mail = mail_receive("orders-mailbox")
+            if mail:
+                print(mail.subject, mail.original_path)
+        ```
     """
     report = _receive(
         configuration,
@@ -188,13 +217,7 @@ def mail_receive(
     return report.received[0] if report.received else None
 
 
-@task(
-    name="MAIL_RECEIVEALL",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_retry_when_transient,
-)
+@task(name="MAIL_RECEIVEALL", **_RECEIVING)
 def mail_receive_all(
     configuration: Configuration,
     save_mail_text: bool | None = None,
@@ -204,13 +227,36 @@ def mail_receive_all(
     sender_filter: str | None = None,
     recipient_filter: str | None = None,
     subject_filter: str | None = None,
-    dry_run: bool = False,
-) -> list[ReceivedMail] | list[ListedMessage]:
+) -> list[ReceivedMail]:
     """MAIL_RECEIVEALL: receive every message in the mailbox, in one POP3 session.
 
-    Messages that cannot be saved stay on the server and are reported (log, artifact);
-    the others are still received. With ``dry_run`` nothing is retrieved or deleted, and
-    the messages that would be received are returned as ``ListedMessage``.
+    A message that cannot be saved stays on the server and is reported (log, failures
+    artifact); the others are still received. One that fails run after run is set aside
+    in quarantine (its original kept). Fails only when no message at all could be saved.
+
+    Args:
+        configuration: The name a POP3 Mail Configuration was saved under, or the block.
+        save_mail_text: Override the configuration's "Save mail text" for this call.
+        save_mail_attachments: Override "Save mail attachments" for this call.
+        save_directory: Override the save directory for this call.
+        max_messages: Receive at most this many messages (empty: the configuration's limit).
+        sender_filter: Only messages whose From matches this regular expression.
+        recipient_filter: Only messages whose To or Cc matches this regular expression.
+        subject_filter: Only messages whose Subject matches this regular expression.
+
+    Returns:
+        The received messages, in server order, with the paths of their saved files.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.tasks import mail_receive_all
+
+        @flow
+        def orders():
+            for mail in mail_receive_all("orders-mailbox", subject_filter="^Order "):
+                print(mail.subject, [a.path for a in mail.attachments])
+        ```
     """
     report = _receive(
         configuration,
@@ -219,13 +265,56 @@ def mail_receive_all(
         save_mail_attachments=save_mail_attachments,
         save_directory=save_directory,
         filters=_filters(sender_filter, recipient_filter, subject_filter),
-        dry_run=dry_run,
+        dry_run=False,
         progress=True,
     )
-    if dry_run:
-        return report.listed
     _raise_if_nothing_saved(report)
     return report.received
+
+
+@task(name="POP3_LIST", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=_retry_when_transient, timeout_seconds=TASK_TIMEOUT_SECONDS)
+def mail_list(
+    configuration: Configuration,
+    max_messages: int | None = None,
+    sender_filter: str | None = None,
+    recipient_filter: str | None = None,
+    subject_filter: str | None = None,
+) -> list[ListedMessage]:
+    """List the messages MAIL_RECEIVEALL would receive: a dry run. Reads their headers
+    (TOP), retrieves, saves and deletes nothing.
+
+    Args:
+        configuration: The name a POP3 Mail Configuration was saved under, or the block.
+        max_messages: List at most this many messages.
+        sender_filter: Only messages whose From matches this regular expression.
+        recipient_filter: Only messages whose To or Cc matches this regular expression.
+        subject_filter: Only messages whose Subject matches this regular expression.
+
+    Returns:
+        Number, UIDL, size, sender and subject of each message that would be received.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.tasks import mail_list
+
+        @flow
+        def waiting():
+            return [m.subject for m in mail_list("orders-mailbox")]
+        ```
+    """
+    report = _receive(
+        configuration,
+        max_messages=max_messages,
+        save_mail_text=None,
+        save_mail_attachments=None,
+        save_directory=None,
+        filters=_filters(sender_filter, recipient_filter, subject_filter),
+        dry_run=True,
+        progress=False,
+    )
+    return report.listed
 
 
 def _raise_if_nothing_saved(report: ReceiveReport) -> None:
@@ -238,15 +327,27 @@ def _raise_if_nothing_saved(report: ReceiveReport) -> None:
         )
 
 
-class MessagesNotReceivedError(POP3MailError):
-    """No message of the run could be saved; they all stay on the server."""
-
-
 @task(name="POP3_CHECK_CONNECTION", cache_policy=NO_CACHE)
 def check_connection(configuration: Configuration) -> ConnectionReport:
-    """Connect, report greeting, capabilities, TLS and login, and count waiting messages.
-
+    """Connect, and report greeting, capabilities, TLS, login and the messages waiting.
     Retrieves and deletes nothing.
+
+    Args:
+        configuration: The name a POP3 Mail Configuration was saved under, or the block.
+
+    Returns:
+        What the check found, with hints for the usual OAuth2 mistakes.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_pop3mail.tasks import check_connection
+
+        @flow
+        def check():
+            report = check_connection("orders-mailbox")
+            assert report.login_ok, report.login_error
+        ```
     """
     config = resolve_configuration(configuration)
     config.ensure_active()

@@ -10,7 +10,12 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
-from prefect_pop3mail.flows import check_pop3_connection, receive_all_mail, receive_mail
+from prefect_pop3mail.flows import (
+    check_pop3_connection,
+    list_mail,
+    receive_all_mail,
+    receive_mail,
+)
 from prefect_pop3mail.tasks.activities import _retry_when_transient
 from prefect_pop3mail.tasks.pop3.errors import POP3AuthError, POP3ConnectionError, POP3InUseError
 from prefect_pop3mail.tasks.pop3.models import ListedMessage, ReceivedMail, Security
@@ -109,11 +114,14 @@ def test_dry_run_lists_and_changes_nothing(mailbox, tmp_path):
     mailbox.deliver(sample_message(1, Subject="Invoice 7"), sample_message(2))
     name = saved(mailbox, tmp_path, remove_from_server_after_read=True)
 
-    listed = receive_all_mail(name, dry_run=True)
+    listed = list_mail(name)
 
     assert [type(m) for m in listed] == [ListedMessage, ListedMessage]
     assert [m.subject for m in listed] == ["Invoice 7", "Message 2"]
     assert all(m.size > 0 and m.uidl for m in listed)
+    # One channel per setting: the per-call limit reaches the dry run too.
+    assert [m.subject for m in list_mail(name, max_messages=1)] == ["Invoice 7"]
+    assert [m.subject for m in list_mail(name, subject_filter="^Message")] == ["Message 2"]
     assert mailbox.count() == 2
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
