@@ -245,3 +245,22 @@ def test_the_property_test_would_see_a_leak():
     for form, echo in echoes(secret).items():
         error = POP3AuthError("PASS", b"-ERR " + echo)
         assert leaks(secret, " ".join(error_texts(error))), form
+
+
+@settings(max_examples=2000 if SOAK else 300, deadline=None)
+@given(secret=secrets, pieces=st.lists(st.one_of(st.binary(max_size=12),
+                                                  st.sampled_from(["as sent", "upper case",
+                                                                   "base64", "PLAIN response",
+                                                                   "XOAUTH2 response"])),
+                                        max_size=8))
+def test_property_the_redactor_leaves_no_form_and_keeps_the_rest(secret, pieces):
+    from prefect_pop3mail.tasks.pop3.redaction import MASK, Redactor
+
+    forms = echoes(secret)
+    data = b"".join(forms[p] if isinstance(p, str) else p for p in pieces)
+    redactor = Redactor()
+    redactor.remember(secret)
+    out = redactor(data)
+    assert not leaks(secret, out.decode("utf-8", "replace"))
+    if MASK not in out:
+        assert out == data  # nothing was found, nothing was changed

@@ -19,7 +19,6 @@ straddles a cut cannot leave a prefix behind.
 from __future__ import annotations
 
 import base64
-import re
 import unicodedata
 
 MASK = b"****"
@@ -65,27 +64,41 @@ def _embedded_base64(text: bytes, encode) -> set[bytes]:
 
 
 class Redactor:
-    """The secrets of one session, and the one function that hides them."""
+    """The secrets of one session, and the one function that hides them.
+
+    Matching is a plain search per form (no regular expression to compile: a long OAuth
+    token has dozens of forms of kilobytes each), and overlapping matches merge into one
+    mask, so nothing of a secret shows between two of its forms."""
 
     def __init__(self) -> None:
-        self._forms: set[bytes] = set()
-        self._pattern: re.Pattern[bytes] | None = None
+        self._forms: set[bytes] = set()  # ASCII lower case, for a case-blind search
 
     def remember(self, *secrets: str | bytes) -> None:
-        before = len(self._forms)
         for secret in secrets:
             if secret:
-                self._forms |= secret_forms(secret)
-        if len(self._forms) != before:
-            # Longest first, so a secret is cut whole before any of its words.
-            ordered = sorted(self._forms, key=len, reverse=True)
-            self._pattern = re.compile(b"|".join(map(re.escape, ordered)), re.IGNORECASE)
+                self._forms |= {form.lower() for form in secret_forms(secret)}
 
     def __call__(self, data: bytes) -> bytes:
-        return self._pattern.sub(MASK, data) if self._pattern else data
+        if not self._forms:
+            return data
+        lowered = data.lower()  # bytes.lower() changes ASCII letters only: same offsets
+        spans = []
+        for form in self._forms:
+            at = lowered.find(form)
+            while at >= 0:
+                spans.append((at, at + len(form)))
+                at = lowered.find(form, at + 1)
+        if not spans:
+            return data
+        out, done = bytearray(), 0
+        for begin, end in sorted(spans):
+            if begin > done or not out:
+                out += data[done:begin] + MASK
+            done = max(done, end)
+        return bytes(out + data[done:])
 
     def text(self, text: str) -> str:
-        """The same for text the session built from server bytes."""
-        if not self._pattern:
+        """The same for text built from server bytes."""
+        if not self._forms:
             return text
         return self(text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
