@@ -187,7 +187,7 @@ def _addresses(message: Message, name: str) -> list[str]:
 
 # Tokens of an address list. Every alternative starts with a different character, so the
 # scan never backtracks; an unterminated quoted string runs to the end.
-_ADDRESS_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|\\.?|[()<>,:;]|[^"\\()<>,:;]+', re.S)
+_ADDRESS_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|\\.?|\(+|\)+|[<>,:;]|[^"\\()<>,:;]+', re.S)
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
@@ -218,18 +218,20 @@ def split_addresses(value: str) -> list[tuple[str, str]]:
 
     for match in _ADDRESS_TOKENS.finditer(value[:MAX_FIELD_CHARS]):
         token = match.group()
-        if depth:
-            if token == "(":
-                depth += 1
-            elif token == ")":
-                depth -= 1
+        first = token[0]
+        if first == "(":  # a run of "(" opens a comment and nests in it
+            comment.append(token[1:] if not depth else token)
+            depth += len(token)
+        elif depth:
+            if first == ")":
+                closing = min(depth, len(token))
+                depth -= closing
                 if not depth:
+                    comment.append(token[:closing - 1])
                     comments.append("".join(comment))
                     comment = []
                     continue
-            comment.append(token[1:] if token[0] == "\\" else token)
-        elif token == "(":
-            depth = 1
+            comment.append(token[1:] if first == "\\" else token)
         elif in_angle:
             if token == ">":
                 in_angle = False
@@ -245,7 +247,7 @@ def split_addresses(value: str) -> list[tuple[str, str]]:
             display.append(_unquote(token))
         elif token[0] == "\\":
             display.append(token[1:])
-        elif token not in (")", ">"):
+        elif first not in ")>":
             display.append(token)
     finish()
     return pairs

@@ -13,7 +13,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from email.message import Message
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import BinaryIO, Protocol
 
 from prefect_pop3mail.tasks.pop3.headers import MAX_HEADER_BYTES, clip, parse_headers, split_params
@@ -317,6 +317,17 @@ class _End:
     closing: bool
 
 
+@lru_cache(maxsize=256)
+def _delimiters(stack: tuple[bytes, ...]) -> dict[bytes, _End]:
+    """What each delimiter line of ``stack`` (without its line ending) ends: one lookup per
+    line that starts with "--", however deep the stack."""
+    ends: dict[bytes, _End] = {}
+    for level, delimiter in enumerate(stack):  # inner levels overwrite: the innermost wins
+        ends[delimiter] = _End(level, False)
+        ends[delimiter + b"--"] = _End(level, True)
+    return ends
+
+
 @dataclass
 class StreamParser:
     """Parses one message file, calling ``visitor`` for each part.
@@ -335,17 +346,11 @@ class StreamParser:
 
     # Delimiter lines ------------------------------------------------------------------------
 
-    def _match(self, line: bytes, stack: list[bytes]) -> _End | None:
-        if not line.startswith(b"--") or not stack:
+    @staticmethod
+    def _match(line: bytes, ends: dict[bytes, _End]) -> _End | None:
+        if not line.startswith(b"--") or not ends:
             return None
-        core = line.rstrip(b"\r\n").rstrip(b" \t")
-        for level in range(len(stack) - 1, -1, -1):
-            delimiter = stack[level]
-            if core == delimiter:
-                return _End(level, False)
-            if core == delimiter + b"--":
-                return _End(level, True)
-        return None
+        return ends.get(line.rstrip(b"\r\n").rstrip(b" \t"))
 
     def _scan(self, sink: Sink, stack: list[bytes]) -> _End | None:
         """Copy body bytes to ``sink`` up to the next delimiter of ``stack`` and consume that
@@ -354,6 +359,7 @@ class StreamParser:
         src = self._src
         write = sink.write
         at_line_start = True
+        ends = _delimiters(tuple(stack))
         while True:
             buf = src.buf
             if not stack:
@@ -394,7 +400,7 @@ class StreamParser:
                 src.fill()
                 continue
             line = buf[start:nl + 1] if nl >= 0 else buf[start:start + MAX_DELIMITER_LINE]
-            found = self._match(line, stack)
+            found = self._match(line, ends)
             if found is None:
                 write(src.take(start + 2))
                 at_line_start = False
@@ -411,6 +417,7 @@ class StreamParser:
         src = self._src
         lines = []
         size = 0
+        ends = _delimiters(tuple(stack))
         while True:
             line = src.peek_line(MAX_HEADER_BYTES)
             if not line:
@@ -418,7 +425,7 @@ class StreamParser:
             if line in (b"\r\n", b"\n"):
                 src.take(src.pos + len(line))
                 break
-            if self._match(line, stack):
+            if self._match(line, ends):
                 break
             if not _HEADER_LINE.match(line):
                 self._warn(part, "no blank line between headers and body")
