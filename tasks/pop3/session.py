@@ -116,8 +116,8 @@ class POP3Session:
         #: DELEs the server refused (-ERR), with its reply; the messages stay on the server.
         self.refused_deletions: dict[int, POP3ReplyError] = {}
         self._deletions: deque[int] = deque()  # numbers of the DELEs in _pending, in order
-        #: Messages of the last UIDL listing left out of its result: their UIDL breaks
-        #: RFC 1939 or is shared (number -> error). They cannot be journalled safely.
+        #: Messages the last full UIDL listing left out: their UIDL breaks RFC 1939 or is
+        #: shared (number -> error). They cannot be journalled safely.
         self.invalid_uidls: dict[int, InvalidUIDLError] = {}
 
     # --- connection -----------------------------------------------------------------
@@ -540,8 +540,9 @@ class POP3Session:
                 invalid[n] = DuplicateUIDLError(
                     n, f"its UIDL is also the UIDL of message {others}", uid.decode("ascii"))
                 del found[n]
-        self.invalid_uidls = invalid
-        if number is not None and number in invalid:
+        if number is None:
+            self.invalid_uidls = invalid
+        elif number in invalid:
             raise invalid[number]
         return {n: uid.decode("ascii") for n, uid in found.items()}
 
