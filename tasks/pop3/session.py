@@ -279,8 +279,11 @@ class POP3Session:
                 # (popa3d, solid-pop3d) would wait ~40 ms per command for a delayed ACK.
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         except TimeoutError as exc:
+            command = self._pending[-1] if self._pending else "a command"
             self._give_up(exc)
-            raise POP3TimeoutError("sending to the server timed out") from exc
+            raise POP3TimeoutError(
+                f"sending {command} to the server timed out: it does not read"
+            ) from exc
         except OSError as exc:
             self._give_up(exc)
             raise POP3ConnectionError(f"connection lost: {exc.strerror or exc}") from exc
