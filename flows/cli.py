@@ -130,6 +130,9 @@ def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
     from prefect_pop3mail.tasks.pop3.errors import POP3MailError
 
     try:
@@ -138,7 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _receive(args.name, args.dry_run, args.max_messages)
     except POP3MailError as exc:  # the error names the field or the server's reply
         print(f"pop3mail {args.command}: {exc}", file=sys.stderr)
-        return FAILED
+    except httpx.HTTPError as exc:  # the Prefect API, where configurations are saved
+        print(f"pop3mail {args.command}: cannot use the Prefect API at "
+              f"{PREFECT_API_URL.value() or '(none set)'}: {exc or type(exc).__name__}. "
+              "Start it (prefect server start) or set PREFECT_API_URL.", file=sys.stderr)
+    return FAILED
 
 
 if __name__ == "__main__":

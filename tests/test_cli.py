@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -73,6 +74,20 @@ def test_the_installed_console_script_runs():
     usage = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
     assert usage.returncode == USAGE
     assert "usage: pop3mail" in usage.stderr
+
+
+def test_an_unreachable_prefect_api_is_named_not_a_traceback(tmp_path):
+    from tests.servers.dovecot import free_port
+
+    api = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path), PREFECT_CLIENT_MAX_RETRIES="0")
+    script = Path(sys.executable).with_name("pop3mail")
+    done = subprocess.run([str(script), "check", "orders"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == FAILED
+    assert done.stderr.startswith(f"pop3mail check: cannot use the Prefect API at {api}: ")
+    assert "Traceback" not in done.stderr
 
 
 # --- check -----------------------------------------------------------------------------
