@@ -10,7 +10,9 @@ Workloads (sizes overridable, see ``Sizes``):
 (a) 1,000 messages of 4 KB, TLS on loopback;  (b) 20 messages with 1 MB attachments;
 (c) 1,000 messages through a 10 ms-each-way latency proxy;  (d) peak RSS for one 100 MB
 message;  (e) 50 mailboxes of 100 messages by ``receive_from_mailboxes`` against one by
-``receive_all_mail``;  (f) Prefect's overhead: flow + task against ``receive_mailbox()``.
+``receive_all_mail``;  (f) Prefect's overhead: flow + task against ``receive_mailbox()``;
+(g) (a) and (c) against Debian's other POP3 servers (tests/servers/matrix.py), the engine
+against a poplib loop.
 
 Run: ``.venv/bin/python -m bench peers`` (root: Dovecot's logins change user; getmail6 and
 fetchmail are installed with apt-get when missing).
@@ -31,6 +33,7 @@ from collections.abc import Callable  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from bench.common import table  # noqa: E402
 from bench.peers_install import ensure_command  # noqa: E402
 from bench.peers_mail import small, with_attachment  # noqa: E402
 from bench.peers_measure import (  # noqa: E402
@@ -50,6 +53,7 @@ from bench.peers_report import (  # noqa: E402
     print_report,
 )
 from bench.peers_rss import rss_rows  # noqa: E402
+from bench.peers_servers import other_servers, server_rows  # noqa: E402
 from bench.peers_tools import (  # noqa: E402
     CommonNameCA,
     Mailbox,
@@ -190,13 +194,20 @@ def main() -> None:
         for name, missing in bench.missing.items():
             if missing:
                 print(f"{name} skipped: {missing}", file=sys.stderr)
-        rss = []
+        rss, others = [], []
         steps = {"a": bench.loopback, "b": bench.attachments, "c": bench.wan,
                  "d": lambda: rss.extend(bench.memory()), "e": bench.many_mailboxes,
-                 "f": bench.prefect_overhead}
+                 "f": bench.prefect_overhead,
+                 "g": lambda: others.extend(other_servers(sizes, CommonNameCA(), top / "g",
+                                                          WAN_DELAY))}
         for key in sizes.workloads:
             steps[key]()
-        print_report(bench.outcomes, rss, sizes, machine_before, describe_machine())
+        if bench.outcomes or rss:
+            print_report(bench.outcomes, rss, sizes, machine_before, describe_machine())
+        if others:
+            print("\n(g) the other servers of the interoperability matrix\n" + table(
+                server_rows(others), ["server, workload", "engine s", "poplib s",
+                                      "poplib / engine"]))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ class Sizes:
     """Workload sizes; each can be overridden by ``POP3MAIL_BENCH_<NAME>`` (upper case),
     e.g. ``POP3MAIL_BENCH_SMALL_MESSAGES=100 POP3MAIL_BENCH_WORKLOADS=af`` for a quick run."""
 
-    workloads: str = "abcdef"
+    workloads: str = "abcdefg"
     repeat: int = 3
     small_messages: int = 1000
     large_messages: int = 20

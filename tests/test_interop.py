@@ -43,14 +43,18 @@ MODES = [Security.NONE, Security.EXPLICIT, Security.IMPLICIT]
 METHODS = [LoginMethod.USER_PASS, LoginMethod.APOP, LoginMethod.PLAIN]
 
 
-@pytest.fixture(scope="module", params=list(matrix.SERVERS))
-def server(request, ca):
-    """One running server per row; module scope, so each starts once."""
-    reason = matrix.unavailable(request.param)
+def require(name: str) -> None:
+    reason = matrix.unavailable(name)
     if reason:
         if IN_CI:
             pytest.fail(f"CI must run the interoperability matrix, but: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module", params=list(matrix.SERVERS))
+def server(request, ca):
+    """One running server per row; module scope, so each starts once."""
+    require(request.param)
     running = matrix.start(request.param, ca)
     yield running
     running.stop()
@@ -215,6 +219,17 @@ def test_attachments_and_a_message_over_1_mb(box, tmp_path):
     assert box.count() == 0
 
 
+def test_dot_lines_and_a_long_line(box, tmp_path):
+    """Dot-stuffing both ways, and a line far over RFC 1939's 512 octets, on every server."""
+    lines = [".", "..", ".starts with a dot", "x" * 5000, "ends."]
+    box.deliver(sample_message(1, body="\n".join(lines) + "\n"))
+
+    report = box.receive(tmp_path)
+
+    (mail,) = report.received
+    assert mail.text_path.read_text().splitlines()[:5] == lines
+
+
 @pytest.mark.parametrize("pipelining", [None, False], ids=["offered", "off"])
 def test_pipelining_used_where_offered(server, box, tmp_path, pipelining):
     """PIPELINING is used only when CAPA offers it; without CAPA (or with pipelining off),
@@ -255,3 +270,33 @@ def test_flow_receive_all_mail(server, box, tmp_path):
     assert sorted(m.subject for m in received) == ["Attachments 2", "Message 1"]
     assert all(m.deleted for m in received)
     assert box.count() == 0
+
+
+# --- quirks a matrix row cannot show ---------------------------------------------------------
+
+def test_login_delay_from_debians_default_cyrus(ca, tmp_path):
+    """Debian's Cyrus allows one POP3 login a minute per user (popminpoll: 1). The second
+    run in that minute is refused with [LOGIN-DELAY]: a retryable error that says so,
+    after the retries, and nothing is lost or deleted."""
+    from prefect_pop3mail.tasks.pop3.errors import POP3LoginDelayError
+    from tests.servers.cyrus import CyrusPop3d
+
+    require("cyrus-pop3d")
+    server = CyrusPop3d(ca=ca, popminpoll=1).start()
+    try:
+        box = Box(server)
+        box.deliver(sample_message(1))
+        with POP3Session(box.settings()) as session:
+            assert session.capabilities["LOGIN-DELAY"] == ["60"]
+            session.login()
+        box.deliver(sample_message(2))
+
+        with pytest.raises(POP3LoginDelayError) as refused:
+            box.receive(tmp_path, remove_after_read=True, in_use_retries=1,
+                        in_use_backoff=0.01)
+
+        assert refused.value.retryable
+        assert "LOGIN-DELAY" in str(refused.value)
+        assert box.count() == 2
+    finally:
+        server.stop()

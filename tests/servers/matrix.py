@@ -14,6 +14,7 @@ from typing import ClassVar
 import trustme
 
 from prefect_pop3mail.tasks.pop3.models import LoginMethod, Security
+from tests.servers.cyrus import CyrusPop3d
 from tests.servers.dovecot import DOVECOT, Dovecot, dovecot_unavailable_reason, start_dovecot
 from tests.servers.mailutils import MailutilsPop3d
 from tests.servers.popa3d import Popa3d
@@ -67,6 +68,7 @@ SERVERS = {
     "mailutils-pop3d": MailutilsPop3d,
     "popa3d": Popa3d,
     "solid-pop3d": SolidPop3d,
+    "cyrus-pop3d": CyrusPop3d,
 }
 
 

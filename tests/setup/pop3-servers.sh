@@ -11,10 +11,12 @@
 set -euo pipefail
 
 root="${POP3MAIL_SERVERS_ROOT:-/var/cache/pop3mail-servers}"
-servers=(mailutils-pop3d popa3d solid-pop3d)
+servers=(mailutils-pop3d popa3d solid-pop3d cyrus-pop3d cyrus-common)
 # Libraries only: none of these provides pop3-server (checked below before installing).
 libraries=(mailutils-common libmailutils9 libmu-dbm9 libgsasl18 libkyotocabinet16v5
-           libwrap0 libnsl2 libpam0g libpam-modules liblockfile1 util-linux)
+           libwrap0 libnsl2 libpam0g libpam-modules liblockfile1 util-linux
+           libclamav12 libical3 libxapian30 libzephyr4 libpcre3 libjansson4 libicu72
+           libsasl2-2 libsasl2-modules libsasl2-modules-db sasl2-bin)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
@@ -29,6 +31,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 
+cleanup=()
+trap 'rm -rf "${cleanup[@]}"' EXIT
+
 # apt-cache/apt-get download need package lists.
 if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then apt-get update -q >/dev/null; fi
 
@@ -42,13 +47,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
   done
   echo "Installing libraries for the POP3 servers: ${missing[*]} ..."
+  # sasl2-bin ships saslauthd: no service may start (as in debian-packages.sh).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    cleanup+=(/usr/sbin/policy-rc.d)
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
     >/dev/null
 fi
 
 mkdir -p "$root"
 downloads=$(mktemp -d)
-trap 'rm -rf "$downloads"' EXIT
+cleanup+=("$downloads")
 for s in "${servers[@]}"; do
   [ -f "$root/$s/.unpacked" ] && continue
   echo "Unpacking $s into $root/$s ..."
