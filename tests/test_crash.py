@@ -1,8 +1,9 @@
-"""No mail lost, none duplicated, under SIGKILL at chosen random moments (against Dovecot).
+"""No mail lost, none duplicated, none unannounced, under SIGKILL at random moments.
 
-300 messages; a child process runs MAIL_RECEIVEALL with removal on and kills itself at a
-random moment; this repeats 30 times, then a clean run empties the mailbox. Every message must
-be saved exactly once (by Message-ID and SHA-256) and none left on the server.
+300 messages in Dovecot; a child process runs MAIL_RECEIVEALL with removal on and kills
+itself at a random moment; this repeats 30 times, then a clean run empties the mailbox. Every
+message must be saved exactly once (by Message-ID and SHA-256), none left on the server, and
+every saved message announced, never twice by one run, always under the same id.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -27,7 +29,9 @@ pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 
 MESSAGES = int(os.environ.get("POP3MAIL_CRASH_MESSAGES", "300"))
 KILLS = int(os.environ.get("POP3MAIL_CRASH_KILLS", "30"))
-MOMENTS = ["retr", "before-journal", "before-dele", "before-quit", "after-quit"]
+MOMENTS = ["retr", "before-journal", "before-dele", "before-quit", "after-quit",
+           "before-announce", "before-ack"]
+ONCE_PER_RUN = ("before-quit", "after-quit", "before-announce", "before-ack")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,9 +49,10 @@ def release_lock_of_killed_run(name: str) -> None:
 class Children:
     """A fork server of crash-test children (tests/crash/child.py)."""
 
-    def __init__(self):
+    def __init__(self, announce_log: Path):
         env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(ROOT),
-                   PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore")
+                   PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
+                   POP3MAIL_ANNOUNCE_LOG=str(announce_log))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.crash.child", "serve"], cwd=ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -86,18 +91,22 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(mailbox, tmp_pat
     ]
     mailbox.deliver(*messages)
     name = f"crash-{uuid.uuid4().hex[:8]}"
-    mailbox.block(tmp_path, Security.IMPLICIT, remove_from_server_after_read=True).save(name)
+    mailbox.block(tmp_path, Security.IMPLICIT, remove_from_server_after_read=True,
+                  emit_message_events=True).save(name)
 
     kills = Counter()
-    children = Children()
+    plan = MOMENTS * (KILLS // len(MOMENTS) + 1)  # every moment, several times, in any order
+    rng.shuffle(plan)
+    announce_log = tmp_path.parent / f"{tmp_path.name}-announced.log"
+    children = Children(announce_log)
     for _ in range(KILLS):
         remaining = mailbox.count()
         if remaining == 0:
             break
-        moment = rng.choice(MOMENTS)
+        moment = plan.pop()
         batch = rng.randrange(3, 12)  # a run takes a few messages, so kills spread out
         # "retr" counts blocks written (a small message is one), the others messages.
-        n = 1 if moment.endswith("quit") else rng.randrange(1, batch + 1)
+        n = 1 if moment in ONCE_PER_RUN else rng.randrange(1, batch + 1)
         if children.run(name, moment, n, batch) == -9:
             kills[moment] += 1
     children.run(name, "none", 0)
@@ -114,3 +123,35 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(mailbox, tmp_pat
     assert max(got.values()) == 1, f"duplicated: {[h for h, c in got.items() if c > 1]}"
     ids = Counter(o.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0] for o in originals)
     assert len(ids) == MESSAGES and max(ids.values()) == 1
+    check_hand_off(announce_log, set(got), name)
+
+
+def check_hand_off(announce_log: Path, saved: set[str], configuration: str) -> None:
+    """Every saved message was announced; no run announced one twice; ids are stable."""
+    announced = [line.split() for line in announce_log.read_text().splitlines()]
+    per_run = Counter((pid, mail_id) for pid, mail_id, _ in announced)
+    assert max(per_run.values()) == 1, "a run announced a message twice"
+    id_of: dict[str, set[str]] = {}
+    for _, mail_id, sha in announced:
+        id_of.setdefault(sha, set()).add(mail_id)
+    assert set(id_of) == saved, f"never announced: {len(saved - set(id_of))}"
+    assert all(len(i) == 1 for i in id_of.values()), "a message was announced under two ids"
+    deadline = time.monotonic() + 60  # the server stores events as they stream in
+    while (stored := events_stored(configuration)) < len(saved) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stored == len(saved), f"{stored} events stored for {len(saved)} messages"
+
+
+def events_stored(configuration: str) -> int:
+    """Distinct message events the Prefect server holds (a repeat has the same event id)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    from prefect_pop3mail.tasks.publish import EVENT_RECEIVED
+
+    wanted = EventFilter(
+        event=EventNameFilter(name=[EVENT_RECEIVED]),
+        related=EventRelatedFilter(id=[f"pop3mail.configuration.{configuration}"]),
+    )
+    with get_client(sync_client=True) as client:
+        return client.read_events(filter=wanted, limit=1).total

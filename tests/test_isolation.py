@@ -66,7 +66,7 @@ def test_a_poison_message_fails_alone_then_is_set_aside(mailbox, tmp_path, poiso
     mailbox.deliver(sample_message(1), sample_message(2, Subject=POISON), sample_message(3))
     name = f"poison-{uuid.uuid4().hex[:8]}"
     mailbox.block(tmp_path, Security.IMPLICIT, remove_from_server_after_read=True,
-                  quarantine_after=3).save(name)
+                  quarantine_after=3, emit_message_events=True).save(name)
 
     first = receive_all_mail(name, return_state=True)
     assert first.is_completed()
@@ -172,7 +172,7 @@ def test_messages_a_dead_run_never_announced_are_announced_by_the_next(tmp_path)
 @pytest.mark.dovecot
 def test_every_run_emits_one_summary_event_even_when_nothing_arrived(mailbox, tmp_path):
     name = f"summary-{uuid.uuid4().hex[:8]}"
-    mailbox.block(tmp_path, Security.IMPLICIT).save(name)
+    mailbox.block(tmp_path, Security.IMPLICIT, emit_message_events=True).save(name)
     assert receive_all_mail(name) == []
     mailbox.deliver(sample_message(1))
     [mail] = receive_all_mail(name)

@@ -303,8 +303,10 @@ class ReceiveReport(BaseModel):
 
     @property
     def announcements(self) -> list[ReceivedMail]:
-        """What downstream steps must hear of: this run's messages and late ones."""
-        return [*self.late, *self.received]
+        """What downstream steps must hear of: this run's messages and late ones, each
+        once (a message saved again after a crash is both)."""
+        fresh = {m.id for m in self.received}
+        return [*(m for m in self.late if m.id not in fresh), *self.received]
 
 
 class ConnectionReport(BaseModel):

@@ -308,10 +308,12 @@ class MailboxReceiver:
                     return True
                 if mail is None:
                     continue
+                # Outbox first: a crash between the two re-saves the message (into the
+                # same folder) and announces it under the same id, never not at all.
+                self.outbox.add(mail)
                 self.journal.record(uidl, Saved(mail.folder.name if mail.folder else "",
                                                 listing.sizes.get(number), sink.head_digest,
                                                 mail.quarantined))
-                self.outbox.add(mail)
                 if self.options.remove_after_read:
                     session.dele(number)
                 self.report.received.append(mail)

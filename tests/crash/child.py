@@ -8,7 +8,12 @@ MOMENT is where to die, at its N-th occurrence:
   before-dele  its UIDL is journalled, its DELE not yet sent
   before-quit  everything saved and synced, QUIT not sent
   after-quit   QUIT sent, its reply not read
+  before-announce  the session is over; no event sent yet
+  before-ack   the events are sent; the outbox not yet told
   none         do not die
+
+With POP3MAIL_ANNOUNCE_LOG set, every announcement is also appended to that file as
+"PID ID SHA256" before it is sent: the test checks what was announced, and how often.
 """
 
 from __future__ import annotations
@@ -22,8 +27,27 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def record_announcements() -> None:
+    from prefect_pop3mail.tasks import publish
+
+    log = os.environ.get("POP3MAIL_ANNOUNCE_LOG")
+    if not log:
+        return
+    emit = publish.emit_received
+
+    def recorded(mail, *args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {mail.id} {mail.sha256}\n")
+        return emit(mail, *args, **kwargs)
+
+    publish.emit_received = recorded
+
+
 def arm(moment: str, n: int) -> None:
-    from prefect_pop3mail.tasks.pop3 import journal, session, store
+    from prefect_pop3mail.tasks import activities
+    from prefect_pop3mail.tasks.pop3 import journal, receiver, session, store
+
+    record_announcements()
 
     count = {"n": 0}
 
@@ -65,6 +89,27 @@ def arm(moment: str, n: int) -> None:
             return quit_(self)
 
         session.POP3Session.quit = dying_quit
+    elif moment == "before-announce":
+        publish = activities.publish_report
+
+        def dying_publish(*args, **kwargs):
+            if due():
+                die()
+            return publish(*args, **kwargs)
+
+        activities.publish_report = dying_publish
+    elif moment == "before-ack":
+        acknowledge = receiver.MailboxReceiver.acknowledge
+
+        def dying_acknowledge(self, mails):
+            if due():
+                from prefect.events.worker import EventsWorker
+
+                EventsWorker.drain_all()  # the events reach the server, then the crash
+                die()
+            return acknowledge(self, mails)
+
+        receiver.MailboxReceiver.acknowledge = dying_acknowledge
     elif moment != "none":
         raise SystemExit(f"unknown moment {moment!r}")
 
