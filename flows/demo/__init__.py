@@ -92,8 +92,19 @@ def start_sample_mailbox(messages: list[bytes]) -> SampleMailbox:
 
 
 def main() -> None:
-    # No telemetry: the demo talks to loopback only.
+    # No telemetry: the demo talks to loopback only. The embedded server is a subprocess
+    # that reads this from the environment.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
+    # Prefect gives its embedded server 20 s to start: too short on a busy machine. Settings
+    # are read when Prefect is imported, so a late environment variable would be ignored.
+    with temporary_settings({STARTUP: max(STARTUP.value(), 120)}):
+        run_demo()
+
+
+def run_demo() -> None:
     from prefect_pop3mail.blocks import POP3MailConfiguration
     from prefect_pop3mail.flows import receive_all_mail
 
