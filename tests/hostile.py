@@ -263,6 +263,12 @@ def boundary_prefix_lines(size: int) -> bytes:
     return _multipart([b"Content-Type: text/plain\r\n\r\n" + _lines(unit, size)])
 
 
+@hostile()
+def boundary_near_misses(size: int) -> bytes:
+    """Short lines that start with the (one-letter) boundary and then differ."""
+    return _multipart([b"Content-Type: text/plain\r\n\r\n" + _lines(b"--Bx\r\n--B-\r\n", size)])
+
+
 @hostile("no blank line between headers and body")
 def no_header_end(size: int) -> bytes:
     """Parts whose headers never end, and a body of one endless line."""

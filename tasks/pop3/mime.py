@@ -10,6 +10,7 @@ malformed MIME: it reports a warning and carries on.
 from __future__ import annotations
 
 import binascii
+import os
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -125,6 +126,7 @@ class Visitor(Protocol):
 _B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _B64_DROP = bytes(b for b in range(256) if b not in _B64_KEEP)
 _B64_AND_SPACE = _B64_KEEP + b"\r\n\t "
+_EQUALS = re.compile(b"=+")
 
 
 class Base64Decoder:
@@ -155,25 +157,29 @@ class Base64Decoder:
 
     def _padding(self, data: bytes) -> bytes:
         """binascii's rules for '=': ignored where it cannot pad; where it completes a
-        group, the data ends there. Rare, so a plain loop is fine."""
+        group, the data ends there. A run of '=' is taken at once, so the work is one step
+        per run, not per byte."""
         first = data.index(b"=")
-        out = bytearray(data[:first])
-        quad, pads = first % 4, 0
-        for byte in data[first:]:
-            if byte == 0x3D:  # '='
-                if quad >= 2:
-                    pads += 1
-                    if quad + pads >= 4:
-                        out += b"=" * (4 - quad)
-                        self._done = True
-                        self.sink.write(binascii.a2b_base64(bytes(out)))
-                        return b""
-                continue
-            pads = 0
-            quad = (quad + 1) % 4
-            out.append(byte)
-        # An unfinished padding waits for the next block with the group it may complete.
-        return bytes(out) + b"=" * pads
+        out = [data[:first]]
+        quad, pos = first % 4, first
+        for run in _EQUALS.finditer(data, first):
+            start, end = run.span()
+            if start > pos:
+                out.append(data[pos:start])
+                quad = (quad + start - pos) % 4
+            pos = end
+            if quad < 2:
+                continue  # cannot pad here: ignored
+            if quad + end - start >= 4:
+                out.append(b"=" * (4 - quad))
+                self._done = True
+                self.sink.write(binascii.a2b_base64(b"".join(out)))
+                return b""
+            if end == len(data):
+                # An unfinished padding waits for the next block with the group it may complete.
+                out.append(data[start:end])
+        out.append(data[pos:])
+        return b"".join(out)
 
     def close(self) -> None:
         rest, self._carry = self._carry, b""
@@ -317,15 +323,28 @@ class _End:
     closing: bool
 
 
+@dataclass(frozen=True)
+class _Delimiters:
+    """A stack of delimiters ready for scanning: what each delimiter line (without its line
+    ending) ends, one lookup however deep the stack; and the first ``prefix`` bytes every
+    delimiter line starts with, to pass over other lines that start with "--" at once."""
+
+    ends: dict[bytes, _End]
+    prefixes: frozenset[bytes]
+    prefix: int
+    #: A line ending and what every delimiter starts with (at least "--"): what to search.
+    needle: bytes
+
+
 @lru_cache(maxsize=256)
-def _delimiters(stack: tuple[bytes, ...]) -> dict[bytes, _End]:
-    """What each delimiter line of ``stack`` (without its line ending) ends: one lookup per
-    line that starts with "--", however deep the stack."""
+def _delimiters(stack: tuple[bytes, ...]) -> _Delimiters:
     ends: dict[bytes, _End] = {}
     for level, delimiter in enumerate(stack):  # inner levels overwrite: the innermost wins
         ends[delimiter] = _End(level, False)
         ends[delimiter + b"--"] = _End(level, True)
-    return ends
+    prefix = min(map(len, stack), default=2)
+    common = os.path.commonprefix(list(stack)) if stack else b"--"
+    return _Delimiters(ends, frozenset(d[:prefix] for d in stack), prefix, b"\n" + common)
 
 
 @dataclass
@@ -359,7 +378,12 @@ class StreamParser:
         src = self._src
         write = sink.write
         at_line_start = True
-        ends = _delimiters(tuple(stack))
+        known = _delimiters(tuple(stack))
+        ends, prefixes, prefix, needle = known.ends, known.prefixes, known.prefix, known.needle
+        # Where to look for the next candidate line; the bytes before it (from src.pos) are
+        # body, written in one piece when a delimiter, the end of the block or a refill
+        # comes, not line by line: lines of "--" cost a search, not a write each.
+        search = src.pos
         while True:
             buf = src.buf
             if not stack:
@@ -369,18 +393,21 @@ class StreamParser:
                 continue
             if at_line_start and len(buf) - src.pos < 2 and not src.eof:
                 src.fill()  # too little to tell whether a delimiter starts here
+                search = src.pos
                 continue
             if at_line_start and buf.startswith(b"--", src.pos):
                 start = eol_start = src.pos
             else:
-                hit = buf.find(b"\n--", src.pos)
+                hit = buf.find(needle, search)
                 if hit < 0:
-                    # Keep a tail that could begin "\r\n--" for the next block.
-                    end = len(buf) - 3
+                    # Keep a tail that could begin "\r\n--..." for the next block.
+                    end = max(len(buf) - len(needle), search)
                     if end > src.pos:
                         write(src.take(end))
                         at_line_start = False
-                    if not src.fill():
+                    filled = src.fill()
+                    search = src.pos
+                    if not filled:
                         # The end of the file inside a multipart: like the email package,
                         # the last line ending goes, as if a boundary had followed.
                         tail = src.buf[-2:]
@@ -392,17 +419,21 @@ class StreamParser:
                         return None
                     continue
                 start = hit + 1
+                if buf[start:start + prefix] not in prefixes and len(buf) - start >= prefix:
+                    search = start + 2  # starts with "--" but with no delimiter
+                    continue
                 eol_start = hit - 1 if hit > src.pos and buf[hit - 1] == 0x0D else hit
             nl = buf.find(b"\n", start, start + MAX_DELIMITER_LINE)
             if nl < 0 and len(buf) - start < MAX_DELIMITER_LINE and not src.eof:
                 write(src.take(eol_start))  # the candidate line is incomplete: read on
                 at_line_start = eol_start == start
                 src.fill()
+                search = src.pos
                 continue
             line = buf[start:nl + 1] if nl >= 0 else buf[start:start + MAX_DELIMITER_LINE]
             found = self._match(line, ends)
             if found is None:
-                write(src.take(start + 2))
+                search = start + 2
                 at_line_start = False
                 continue
             write(src.take(eol_start))
@@ -417,7 +448,7 @@ class StreamParser:
         src = self._src
         lines = []
         size = 0
-        ends = _delimiters(tuple(stack))
+        ends = _delimiters(tuple(stack)).ends
         while True:
             line = src.peek_line(MAX_HEADER_BYTES)
             if not line:
