@@ -35,6 +35,9 @@ MAX_QP_LINE = 64 * 1024
 
 # The email package's test for a header line (feedparser.headerRE).
 _HEADER_LINE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
+# Where a line that is not a header line starts, and where the header block ends.
+_NOT_A_HEADER_LINE = re.compile(rb"^(?!From |[\041-\071\073-\176]*:|[\t ])", re.M)
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
 @dataclass
@@ -446,6 +449,9 @@ class StreamParser:
         """The header block, up to and including the blank line. A line that is neither a
         header nor blank starts the body, as in the email package."""
         src = self._src
+        whole = self._whole_header_block()
+        if whole is not None:
+            return whole
         lines = []
         size = 0
         ends = _delimiters(tuple(stack)).ends
@@ -468,6 +474,26 @@ class StreamParser:
             lines.append(line if line.endswith(b"\n") else line + b"\n")
             size += len(line)
         return b"".join(lines)
+
+    def _whole_header_block(self) -> bytes | None:
+        """The common case at C speed: a header block that ends with a blank line within
+        the cap, where every line is a header line and none starts with "--". None when it
+        is anything else; the line-by-line reading then decides."""
+        src = self._src
+        while True:
+            limit = src.pos + MAX_HEADER_BYTES
+            blank = _BLANK_LINE.search(src.buf, src.pos, limit)
+            if blank is not None or len(src.buf) >= limit or not src.fill():
+                break
+        if blank is None or blank.start() == src.pos:
+            return None
+        buf, start, end = src.buf, src.pos, blank.start() + 1
+        if (buf.startswith(b"--", start) or buf.find(b"\n--", start, end) >= 0
+                or _NOT_A_HEADER_LINE.search(buf, start, end - 1)):
+            return None
+        block = src.take(end)
+        src.take(blank.end())
+        return block
 
     # Entities -------------------------------------------------------------------------------
 
