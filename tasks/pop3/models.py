@@ -9,7 +9,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, computed_field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    computed_field,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from prefect_pop3mail.tasks.pop3.oauth import AccessToken
@@ -111,16 +119,30 @@ class ConnectionSettings(BaseModel):
 
     @property
     def mailbox_key(self) -> str:
-        """Identifies the mailbox (not the configuration) for journals and locks."""
+        """Identifies the mailbox (not the configuration): its journal and work folder."""
         return f"{self.user.casefold()}@{self.host.casefold()}:{self.port}"
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_storage_url(location: str) -> bool:
+    """Whether a save directory is an fsspec URL (``s3://``, ``sftp://``, ``file://``...)
+    rather than a local path."""
+    return bool(_URL.match(location))
+
+
 class SaveOptions(BaseModel):
-    """What to save for each message, and where."""
+    """What to save for each message, and where: a local ``directory``, or a storage ``url``
+    (tasks/pop3/remote.py), whose journal then lives beside the saved files."""
 
     model_config = ConfigDict(frozen=True)
 
-    directory: Path
+    directory: Path | None = None
+    #: An fsspec URL; messages are laid out in a temporary local folder, then uploaded.
+    url: str | None = None
+    #: Extra arguments for the fsspec file system (endpoint, key file...); not secrets.
+    storage_options: dict[str, Any] = {}
     save_text: bool = True
     save_attachments: bool = True
     save_original: bool = True
@@ -130,6 +152,12 @@ class SaveOptions(BaseModel):
     key_password: SecretStr | None = None
     #: PEM file of roots trusted for S/MIME signers, besides the system's.
     trust_store: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SaveOptions:
+        if (self.directory is None) == (self.url is None):
+            raise ValueError("save_directory: give a local folder or a storage URL")
+        return self
 
 
 class HeaderFilter(BaseModel):
@@ -186,7 +214,9 @@ class ReceiveOptions(BaseModel):
 
 
 class SavedAttachment(BaseModel):
-    path: Path
+    #: Where it was saved: ``path`` on local disk, ``url`` on storage (the other is None).
+    path: Path | None = None
+    url: str | None = None
     filename: str
     content_type: str
     size: int
@@ -196,6 +226,7 @@ class SavedAttachment(BaseModel):
     part: str = ""
     #: The attached message (.eml) this file was laid out from; None for the message itself.
     parent: Path | None = None
+    parent_url: str | None = None
 
 
 class SignatureInfo(BaseModel):
@@ -248,6 +279,12 @@ class ReceivedMail(BaseModel):
     html_path: Path | None = None
     html_sha256: str | None = None
     attachments: list[SavedAttachment] = []
+    #: Saved to storage (a URL save directory): where each file is, for ``fsspec.open``;
+    #: the ``*_path`` fields above are then None.
+    folder_url: str | None = None
+    original_url: str | None = None
+    text_url: str | None = None
+    html_url: str | None = None
     decrypted: bool = False
     signature: SignatureInfo | None = None
     deleted: bool = False
@@ -258,7 +295,17 @@ class ReceivedMail(BaseModel):
     @property
     def saved_paths(self) -> list[Path]:
         paths = [self.original_path, self.text_path, self.html_path]
-        return [p for p in paths if p] + [a.path for a in self.attachments]
+        return [p for p in paths if p] + [a.path for a in self.attachments if a.path]
+
+    @property
+    def saved_urls(self) -> list[str]:
+        urls = [self.original_url, self.text_url, self.html_url]
+        return [u for u in urls if u] + [a.url for a in self.attachments if a.url]
+
+    @property
+    def location(self) -> str:
+        """The message's folder, as a local path or a storage URL ("" when not saved)."""
+        return str(self.folder) if self.folder else self.folder_url or ""
 
 
 class MessageFailure(BaseModel):

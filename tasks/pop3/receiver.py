@@ -28,7 +28,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
     SaveDirectoryError,
 )
 from prefect_pop3mail.tasks.pop3.headers import header_fields
-from prefect_pop3mail.tasks.pop3.journal import Journal, Saved, head_digest
+from prefect_pop3mail.tasks.pop3.journal import Saved, head_digest
 from prefect_pop3mail.tasks.pop3.mime import parse_headers
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
@@ -39,7 +39,7 @@ from prefect_pop3mail.tasks.pop3.models import (
     ReceiveReport,
     SaveOptions,
 )
-from prefect_pop3mail.tasks.pop3.outbox import Outbox
+from prefect_pop3mail.tasks.pop3.remote import open_records, open_store
 from prefect_pop3mail.tasks.pop3.session import POP3Session
 from prefect_pop3mail.tasks.pop3.store import IncomingMessage, MessageStore
 
@@ -80,12 +80,14 @@ class MailboxReceiver:
         self.configuration = configuration
         self.connection = connection
         self.options = options
-        self.store = store or MessageStore(save, connection.mailbox_key, configuration)
+        self.store = store or open_store(save, connection.mailbox_key, configuration)
         self.progress = progress
         self.report = ReceiveReport(configuration=configuration)
+        #: Messages that ended a session this run: not tried again in it.
+        self._broke_session: set[str] = set()
         try:
-            self.journal = Journal(self.store.state, connection.mailbox_key)
-            self.outbox = Outbox(self.store.state, connection.mailbox_key)
+            # Beside the saved files: in the state folder, or on the storage of a URL.
+            self.journal, self.outbox = open_records(self.store, connection.mailbox_key)
         except BaseException:
             self.store.close()
             raise
@@ -117,7 +119,11 @@ class MailboxReceiver:
                 batch = remaining
                 if self.options.commit_every:
                     batch = min(remaining or self.options.commit_every, self.options.commit_every)
-                if not self._session(batch):
+                try:
+                    more = self._session_leaves_more(batch)
+                except MessageTooLargeError:
+                    more = True  # counted against that message and skipped; the rest goes on
+                if not more:
                     break
         except POP3MailError as exc:
             # Saved and journalled messages are safe on disk; say so on the way out.
@@ -131,15 +137,19 @@ class MailboxReceiver:
 
     # --- one session ------------------------------------------------------------------
 
-    def _session(self, batch: int | None) -> bool:
+    def _session_leaves_more(self, batch: int | None) -> bool:
         """One POP3 session. Returns whether messages remain for another session."""
         received = self.report.received
         first = len(received)
         session = self._open()
         try:
             listing = _Listing(session.uidl(), session.list())
+            for number, error in session.invalid_uidls.items():
+                # Never journalled or deleted: the journal could not name this message.
+                self._fail(number, error.uidl or f"(message {number})", error)
             if not self.options.dry_run:
-                self.journal.prune(set(listing.uidls.values()))
+                shared = {e.uidl for e in session.invalid_uidls.values() if e.uidl}
+                self.journal.prune(set(listing.uidls.values()) | shared)
             plan = self._plan(session, listing)
             if self.options.dry_run:
                 session.quit()
@@ -224,7 +234,7 @@ class MailboxReceiver:
                 )
                 self.report.skipped_too_large.append(uidl)
                 continue
-            if self._gives_up_on(number, uidl):
+            if uidl in self._broke_session or self._gives_up_on(number, uidl):
                 continue
             if not opts.filters.is_empty() or opts.dry_run:
                 try:
@@ -311,7 +321,7 @@ class MailboxReceiver:
                 # Outbox first: a crash between the two re-saves the message (into the
                 # same folder) and announces it under the same id, never not at all.
                 self.outbox.add(mail)
-                self.journal.record(uidl, Saved(mail.folder.name if mail.folder else "",
+                self.journal.record(uidl, Saved(mail.location.rsplit("/", 1)[-1],
                                                 listing.sizes.get(number), sink.head_digest,
                                                 mail.quarantined))
                 if self.options.remove_after_read:
@@ -361,6 +371,7 @@ class MailboxReceiver:
         for number, sink in arriving:
             sink.discard()
             uidl = listing.uidls[number]
+            self._broke_session.add(uidl)
             self._fail(number, uidl, MessageTooLargeError("larger than the maximum message size"),
                        attempts=self.journal.record_failure(uidl, "retr"))
 

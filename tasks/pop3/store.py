@@ -12,6 +12,7 @@ What goes where is layout.py; the parsing is mime.py; S/MIME is smime.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -20,6 +21,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
@@ -89,7 +91,7 @@ class IncomingMessage:
 
     def finish(self) -> None:
         """Flush to the OS, so a crash of this process cannot lose it."""
-        with _os_errors(self.path):
+        with _save_errors(self.path):
             if self._error is not None:
                 raise self._error
             self._file.close()
@@ -134,7 +136,7 @@ class MessageStore:
         self.state = state or StateFolder(self.root, f"work-{mailbox_digest(mailbox_key)}",
                                           self.dir_mode)
         self._work = self.state.work
-        with _os_errors(self.root):
+        with _save_errors(self.root):
             probe = self._work / f".probe-{uuid.uuid4().hex}"
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             probe.unlink()
@@ -160,7 +162,7 @@ class MessageStore:
 
     def save(self, incoming: IncomingMessage, uidl: str) -> ReceivedMail:
         """Save everything for one message; the incoming file is consumed."""
-        with _os_errors(incoming.path), open(incoming.path, "rb") as f:
+        with _save_errors(incoming.path), open(incoming.path, "rb") as f:
             head = _read_head(f)
         headers = header_fields(head)
         name = self.folder_name(uidl, headers["date"], incoming.sha256)
@@ -168,7 +170,7 @@ class MessageStore:
         staging = self._work / staging_name
         findings = _Findings(sender=headers["sender"])
         try:
-            with _os_errors(staging):
+            with _save_errors(staging):
                 staging.mkdir(mode=self.dir_mode)
                 original = staging / ORIGINAL_NAME
                 os.replace(incoming.path, original)
@@ -206,7 +208,7 @@ class MessageStore:
                                          self.root / QUARANTINE_DIR, self.dir_mode,
                                          private=False)
         try:
-            with _os_errors(staging):
+            with _save_errors(staging):
                 staging.mkdir(mode=self.dir_mode)
                 os.replace(incoming.path, staging / ORIGINAL_NAME)
                 self._publish(staging_name, quarantine_fd, name)
@@ -388,22 +390,16 @@ class _RootBody:
         pass
 
 
-class _os_errors:
+@contextlib.contextmanager
+def _save_errors(path: Path) -> Iterator[None]:
     """Turns OSError into the store's errors, naming the path."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or not isinstance(exc, OSError) or isinstance(exc, SaveError):
-            return False
+    try:
+        yield
+    except SaveError:
+        raise
+    except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left to save in {self.path}") from exc
+            raise DiskFullError(f"no space left to save in {path}") from exc
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
-            raise SaveDirectoryError(
-                f"save_directory: cannot write {self.path}: {exc.strerror}"
-            ) from exc
-        raise SaveError(f"cannot save in {self.path}: {exc.strerror or exc}") from exc
+            raise SaveDirectoryError(f"save_directory: cannot write {path}: {exc.strerror}") from exc
+        raise SaveError(f"cannot save in {path}: {exc.strerror or exc}") from exc
