@@ -307,6 +307,13 @@ class POP3MailConfiguration(Block):
         description="Optional PEM file of root certificates trusted for S/MIME signers, besides "
         "the system's CAs. A signature counts as verified only if its signer chains to one.",
     )
+    emit_message_events: bool = Field(
+        default=False,
+        title="An event per message",
+        description="Besides the run's pop3mail.mailbox.received event, emit a "
+        "pop3mail.message.received event for each saved message, for automations that start "
+        "a flow per message. Costs the Prefect server about 1 ms per message.",
+    )
 
     # --- validation -------------------------------------------------------------------
     @field_validator("server", "user", "save_directory", "client_id", "token_endpoint",

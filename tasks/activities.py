@@ -122,7 +122,8 @@ def _announce(receiver: MailboxReceiver, report: ReceiveReport,
               config: POP3MailConfiguration) -> None:
     """Tell downstream steps of every saved message (late ones too), then take them out of
     the outbox: a crash in between announces them again, under the same ids."""
-    publish_report(report, str(getattr(config, "_block_document_id", "") or "") or None)
+    publish_report(report, str(getattr(config, "_block_document_id", "") or "") or None,
+                   message_events=config.emit_message_events)
     receiver.acknowledge(report.announcements)
 
 

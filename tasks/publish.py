@@ -6,11 +6,14 @@ Payloads carry paths and metadata, never bodies or secrets.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -18,14 +21,16 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists
 
+from prefect_pop3mail.tasks.pop3.errors import POP3MailError
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, ReceiveReport
 
 EVENT_RECEIVED = "pop3mail.message.received"
 LOCK_LEASE_SECONDS = 60
+#: Longest wait between two tries for a held mailbox (the server suggests up to 30 s).
+MAX_LOCK_POLL = 5.0
 
 
 def artifact_key(configuration: str, suffix: str = "") -> str:
@@ -38,33 +43,117 @@ def lock_name(configuration: str) -> str:
     return f"pop3mail-mailbox-{configuration}"
 
 
+class MailboxBusyError(POP3MailError):
+    """Another run held the mailbox's lock for longer than this run would wait."""
+
+    retryable = True
+
+
 @contextlib.contextmanager
 def mailbox_lock(configuration: str, timeout_seconds: float | None = 600) -> Iterator[None]:
-    """Hold the mailbox's concurrency slot (limit 1): one session per mailbox at a time.
+    """Hold the mailbox's global concurrency slot (limit 1): one session per mailbox at a
+    time, across processes and workers, since the Prefect server keeps the count.
 
-    The lease is renewed while the run lives; a crashed run frees the slot when its lease
-    expires, so a short lease keeps the mailbox blocked for about a minute, not five.
+    Two API calls when nobody else holds it: take the slot with a lease, give it back. The
+    limit is created by the first run that finds it missing. A thread renews the lease while
+    the run lives; a crashed run frees the slot when its lease expires, about a minute.
+    (``prefect.concurrency.sync.concurrency`` does the same through a service thread per
+    limit name and cost about 0.1 s uncontended and seconds with many mailboxes: bench/.)
     """
     name = lock_name(configuration)
-    _ensure_limit(name)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True,
-                     lease_duration=LOCK_LEASE_SECONDS):
-        yield
+    with get_client(sync_client=True) as client:
+        lease_id = _acquire(client, name, timeout_seconds)
+        try:
+            with _LeaseRenewal(client, lease_id, name):
+                yield
+        finally:
+            client.release_concurrency_slots_with_lease(lease_id)
 
 
-def _ensure_limit(name: str) -> None:
+def _acquire(client, name: str, timeout_seconds: float | None) -> uuid.UUID:
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    created = False
+    while True:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=LOCK_LEASE_SECONDS,
+                holder=_holder(),
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:  # 423 Locked: another run holds it
+                raise
+            wait = min(float(exc.response.headers.get("Retry-After") or 1), MAX_LOCK_POLL)
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise MailboxBusyError(
+                    f"mailbox {name!r} is held by another run; gave up after "
+                    f"{timeout_seconds:g} s") from None
+            time.sleep(max(wait, 0.05))
+            continue
+        granted = response.json()
+        if granted.get("limits"):
+            return uuid.UUID(granted["lease_id"])
+        if created:
+            raise MailboxBusyError(f"concurrency limit {name!r} could not be created")
+        _create_limit(client, name)
+        created = True
+
+
+def _create_limit(client, name: str) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
+    try:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    except ObjectAlreadyExists:
+        pass  # another run created it first
+
+
+def _holder():
+    """The task run (or flow run) that holds the slot, shown in the Prefect UI."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_run = TaskRunContext.get()
+    if task_run and task_run.task_run:
+        return ConcurrencyLeaseHolder(type="task_run", id=task_run.task_run.id)
+    flow_run = FlowRunContext.get()
+    if flow_run and flow_run.flow_run:
+        return ConcurrencyLeaseHolder(type="flow_run", id=flow_run.flow_run.id)
+    return None
+
+
+class _LeaseRenewal:
+    """Renews the lease every third of its duration on a daemon thread; exits at once.
+    It shares the run's client (httpx clients are thread-safe): a new one costs ~30 ms."""
+
+    def __init__(self, client, lease_id: uuid.UUID, name: str):
+        self._client = client
+        self._lease_id = lease_id
+        self._name = name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                         name=f"pop3mail-lease-{name}")
+
+    def __enter__(self) -> _LeaseRenewal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.wait(LOCK_LEASE_SECONDS / 3 if not failures else 2):
             try:
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1)
-                )
-            except ObjectAlreadyExists:
-                pass  # another run created it first
+                self._client.renew_concurrency_lease(lease_id=self._lease_id,
+                                                     lease_duration=LOCK_LEASE_SECONDS)
+                failures = 0
+            except Exception as exc:  # the server away for a moment: try again soon
+                failures += 1
+                logging.getLogger("pop3mail").error(
+                    "%s: renewing the mailbox lock failed (%s: %s); once its lease "
+                    "expires another run may enter the mailbox", self._name,
+                    type(exc).__name__, exc)
 
 
 class ProgressArtifact:
@@ -139,11 +228,11 @@ def emit_received(mail: ReceivedMail, configuration_id: str | None = None) -> No
             "date": mail.date.isoformat() if mail.date else None,
             "size": mail.size,
             "sha256": mail.sha256,
-            "folder": _path(mail.folder),
-            "original_path": _path(mail.original_path),
-            "text_path": _path(mail.text_path),
-            "html_path": _path(mail.html_path),
-            "attachments": [str(a.path) for a in mail.attachments],
+            "folder": mail.location or None,
+            "original_path": _path(mail.original_path) or mail.original_url,
+            "text_path": _path(mail.text_path) or mail.text_url,
+            "html_path": _path(mail.html_path) or mail.html_url,
+            "attachments": [a.url or str(a.path) for a in mail.attachments],
             "deleted": mail.deleted,
             "quarantined": mail.quarantined,
             "warnings": len(mail.warnings),
@@ -169,7 +258,7 @@ def emit_summary(report: ReceiveReport, configuration_id: str | None = None) -> 
             "failed": len(report.failed),
             "quarantined": len(report.quarantined),
             "waiting": report.waiting,
-            "messages": [{"id": m.id, "folder": _path(m.folder)} for m in shown],
+            "messages": [{"id": m.id, "folder": m.location or None} for m in shown],
             "more_messages": len(report.announcements) - len(shown),
         },
     )
@@ -186,18 +275,22 @@ def _row(mail: ReceivedMail) -> dict:
         "subject": mail.subject[:200],
         "from": mail.sender[:200],
         "date": mail.date.isoformat() if mail.date else "",
-        "folder": _path(mail.folder) or "",
-        "files": len(mail.saved_paths),
+        "folder": mail.location,
+        "files": len(mail.saved_paths) + len(mail.saved_urls),
         "deleted": "yes" if mail.deleted else "no",
         "quarantined": "yes" if mail.quarantined else "no",
     }
 
 
-def publish_report(report: ReceiveReport, configuration_id: str | None = None) -> None:
-    """Events (one per saved message, one per run) and artifacts of a run."""
+def publish_report(report: ReceiveReport, configuration_id: str | None = None,
+                   message_events: bool = True) -> None:
+    """Events and artifacts of a run: a bounded number of API calls and bytes, whatever the
+    number of messages, except the event per message when ``message_events`` (the block's
+    "An event per message") asks for it."""
     mails = report.announcements
-    for mail in mails:
-        emit_received(mail, configuration_id)
+    if message_events:
+        for mail in mails:
+            emit_received(mail, configuration_id)
     emit_summary(report, configuration_id)
     if mails:
         rows = [_row(m) for m in mails[:MAX_TABLE_ROWS]]
