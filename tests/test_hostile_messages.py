@@ -160,8 +160,8 @@ def test_a_header_that_cannot_be_read_is_a_warning_not_an_error(monkeypatch):
     "a/b; name*0*=zlib_codec''%78%9c; name*1=x", "a/b; name*=punycode''abc-" + "9" * 10_000,
 ])
 def test_hostile_parameters_are_read_without_error(value):
-    main, params = split_params(value)
-    assert len(params) <= headers.MAX_PARAMS
+    parsed = split_params(value)
+    assert len(parsed.params) <= headers.MAX_PARAMS
     part = mime.Part(headers=parse_headers(f"Content-Type: {value}\nContent-Disposition: {value}\n".encode()),
                      number="1")
     assert part.content_type and (part.filename is None or isinstance(part.filename, str))
@@ -173,6 +173,9 @@ def test_hostile_parameters_are_read_without_error(value):
     "attachment; filename*0*=utf-8''r%C3%A9; filename*1*=sum%C3%A9.pdf",
     'attachment; filename="plain.pdf"; filename*=utf-8\'\'fancy.pdf',
     'attachment; filename="C:\\\\Users\\\\x\\\\a.pdf"',
+    r'attachment; filename="C:\Users\x\a.pdf"',
+    'attachment; filename="say \\"hi\\".txt"',
+    "attachment; filename=<angle.pdf>",
     "attachment; FileName=Upper.PDF",
 ])
 def test_ordinary_parameters_read_as_the_email_package_reads_them(value):
@@ -180,6 +183,31 @@ def test_ordinary_parameters_read_as_the_email_package_reads_them(value):
     reference["Content-Disposition"] = value
     part = mime.Part(headers=parse_headers(f"Content-Disposition: {value}\n".encode()), number="1")
     assert part.filename == reference.get_filename()
+
+
+def _leaf_warnings(tmp_path, content_type: str, body: bytes = b"x") -> list[str]:
+    mail = check_saved(tmp_path, message(body, content_type=content_type), "u")
+    return mail.warnings
+
+
+def test_parameters_beyond_the_cap_are_a_warning(tmp_path):
+    params = "; ".join(f"p{i}=v" for i in range(headers.MAX_PARAMS + 50))
+    warnings = _leaf_warnings(tmp_path, f"application/pdf; {params}; name=late.pdf")
+    assert any(f"over {headers.MAX_PARAMS} parameters" in w for w in warnings)
+    assert split_params(f"a/b; {params}").cut
+
+
+def test_an_over_long_content_type_is_a_warning(tmp_path):
+    warnings = _leaf_warnings(tmp_path, "application/" + "x" * 300)
+    assert any(f"content type over {mime.MAX_TYPE_CHARS}" in w for w in warnings)
+
+
+def test_markup_longer_than_a_tag_can_be_is_text_and_a_warning(tmp_path):
+    body = b"<p>before</p><b " + b"c" * (htmltext.MAX_TAG + 10) + b"><p>after</p>"
+    mail = check_saved(tmp_path, message(body, content_type="text/html"), "u")
+    text = mail.text_path.read_text()
+    assert text.startswith("before\n<b ccc") and text.endswith("after\n")
+    assert any("HTML markup over" in w for w in mail.warnings)
 
 
 # --- charsets ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from email.message import Message
 from email.utils import parsedate_tz
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from prefect_pop3mail.tasks.pop3 import charsets
@@ -297,18 +297,28 @@ _PARAM_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|;|[^";]+', re.S)
 _EXTENDED_NAME = re.compile(r"^([^*]*)\*(\d{1,6})?(\*?)$")
 
 
-def split_params(value: str) -> tuple[str, dict[str, str]]:
+class Params(NamedTuple):
+    main: str
+    params: dict[str, str]
+    #: More than MAX_PARAMS parameters: the rest were ignored.
+    cut: bool = False
+
+
+def split_params(value: str) -> Params:
     """The main value of a Content-Type or Content-Disposition field (lower case) and its
     parameters by lower-case name, RFC 2231 continuations and charsets resolved.
 
     As the email package decides: a plain ``name=`` wins over ``name*=``; of repeated
-    parameters the first wins; quotes and backslash escapes are removed.
+    parameters the first wins; a quoted value loses its quotes and its escaped quotes and
+    backslashes (other backslashes stay: "C:\\dir\\a.pdf" is a Windows path).
     """
     pieces: list[list[str]] = [[]]
+    cut = False
     for match in _PARAM_TOKENS.finditer(value[:MAX_FIELD_CHARS]):
         token = match.group()
         if token == ";":
             if len(pieces) > MAX_PARAMS:
+                cut = True
                 break
             pieces.append([])
         else:
@@ -325,18 +335,27 @@ def split_params(value: str) -> tuple[str, dict[str, str]]:
         raw = raw.strip()
         star = _EXTENDED_NAME.match(name)
         if star is None:
-            plain.setdefault(name, _unquote(raw) if raw[:1] == '"' else raw)
+            plain.setdefault(name, _unquote_value(raw))
             continue
         base, number, encoded = star.group(1), int(star.group(2) or 0), bool(star.group(3))
         if star.group(2) is None:
             encoded = True  # "name*=charset''value"
-        text_value = _unquote(raw) if raw[:1] == '"' else raw
+        text_value = _unquote_value(raw)
         extended.setdefault(base, {}).setdefault(number, (text_value, encoded))
     params = dict(plain)
     for base, sections in extended.items():
         if base not in params:
             params[base] = _join_sections(sections)
-    return main, params
+    return Params(main, params, cut)
+
+
+def _unquote_value(raw: str) -> str:
+    """As email.utils.unquote: only a fully quoted value is unquoted."""
+    if len(raw) > 1 and raw[0] == raw[-1] == '"':
+        return raw[1:-1].replace("\\\\", "\\").replace('\\"', '"')
+    if len(raw) > 1 and raw[0] == "<" and raw[-1] == ">":
+        return raw[1:-1]
+    return raw
 
 
 def _join_sections(sections: dict[int, tuple[str, bool]]) -> str:

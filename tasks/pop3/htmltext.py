@@ -46,6 +46,8 @@ class HTMLToText:
         self._pre = 0
         self._href: list[str | None] = []
         self._blank = True  # at the start of a line
+        #: How often markup longer than MAX_TAG was read as text.
+        self.long_markup = 0
 
     def feed(self, data: str) -> None:
         self._buf += data
@@ -95,10 +97,12 @@ class HTMLToText:
                     pos = n
                 elif n - lt > MAX_TAG:
                     self._text(buf[lt:n - MAX_TAG])  # no ">" can come close enough now
+                    self.long_markup += 1
                     pos = n - MAX_TAG
                 break
             self._no_gt = gt
             if gt - lt > MAX_TAG:
+                self.long_markup += 1
                 self._text("<")
                 pos = lt + 1
                 continue

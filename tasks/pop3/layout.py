@@ -22,7 +22,7 @@ from mimetypes import MimeTypes
 from pathlib import Path
 from typing import BinaryIO
 
-from prefect_pop3mail.tasks.pop3 import charsets
+from prefect_pop3mail.tasks.pop3 import charsets, htmltext
 from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
 from prefect_pop3mail.tasks.pop3.headers import MAX_TEXT_CHARS, clip
 from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
@@ -35,7 +35,9 @@ HTML_NAME = "body.html"
 ATTACHMENTS_DIR = "attachments"
 #: A body is held in memory up to this size, then spilled to a temporary file.
 SPOOL_BYTES = 1 << 20
+#: A detached S/MIME signature is kept in memory up to this size (real ones are a few kB).
 MAX_SIGNATURE_BYTES = 1 << 20
+#: Messages attached in messages are laid out this deep; deeper ones are kept as .eml only.
 MAX_NESTED_MESSAGES = 8
 #: MIME parts (leaves and multiparts, attached messages' included) laid out per message;
 #: beyond it parts stay only in the original.
@@ -363,6 +365,9 @@ class FolderLayout:
                                       "characters; text.txt renders only its start")
             renderer.close()
             self._text.write(renderer.take().encode("utf-8"))
+            if renderer.long_markup:
+                self._add_warning(f"HTML markup over {htmltext.MAX_TAG // 1024} kB without its "
+                                  "'>' was rendered as text")
         if self._text is not None:
             result.text_path = self._text.path
             result.text_sha256 = self._text.close()

@@ -17,7 +17,14 @@ from email.message import Message
 from functools import cached_property, lru_cache
 from typing import BinaryIO, Protocol
 
-from prefect_pop3mail.tasks.pop3.headers import MAX_HEADER_BYTES, clip, parse_headers, split_params
+from prefect_pop3mail.tasks.pop3.headers import (
+    MAX_HEADER_BYTES,
+    MAX_PARAMS,
+    Params,
+    clip,
+    parse_headers,
+    split_params,
+)
 from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
 
 __all__ = ["MAX_HEADER_BYTES", "Part", "StreamParser", "Visitor", "parse_file", "parse_headers"]
@@ -63,14 +70,24 @@ class Part:
         return None
 
     @cached_property
-    def _type(self) -> tuple[str, dict[str, str]] | None:
+    def _type(self) -> Params | None:
         value = self._first("content-type")
         return None if value is None else split_params(value)
 
     @cached_property
-    def _disposition(self) -> tuple[str, dict[str, str]] | None:
+    def _disposition(self) -> Params | None:
         value = self._first("content-disposition")
         return None if value is None else split_params(value)
+
+    def problems(self) -> list[str]:
+        """What in this part's MIME headers was past a limit (and so ignored)."""
+        found = []
+        for field, parsed in (("Content-Type", self._type), ("Content-Disposition", self._disposition)):
+            if parsed is not None and parsed.cut:
+                found.append(f"{field} has over {MAX_PARAMS} parameters; the rest were ignored")
+        if self._type is not None and len(self._type.main) > MAX_TYPE_CHARS:
+            found.append(f"content type over {MAX_TYPE_CHARS} characters; read as text/plain")
+        return found
 
     @cached_property
     def content_type(self) -> str:
@@ -363,8 +380,10 @@ class StreamParser:
 
     def parse(self, file: BinaryIO) -> None:
         self._src = _Source(file)
-        headers = self._read_headers(None, [])
-        self._entity(Part(headers=parse_headers(headers), number=""), [])
+        root = Part(headers=parse_headers(self._read_headers(None, [])), number="")
+        for problem in root.problems():
+            self._warn(root, problem)
+        self._entity(root, [])
 
     # Delimiter lines ------------------------------------------------------------------------
 
@@ -553,6 +572,8 @@ class StreamParser:
                 depth=part.depth + 1,
             )
             for problem in headers.problems:  # the top level's go with ReceivedMail's fields
+                self._warn(child, problem)
+            for problem in child.problems():
                 self._warn(child, problem)
             end = self._entity(child, inner)
             if tap is not None:
