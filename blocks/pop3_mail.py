@@ -1,10 +1,11 @@
-"""The POP3 Mail Configuration block: one per mailbox, fields in the seed's order."""
+"""The POP3 Mail Configuration block: one per mailbox, fields in the form's order."""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import (
@@ -30,6 +31,7 @@ from prefect_pop3mail.tasks.pop3.models import (
     SaveOptions,
     Security,
     Status,
+    is_storage_url,
 )
 from prefect_pop3mail.tasks.pop3.oauth import client_credentials, oauth_problems
 
@@ -81,8 +83,8 @@ def _problems_in(error: ValidationError) -> list[tuple[str, str]]:
 
 
 class POP3MailConfiguration(Block):
-    """Details of a POP3 mail server and how to retrieve its mail: the seed's
-    "POP3 mail Configuration". The block document's name is the configuration's ID.
+    """Details of a POP3 mail server and how to retrieve its mail. The name it is saved
+    under is the configuration's ID (lowercase letters, digits and dashes).
 
     Attributes:
         description: What this configuration is for.
@@ -123,7 +125,7 @@ class POP3MailConfiguration(Block):
     _logo_url = "https://cdn.jsdelivr.net/gh/twitter/twemoji@14.0.2/assets/72x72/1f4e8.png"  # type: ignore[assignment]
     _documentation_url = "https://github.com/pop3mail/pop3mail-prefect#readme"  # type: ignore[assignment]
 
-    # --- the seed's fields, in its order --------------------------------------------
+    # --- the configuration's own fields, in the original product's order --------------------------------------------
     description: str = Field(
         default="", title="Description", description="What this configuration is for."
     )
@@ -187,8 +189,10 @@ class POP3MailConfiguration(Block):
     save_directory: str = Field(
         default="",
         title="Save directory",
-        description="Folder on the machine running the flow where mail is saved, one folder "
-        "per message. Required when anything is saved.",
+        description="Where mail is saved, one folder per message: a folder on the machine "
+        "running the flow, or a storage URL (s3://bucket/prefix, gs://, az://, "
+        "sftp://user@host/path) for workers without a lasting disk; credentials come from "
+        "the worker's environment. Required when anything is saved.",
     )
     remove_from_server_after_read: bool = Field(
         default=False,
@@ -397,7 +401,7 @@ class POP3MailConfiguration(Block):
     # --- what the engine needs ----------------------------------------------------------
     @property
     def configuration_name(self) -> str:
-        """The seed's ID: the saved block document's name."""
+        """The configuration's ID: the saved block document's name."""
         return getattr(self, "_block_document_name", None) or "unsaved-configuration"
 
     def ensure_active(self) -> None:
@@ -473,8 +477,14 @@ class POP3MailConfiguration(Block):
                     f"{self.public_key_name!r} needs POP3MAIL_KEY_STORE_DIR (environment or "
                     ".env), the folder holding its .p12 key store",
                 )
+        where = ({"url": directory} if is_storage_url(directory)
+                 else {"directory": Path(directory).expanduser().absolute()})
+        if "url" in where and urlsplit(directory).password is not None:
+            raise ConfigurationError("save_directory", "a storage URL must not hold a password "
+                                     "(it would be shown and stored in clear); give the "
+                                     "worker its credentials in its environment")
         return SaveOptions(
-            directory=Path(directory).expanduser().absolute(),
+            **where,
             save_text=self.save_mail_text if save_mail_text is None else save_mail_text,
             save_attachments=(
                 self.save_mail_attachments if save_mail_attachments is None

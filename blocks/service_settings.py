@@ -1,4 +1,4 @@
-"""The seed's "POP3MailService properties file": service-wide fallbacks.
+"""Service-wide fallbacks (the original product's "POP3MailService properties file").
 
 A configuration that leaves server, user or password empty takes them from here.
 Values come from ``POP3MAIL_*`` environment variables and a ``.env`` file.

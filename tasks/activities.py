@@ -36,7 +36,7 @@ Configuration = POP3MailConfiguration | str
 
 
 def resolve_configuration(configuration: Configuration) -> POP3MailConfiguration:
-    """A block instance as it is, or a saved one loaded by its name (the seed's ID)."""
+    """A block instance as it is, or a saved one loaded by its name (the configuration's ID)."""
     if isinstance(configuration, POP3MailConfiguration):
         return configuration
     if not isinstance(configuration, str) or not configuration.strip():
