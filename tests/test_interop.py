@@ -141,6 +141,19 @@ def test_login(server, box, security, method):
             assert box.password not in str(refused.value)
 
 
+def test_wrong_password(server, box, failing_login_source):
+    """Each server words a refused login its own way ([AUTH] or no code, "bad password?"),
+    and some hang up after it: all of them are POP3AuthError, and the password is never
+    quoted."""
+    settings = box.settings(password=SecretStr("wrong-" + box.password),
+                            source_address=failing_login_source)
+    # Outside the session: popa3d and solid-pop3d hang up after the -ERR, so no QUIT.
+    with pytest.raises(POP3AuthError) as refused, POP3Session(settings) as session:
+        session.login()
+    assert not refused.value.retryable
+    assert box.password not in str(refused.value)
+
+
 # --- receiving ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("remove", [False, True], ids=["keep", "remove"])

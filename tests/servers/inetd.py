@@ -13,7 +13,6 @@ stdin and stdout, as inetd would hand it over. "READY" on stdout once listening.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import subprocess
@@ -51,10 +50,16 @@ def main() -> None:
         selector.register(sock, selectors.EVENT_READ)
     while True:
         for key, _ in selector.select():
-            conn, _addr = key.fileobj.accept()  # type: ignore[union-attr]
-            with conn:
-                subprocess.Popen(command, stdin=conn, stdout=conn, stderr=log, close_fds=True)
-            os.sched_yield()
+            # One failed connection (aborted before accept, fork refused under load) must
+            # not end the loop: every later connection would then find nobody listening.
+            try:
+                conn, _addr = key.fileobj.accept()  # type: ignore[union-attr]
+                with conn:
+                    subprocess.Popen(command, stdin=conn, stdout=conn, stderr=log,
+                                     close_fds=True)
+            except OSError as exc:
+                log.write(f"inetd.py: {exc!r}\n".encode())
+                log.flush()
 
 
 if __name__ == "__main__":
