@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +18,8 @@ from prefect_pop3mail.tasks.pop3.models import LoginMethod, Security
 from tests.servers.unpacked import (
     UnpackedServer,
     free_port,
+    maildir_count,
+    maildir_deliver,
     unique,
     unpacked,
     wait_for_greeting,
@@ -101,12 +102,7 @@ server 127.0.0.1:{tls_port} {{ tls-mode connection; }}
         return self.root / "mail" / user.partition("@")[0] / "INBOX"
 
     def deliver(self, user: str, *messages: bytes) -> None:
-        maildir = self._maildir(user)
-        for raw in messages:
-            name = f"{time.time_ns()}.P{os.getpid()}Q{next(unique)}.test"
-            (maildir / "tmp" / name).write_bytes(raw)
-            os.rename(maildir / "tmp" / name, maildir / "new" / name)
+        maildir_deliver(self._maildir(user), *messages)
 
     def message_count(self, user: str) -> int:
-        maildir = self._maildir(user)
-        return sum(1 for sub in ("new", "cur") for p in (maildir / sub).iterdir() if p.is_file())
+        return maildir_count(self._maildir(user))

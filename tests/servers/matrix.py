@@ -14,6 +14,7 @@ from typing import ClassVar
 import trustme
 
 from prefect_pop3mail.tasks.pop3.models import LoginMethod, Security
+from tests.servers.courier import CourierPop3d
 from tests.servers.cyrus import CyrusPop3d
 from tests.servers.dovecot import DOVECOT, Dovecot, dovecot_unavailable_reason, start_dovecot
 from tests.servers.mailutils import MailutilsPop3d
@@ -69,6 +70,7 @@ SERVERS = {
     "popa3d": Popa3d,
     "solid-pop3d": SolidPop3d,
     "cyrus-pop3d": CyrusPop3d,
+    "courier-pop": CourierPop3d,
 }
 
 

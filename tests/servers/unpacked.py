@@ -90,6 +90,20 @@ def wait_for_greeting(port: int, process: subprocess.Popen, diagnostics, timeout
     raise RuntimeError(f"the server did not greet on port {port}: {diagnostics()}")
 
 
+def wait_for_port(port: int, process: subprocess.Popen, diagnostics, timeout=15.0) -> None:
+    """For a TLS port, where the greeting only comes after a handshake."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited: {diagnostics()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}: {diagnostics()}")
+
+
 def stop_process(process: subprocess.Popen | None) -> None:
     if process is None or process.poll() is not None:
         return
@@ -116,6 +130,19 @@ def mbox_append(path: Path, *messages: bytes, uid: int, gid: int) -> None:
             f.write(b"From sender@example.org Thu Nov 26 10:00:00 2026\n" + body + b"\n")
     os.chown(path, uid, gid)
     os.chmod(path, 0o600)
+
+
+def maildir_deliver(maildir: Path, *messages: bytes, uid: int = -1, gid: int = -1) -> None:
+    """Into Maildir/new through tmp/, as an MDA would (uid/gid -1: left as they are)."""
+    for raw in messages:
+        name = f"{time.time_ns()}.P{os.getpid()}Q{next(unique)}.test"
+        (maildir / "tmp" / name).write_bytes(raw)
+        os.chown(maildir / "tmp" / name, uid, gid)
+        os.rename(maildir / "tmp" / name, maildir / "new" / name)
+
+
+def maildir_count(maildir: Path) -> int:
+    return sum(1 for sub in ("new", "cur") for p in (maildir / sub).iterdir() if p.is_file())
 
 
 def mbox_count(path: Path) -> int:
@@ -206,17 +233,22 @@ class NamespaceServer(UnpackedServer):
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def _start(self) -> None:
+    def _mounts(self) -> dict[str, str]:
+        """Make the namespace's passwd and shadow; returns what to bind (target -> source)."""
         etc = self.root / "etc"
         etc.mkdir()
         shutil.copy("/etc/passwd", etc / "passwd")
         shutil.copy("/etc/shadow", etc / "shadow")
         for name, uid in self.system_users.items():
             self._append_user(name, uid, "/nonexistent", "*", shell="/usr/sbin/nologin")
-        port = free_port()
-        self.modes = {Security.NONE: port}
         mounts = {"/etc/passwd": str(etc / "passwd"), "/etc/shadow": str(etc / "shadow")}
         mounts.update({target: str(self.root / sub) for target, sub in self.binds.items()})
+        return mounts
+
+    def _start(self) -> None:
+        mounts = self._mounts()
+        port = free_port()
+        self.modes = {Security.NONE: port}
         args = [
             "unshare", "--mount", "--propagation", "private", "--",
             sys.executable, str(INETD), "--listen", f"127.0.0.1:{port}", "--log",

@@ -11,12 +11,13 @@
 set -euo pipefail
 
 root="${POP3MAIL_SERVERS_ROOT:-/var/cache/pop3mail-servers}"
-servers=(mailutils-pop3d popa3d solid-pop3d cyrus-pop3d cyrus-common)
+servers=(mailutils-pop3d popa3d solid-pop3d cyrus-pop3d cyrus-common
+         courier-pop courier-base courier-authlib)
 # Libraries only: none of these provides pop3-server (checked below before installing).
 libraries=(mailutils-common libmailutils9 libmu-dbm9 libgsasl18 libkyotocabinet16v5
            libwrap0 libnsl2 libpam0g libpam-modules liblockfile1 util-linux
            libclamav12 libical3 libxapian30 libzephyr4 libpcre3 libjansson4 libicu72
-           libsasl2-2 libsasl2-modules libsasl2-modules-db sasl2-bin)
+           libsasl2-2 libsasl2-modules libsasl2-modules-db sasl2-bin libcourier-unicode4)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
@@ -24,7 +25,7 @@ unpacked_all=1
 for s in "${servers[@]}"; do [ -f "$root/$s/.unpacked" ] || unpacked_all=0; done
 missing=()
 for p in "${libraries[@]}"; do installed "$p" || missing+=("$p"); done
-[ $unpacked_all = 1 ] && [ ${#missing[@]} -eq 0 ] && [ -d /var/lib/popa3d ] && exit 0
+[ $unpacked_all = 1 ] && [ ${#missing[@]} -eq 0 ] && [ -d /var/lib/popa3d ] && [ -d /etc/courier ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
   echo "Not root: cannot unpack ${servers[*]}; the interoperability tests will be skipped." >&2
@@ -74,9 +75,10 @@ for s in "${servers[@]}"; do
   touch "$root/$s/.unpacked"
 done
 
-# What popa3d's postinst does and the fixture cannot cover by itself: the empty folder its
-# privilege-separated child chroots into (the fixture bind-mounts its own over it).
-mkdir -p /var/lib/popa3d
+# What the postinst scripts do and a fixture cannot cover by itself: empty folders that the
+# fixtures bind-mount their own over, in a private mount namespace (compiled-in paths):
+# popa3d's chroot, courier-authlib's config, socket and module folders.
+mkdir -p /var/lib/popa3d /etc/courier /run/courier /usr/lib/courier-authlib
 
 # The Dovecot tests run in the same CI run: nothing above may have removed it.
 if installed dovecot-core && ! installed dovecot-pop3d; then
