@@ -166,16 +166,22 @@ class ProgressArtifact:
             description=f"Messages received from {configuration}",
         )
         self._last = 0.0
+        self._progress = 0.0
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         if done < total and now - self._last < 1.0:
             return
         self._last = now
-        update_progress_artifact(artifact_id=self._id, progress=100.0 * done / max(total, 1))
+        self._update(100.0 * done / max(total, 1))
 
     def finish(self) -> None:
-        update_progress_artifact(artifact_id=self._id, progress=100.0)
+        self._update(100.0)
+
+    def _update(self, progress: float) -> None:
+        if progress != self._progress:  # one API call fewer when the last message said 100
+            self._progress = progress
+            update_progress_artifact(artifact_id=self._id, progress=progress)
 
 
 #: Rows in a run's table artifact; the rest is counted in a line below it.
