@@ -1,5 +1,6 @@
-# The two commands of the README: `make demo` (the main job) and `make test` (every test).
-# `make test-min` runs a fast subset against the lowest Prefect that pyproject.toml allows.
+# The two commands of the README: `make demo` (the main job) and `make test` (every test:
+# `make test-suite`, the whole suite, then `make test-min`, a fast subset against the lowest
+# Prefect that pyproject.toml allows).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +17,7 @@ MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tes
 # A test of the events client that Prefect 3.4 does not have (the events themselves are sent).
 MIN_DESELECT := --deselect tests/test_flows.py::test_receive_all_results_artifacts_and_events
 
-.PHONY: demo test test-min venv venv-min packages bench lint
+.PHONY: demo test test-suite test-min venv venv-min packages bench lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +41,10 @@ packages:
 demo: venv packages
 	$(PY) -m prefect_pop3mail.flows.demo
 
-test: venv packages
+test:
+	bash tests/setup/run-tests.sh
+
+test-suite: venv packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-min: venv-min packages
