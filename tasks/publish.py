@@ -253,8 +253,11 @@ def emit_summary(report: ReceiveReport, configuration_id: str | None = None) -> 
     emit_event(
         event=EVENT_MAILBOX_RECEIVED,
         resource={
-            "prefect.resource.id": f"pop3mail.mailbox.{report.configuration}",
+            "prefect.resource.id": mailbox_resource_id(report.configuration),
             "prefect.resource.name": report.configuration,
+            # A label, so a trigger can tell runs that fetched mail (triggers match labels,
+            # not payloads): see quiet_mailbox_automation.
+            MAIL_FETCHED_LABEL: "true" if report.received else "false",
         },
         related=[_configuration_resource(report.configuration, configuration_id)],
         payload={
@@ -267,6 +270,39 @@ def emit_summary(report: ReceiveReport, configuration_id: str | None = None) -> 
             "messages": [{"id": m.id, "folder": m.location or None} for m in shown],
             "more_messages": len(report.announcements) - len(shown),
         },
+    )
+
+
+MAIL_FETCHED_LABEL = "pop3mail.mail-fetched"
+
+
+def mailbox_resource_id(configuration: str) -> str:
+    return f"pop3mail.mailbox.{configuration}"
+
+
+def quiet_mailbox_automation(configuration: str, minutes: int = 30,
+                             actions: list | None = None):
+    """An automation (not yet created: call ``.create()``) that fires when no run of
+    ``configuration`` fetched mail for ``minutes``: a proactive trigger on the run summary
+    events whose "mail fetched" label is true. ``actions`` default to doing nothing (the
+    automation's firing is still shown and can be notified on from the UI)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation, DoNothing, EventTrigger
+
+    return Automation(
+        name=f"pop3mail: no mail fetched from {configuration} for {minutes} minutes",
+        description=f"No {EVENT_MAILBOX_RECEIVED} event with {MAIL_FETCHED_LABEL}=true from "
+        f"{configuration} in {minutes} minutes.",
+        trigger=EventTrigger(
+            expect={EVENT_MAILBOX_RECEIVED},
+            match={"prefect.resource.id": mailbox_resource_id(configuration),
+                   MAIL_FETCHED_LABEL: "true"},
+            posture="Proactive",
+            threshold=1,
+            within=timedelta(minutes=minutes),
+        ),
+        actions=actions or [DoNothing()],
     )
 
 

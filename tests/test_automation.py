@@ -1,0 +1,71 @@
+"""The "no mail fetched for 30 minutes" automation, built on the run summary event: created
+through the Prefect API, and the label it watches set by real runs against Dovecot."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+from prefect_pop3mail.flows import receive_all_mail
+from prefect_pop3mail.tasks.pop3.models import Security
+from prefect_pop3mail.tasks.publish import (
+    EVENT_MAILBOX_RECEIVED,
+    MAIL_FETCHED_LABEL,
+    mailbox_resource_id,
+    quiet_mailbox_automation,
+)
+from tests.conftest import sample_message
+
+
+def test_the_automation_is_created_through_the_api_and_watches_fetching_runs():
+    name = f"quiet-{uuid.uuid4().hex[:8]}"
+    created = quiet_mailbox_automation(name).create()
+    try:
+        stored = Automation.read(id=created.id)
+        trigger = stored.trigger
+        assert stored.name == f"pop3mail: no mail fetched from {name} for 30 minutes"
+        assert trigger.posture == "Proactive"
+        assert trigger.expect == {EVENT_MAILBOX_RECEIVED}
+        assert trigger.within == timedelta(minutes=30)
+        assert trigger.threshold == 1
+        assert dict(trigger.match.items()) == {  # the server stores each value as a list
+            "prefect.resource.id": [mailbox_resource_id(name)], MAIL_FETCHED_LABEL: ["true"]}
+    finally:
+        created.delete()
+
+
+def summaries(configuration: str, count: int, timeout: float = 20.0) -> list:
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    wanted = EventFilter(event=EventNameFilter(name=[EVENT_MAILBOX_RECEIVED]),
+                         resource=EventResourceFilter(id=[mailbox_resource_id(configuration)]))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(filter=wanted, limit=50).events
+            if len(events) >= count or time.monotonic() > deadline:
+                return sorted(events, key=lambda e: e.occurred)
+            time.sleep(0.3)
+
+
+@pytest.mark.dovecot
+def test_runs_label_their_summary_by_whether_they_fetched_mail(mailbox, tmp_path):
+    mailbox.deliver(sample_message(1))
+    name = f"quiet-{uuid.uuid4().hex[:8]}"
+    mailbox.block(tmp_path, Security.IMPLICIT).save(name)
+
+    assert len(receive_all_mail(name)) == 1
+    assert receive_all_mail(name) == []  # nothing new: the run still reports, as quiet
+
+    first, second = summaries(name, 2)
+    assert first.resource[MAIL_FETCHED_LABEL] == "true"
+    assert first.payload["received"] == 1
+    assert second.resource[MAIL_FETCHED_LABEL] == "false"
+    assert second.payload["received"] == 0
