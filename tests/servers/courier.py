@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from prefect_pop3mail.tasks.pop3.models import LoginMethod, Security
 from tests.servers.unpacked import (
+    NAMESPACE,
     NamespaceServer,
     free_port,
     maildir_count,
@@ -71,7 +72,7 @@ class CourierPop3d(NamespaceServer):
         script = r / "run.sh"
         script.write_text(self._script(mounts, port, tls_port, pem))
         self.process = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", str(script)],
+            [*NAMESPACE, "sh", str(script)],
             stdout=subprocess.DEVNULL, stderr=open(self.log_file, "ab"),
             start_new_session=True,
         )

@@ -5,7 +5,7 @@ throwaway system users in a private mount namespace, and mbox delivery.
 Debian's POP3 servers all conflict on `pop3-server`, so none is installed as a package: the
 setup script unpacks them under ``POP3MAIL_SERVERS_ROOT``. Servers with compiled-in paths
 (PAM reading /etc/passwd and /etc/shadow, popa3d's /var/mail) run under
-``unshare --mount`` with the test's own files bind-mounted over those paths.
+````unshare --mount --pid`` with the test's own files bind-mounted over those paths.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ unique = itertools.count()
 _uids = itertools.count(61000)
 
 
+#: A private mount namespace (bind mounts seen by the server only) in a PID namespace of its
+#: own, whose processes all die with its first: servers that make their own process groups
+#: (couriertcpd) cannot outlive the fixture that started them.
+NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+             "--kill-child=SIGKILL", "--"]
+
+
 def unpacked(package: str) -> Path:
     return SERVERS_ROOT / package
 
@@ -62,9 +69,7 @@ _namespace_ok: bool | None = None
 def _mount_namespaces_work() -> bool:
     global _namespace_ok
     if _namespace_ok is None:
-        probe = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
-        )
+        probe = subprocess.run([*NAMESPACE, "true"], capture_output=True)
         _namespace_ok = probe.returncode == 0
     return _namespace_ok
 
@@ -250,8 +255,7 @@ class NamespaceServer(UnpackedServer):
         port = free_port()
         self.modes = {Security.NONE: port}
         args = [
-            "unshare", "--mount", "--propagation", "private", "--",
-            sys.executable, str(INETD), "--listen", f"127.0.0.1:{port}", "--log",
+            *NAMESPACE, sys.executable, str(INETD), "--listen", f"127.0.0.1:{port}", "--log",
             str(self.log_file),
             *(f"--bind={source}={target}" for target, source in mounts.items()),
             "--", *self.command(),
