@@ -37,6 +37,7 @@ venv-min: $(MIN_VENV)/.installed
 
 packages:
 	bash tests/setup/debian-packages.sh
+	bash tests/setup/pop3-servers.sh
 
 demo: venv packages
 	$(PY) -m prefect_pop3mail.flows.demo
