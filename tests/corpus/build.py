@@ -945,7 +945,10 @@ def _multipart_signed(entity: bytes, signature: bytes) -> bytes:
 
 
 ALICE = "Alice Example <alice@example.org>"
-SIGNED = {"signer": ALICE, "verified": True}
+# Alice's certificate is self-signed: the signature is intact, its signer not trusted.
+SIGNED = {"signer": ALICE, "signature_valid": True, "signer_trusted": False,
+          "signer_matches_from": True, "covers": "whole message", "verified": False}
+UNTRUSTED = "signer not trusted: self-signed certificate, not in the trust store"
 BOB_KEY = {"key": "bob"}
 
 
@@ -990,7 +993,7 @@ def smime_signed_multipart():
     body = _multipart_signed(entity, _detached_signature(entity))
     return Case("smime_signed_multipart", "multipart/signed, detached signature (DER, signed attributes)",
                 message("Signed", {"Content-Type": 'multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="signed-outer"'}, body),
-                files, signature=SIGNED)
+                files, signature=SIGNED, warnings=[UNTRUSTED])
 
 
 @case
@@ -1022,7 +1025,7 @@ def smime_signed_openssl_detached():
     signed = _openssl("smime", "-sign", "-signer", "{certs}/alice.crt", "-inkey", "{key}", "-md", "sha256", data=entity)
     eml = head(**dict(TOP, Subject="Signed by OpenSSL")) + signed.replace(b"\r\n", b"\n").replace(b"\n", CRLF)
     return Case("smime_signed_openssl_detached", "multipart/signed made by openssl smime -sign (sha256)",
-                eml, files, signature=SIGNED)
+                eml, files, signature=SIGNED, warnings=[UNTRUSTED])
 
 
 @case
@@ -1032,7 +1035,7 @@ def smime_signed_opaque_ber():
                       "-stream", "-md", "sha384", data=entity)
     eml = head(**dict(TOP, Subject="Opaque signed")) + signed.replace(b"\r\n", b"\n").replace(b"\n", CRLF)
     return Case("smime_signed_opaque_ber", "opaque signed-data (application/pkcs7-mime) in streamed BER, sha384",
-                eml, files, signature=SIGNED)
+                eml, files, signature=SIGNED, warnings=[UNTRUSTED])
 
 
 @case
@@ -1041,7 +1044,8 @@ def smime_signed_then_encrypted():
     signed = head(Content_Type='multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="signed-outer"') \
         + CRLF + _multipart_signed(entity, _detached_signature(entity))
     return Case("smime_signed_then_encrypted", "signed, then encrypted (the usual order): decrypt, then verify",
-                _envelope(signed), files, options=BOB_KEY, decrypted=True, signature=SIGNED)
+                _envelope(signed), files, options=BOB_KEY, decrypted=True, signature=SIGNED,
+                warnings=[UNTRUSTED])
 
 
 # --- writing ------------------------------------------------------------------------------------
