@@ -128,6 +128,16 @@ class _MultiDigest:
         return {name: h.digest() for name, h in self.hashes.items()}
 
 
+class _Role:
+    """What a leaf part being written is for: its sink, and what finishes it (with the
+    extra arguments it needs) once the part ends; None for a part only captured."""
+
+    __slots__ = ("finish", "sink", "extra")
+
+    def __init__(self, finish: Callable[..., None] | None, sink, *extra):
+        self.finish, self.sink, self.extra = finish, sink, extra
+
+
 @dataclass
 class LayoutResult:
     text_path: Path | None = None
@@ -150,8 +160,9 @@ class LayoutOptions:
 #: Parses a message file, calling a visitor for each part (the streaming parser, or the
 #: email package in the differential test); ``nested=True`` for an attached message.
 ParseFunction = Callable[..., None]
-#: Checks a detached S/MIME signature: (signature DER, digests of the signed content).
-VerifyFunction = Callable[[bytes, dict[str, bytes]], SignatureInfo]
+#: Checks a detached S/MIME signature: (signature DER, digests of the signed content, what
+#: of the message it covers: "whole message" or "part N").
+VerifyFunction = Callable[[bytes, dict[str, bytes], str], SignatureInfo]
 
 
 def _filename(part: Part) -> str | None:
@@ -205,7 +216,7 @@ class FolderLayout:
         self._html_taken = False
         self._signed: dict[int, _MultiDigest] = {}
         self._signatures: dict[int, _Capture] = {}
-        self._roles: dict[int, tuple] = {}
+        self._roles: dict[int, _Role] = {}
 
     # --- visitor ------------------------------------------------------------------------
 
@@ -248,7 +259,13 @@ class FolderLayout:
         if signature is None:
             self.warn(part, "multipart/signed has no S/MIME signature part; not verified")
             return
-        info = self.verify(signature.getvalue(), digest.digests())
+        # Whole only as the message's root with just content and signature: anything
+        # beside it (a wrapping multipart/mixed, a third part) is unsigned.
+        whole = part.parent is None and part.children == 2
+        covers = "whole message" if whole else f"part {part.label}"
+        if self.within is not None:
+            covers = f"{covers} of attached message {self.within.name}"
+        info = self.verify(signature.getvalue(), digest.digests(), covers)
         if self.result.signature is None:
             self.result.signature = info
         if not info.verified:
@@ -261,7 +278,7 @@ class FolderLayout:
         if (parent is not None and id(parent) in self._signed and part.index == 1
                 and part.content_type in _SIGNATURE_TYPES):
             capture = self._signatures[id(parent)] = _Capture()
-            self._roles[id(part)] = ("signature",)
+            self._roles[id(part)] = _Role(None, capture)
             return capture
         if part.maintype == "multipart":
             return None  # a broken multipart: the parser has warned
@@ -271,7 +288,7 @@ class FolderLayout:
         if kind == "html" and self.options.save_text:
             self._html_taken = True
             spool = _Spool(self.work)
-            self._roles[id(part)] = ("html", spool)
+            self._roles[id(part)] = _Role(self._end_html, spool)
             return spool
         if kind is None and self.options.save_attachments:
             return self._begin_attachment(part)
@@ -279,17 +296,8 @@ class FolderLayout:
 
     def end_leaf(self, part: Part, sink: Sink | None) -> None:
         role = self._roles.pop(id(part), None)
-        if role is None:
-            return
-        kind = role[0]
-        if kind == "text":
-            self._end_text(part, role[1])
-        elif kind == "html":
-            self._end_html(part, role[1])
-        elif kind == "attachment":
-            self._end_attachment(part, *role[1:])
-        elif kind == "message":
-            self._end_message(part, *role[1:])
+        if role is not None and role.finish is not None:
+            role.finish(part, role.sink, *role.extra)
 
     # --- bodies ---------------------------------------------------------------------------
 
@@ -315,7 +323,7 @@ class FolderLayout:
             self._text = FileWriter(self.folder / TEXT_NAME, self.options.file_mode)
             self._text_parent = part.parent
         spool = _Spool(self.work)
-        self._roles[id(part)] = ("text", spool)
+        self._roles[id(part)] = _Role(self._end_text, spool)
         return spool
 
     def _decoded(self, part: Part, spool: _Spool) -> tuple[charsets.Decoding, Iterator[str]]:
@@ -379,9 +387,7 @@ class FolderLayout:
         if self._text is not None:
             self._text.close()
         for role in self._roles.values():
-            for item in role[1:]:
-                if hasattr(item, "close"):
-                    item.close()
+            role.sink.close()
 
     # --- attachments ----------------------------------------------------------------------
 
@@ -396,14 +402,14 @@ class FolderLayout:
         if part.content_type == "message/rfc822":
             temp = self._attachments() / f".message-{part.label}.tmp"
             writer = FileWriter(temp, self.options.file_mode)
-            self._roles[id(part)] = ("message", writer, raw_name)
+            self._roles[id(part)] = _Role(self._end_message, writer, raw_name)
             return writer
         fallback = f"part-{part.label}{extension_for(part.content_type)}"
         if part.content_type == "application/ms-tnef" and not raw_name:
             fallback = "winmail.dat"
         name = self._names.claim(safe_filename(raw_name, fallback))
         writer = FileWriter(self._attachments() / name, self.options.file_mode)
-        self._roles[id(part)] = ("attachment", writer, raw_name or name)
+        self._roles[id(part)] = _Role(self._end_attachment, writer, raw_name or name)
         return writer
 
     def _inline(self, part: Part) -> bool:
