@@ -185,3 +185,19 @@ def test_an_undecryptable_message_stays_on_the_server_and_the_batch_goes_on(mail
     again = receive_mailbox("smime-box", mailbox.settings(), save, ReceiveOptions(remove_after_read=True))
     assert [f.error_type for f in again.failed] == ["SMIMEDecryptError"]
     assert mailbox.count() == 1
+
+
+def test_an_smime_container_over_the_memory_cap_keeps_only_the_original(tmp_path, monkeypatch):
+    from prefect_pop3mail.tasks.pop3 import store
+    from prefect_pop3mail.tasks.pop3.store import MessageStore
+
+    monkeypatch.setattr(store, "MAX_SMIME_BYTES", 4096)  # the real cap is 64 MB
+    big = (CORPUS / "smime_signed_opaque_ber" / "message.eml").read_bytes()  # over 4 kB
+    keeper = MessageStore(SaveOptions(directory=tmp_path), "m@h:1", "c")
+    incoming = keeper.incoming()
+    incoming.write(big)
+    incoming.finish()
+    mail = keeper.save(incoming, "u1")
+    keeper.close()
+    assert mail.original_path.read_bytes() == big and mail.text_path is None
+    assert any("MAX_SMIME_BYTES" in w for w in mail.warnings), mail.warnings

@@ -54,6 +54,9 @@ log = logging.getLogger("pop3mail.store")
 ORIGINAL_NAME = "message.eml"
 #: Encrypted inside signed inside encrypted...: more layers than this are not unwrapped.
 MAX_SMIME_LAYERS = 4
+#: S/MIME is opened in memory (the cryptography package takes bytes): a larger container is
+#: kept as the original only, so one message cannot take more than a few times this.
+MAX_SMIME_BYTES = 64 << 20
 
 
 class IncomingMessage:
@@ -314,6 +317,11 @@ class MessageStore:
             if kind is None:
                 return source
             parse_file(source, root)
+            if root.overflow:
+                findings.warnings.append(
+                    f"S/MIME content over {MAX_SMIME_BYTES >> 20} MB (MAX_SMIME_BYTES) is not "
+                    "opened; only the original is saved")
+                return None
             der = root.data.getvalue()
             if kind == "unknown":
                 kind = "signed" if smime.is_signed_data(der) else "enveloped"
@@ -366,13 +374,21 @@ class MessageStore:
 
 
 class _RootBody:
-    """A visitor that keeps the decoded body of a single-part message in memory."""
+    """A visitor that keeps the decoded body of a single-part message in memory, up to
+    MAX_SMIME_BYTES (``overflow`` says when it was more)."""
 
     def __init__(self):
         self.data = io.BytesIO()
+        self.overflow = False
+
+    def write(self, data: bytes) -> None:
+        if self.data.tell() + len(data) > MAX_SMIME_BYTES:
+            self.overflow = True
+            return
+        self.data.write(data)
 
     def begin_leaf(self, part: Part):
-        return self.data if part.parent is None else None
+        return self if part.parent is None else None
 
     def end_leaf(self, part, sink) -> None:
         pass
