@@ -38,10 +38,10 @@ def poison_reader(monkeypatch):
     """The header reader fails, with an exception not of ours, for the poison message."""
     real = store_module.header_fields
 
-    def failing(message):
+    def failing(message, *args):
         if POISON in str(message.get("Subject", "")):
             raise RecursionError("maximum recursion depth exceeded (simulated)")
-        return real(message)
+        return real(message, *args)
 
     monkeypatch.setattr(store_module, "header_fields", failing)
 

@@ -167,11 +167,12 @@ class MessageStore:
         """Save everything for one message; the incoming file is consumed."""
         with _save_errors(incoming.path), open(incoming.path, "rb") as f:
             head = _read_head(f)
-        headers = header_fields(head)
+        header_warnings: list[str] = []
+        headers = header_fields(head, header_warnings)
         name = self.folder_name(uidl, headers["date"], incoming.sha256)
         staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
         staging = self._work / staging_name
-        findings = _Findings(sender=headers["sender"])
+        findings = _Findings(sender=headers["sender"], warnings=header_warnings)
         try:
             with _save_errors(staging):
                 staging.mkdir(mode=self.dir_mode)
