@@ -6,7 +6,7 @@ blocks. Timed, interleaved, ``REPEAT`` times: ``receive_all_mail`` of one mailbo
 alone over the 50 mailboxes on as many threads as the flow's task runner
 (``MAILBOX_WORKERS``), which is the work the fan-out cannot avoid (5,000 message folders);
 and ``receive_from_mailboxes`` of the 50. Prefect's client retries after a "busy" (503)
-answer are counted per run, and any failure is shown.
+answer are counted per run, with the API calls by endpoint and the ones answered busy.
 
 Run: ``.venv/bin/python -m bench fanout`` (root, like every Dovecot benchmark).
 """
@@ -31,6 +31,7 @@ from bench.peers_mail import small  # noqa: E402
 from bench.peers_measure import quiet_prefect_console  # noqa: E402
 from bench.peers_pop3mail import run_engine, run_flow, save_configuration  # noqa: E402
 from bench.peers_tools import Mailbox  # noqa: E402
+from bench.prefect_busy import api_calls, summary  # noqa: E402
 from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot  # noqa: E402
 
 MAILBOXES = int(os.environ.get("POP3MAIL_BENCH_MAILBOXES", "50"))
@@ -54,8 +55,9 @@ def main() -> None:
     client_log = logging.getLogger("prefect.client")
     times: dict[str, list[float]] = {"one": [], "engine": [], "fanout": []}
     slept: dict[str, list[str]] = {key: [] for key in times}
+    requests: dict[str, list[int]] = {key: [] for key in times}
     try:
-        with prefect_test_harness(server_startup_timeout=120):
+        with prefect_test_harness(server_startup_timeout=120), api_calls() as calls:
             quiet_prefect_console()
             client_log.setLevel(logging.DEBUG)
             client_log.addHandler(retries)
@@ -92,11 +94,17 @@ def main() -> None:
                 for key, (run, expected) in runs.items():
                     empty()
                     retries.take()
+                    calls.take()
                     start = time.perf_counter()
                     saved = run()
                     times[key].append(time.perf_counter() - start)
                     slept[key].append(retries.take())
+                    made, busy = calls.take()
+                    requests[key].append(sum(made.values()))
                     assert saved == expected, (key, saved, expected)
+                    if key == "fanout":
+                        print(f"fan-out API calls: {summary(made)}; answered busy (503): "
+                              f"{summary(busy)}", flush=True)
                 print(", ".join(f"{key} {times[key][-1]:.2f} s (client retries "
                                 f"{slept[key][-1]})" for key in runs), flush=True)
     finally:
@@ -110,6 +118,7 @@ def main() -> None:
               "fanout": f"receive_from_mailboxes, {MAILBOXES} mailboxes"}
     rows = [{"run": labels[key], "median s": f"{median[key]:.3f}",
              "runs s": " ".join(f"{t:.2f}" for t in times[key]),
+             "API calls": " ".join(map(str, requests[key])),
              "client retries (slept)": ", ".join(slept[key])} for key in times]
     print("\n" + table(rows, list(rows[0])))
     print(f"\n(e) {MAILBOXES} mailboxes / one: {median['fanout'] / median['one']:.2f}x (target "
