@@ -218,3 +218,16 @@ def test_the_same_message_left_by_a_crash_is_deleted_without_saving_it_again(tmp
                                  ReceiveOptions(remove_after_read=True))
         assert report.received == [] and server.messages == []
         assert any(c.startswith("TOP 1 0") for c in server.commands)
+
+
+def test_a_server_without_uidl_gets_an_error_that_says_what_needs_it(tmp_path):
+    from prefect_pop3mail.tasks.pop3.errors import UIDLNotSupportedError
+    from tests.servers.faultserver import reply
+
+    with FaultServer([crlf(sample_message(1))]) as server:
+        server.on("UIDL", reply("-ERR command not implemented"))
+        with pytest.raises(UIDLNotSupportedError, match="new_messages_only") as caught:
+            receive_mailbox("c", settings_for(server), SaveOptions(directory=tmp_path),
+                            ReceiveOptions(remove_after_read=True))
+        assert "command not implemented" in str(caught.value) and not caught.value.retryable
+        assert len(server.messages) == 1

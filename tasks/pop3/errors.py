@@ -113,6 +113,11 @@ class POP3ReplyError(POP3MailError):
         super().__init__(f"{command} failed: {self.reply}")
 
 
+class UIDLNotSupportedError(POP3ReplyError):
+    """The server refused UIDL: without unique ids there is no journal, so neither "New
+    messages only" nor a safe rerun after a crash (that would delete or save again)."""
+
+
 class POP3AuthError(POP3ReplyError):
     """Login was refused. Never retried: the same credentials fail the same way."""
 

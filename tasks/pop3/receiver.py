@@ -26,6 +26,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3MailError,
     POP3ReplyError,
     SaveDirectoryError,
+    UIDLNotSupportedError,
 )
 from prefect_pop3mail.tasks.pop3.headers import header_fields
 from prefect_pop3mail.tasks.pop3.journal import Saved, head_digest
@@ -143,7 +144,7 @@ class MailboxReceiver:
         first = len(received)
         session = self._open()
         try:
-            listing = _Listing(session.uidl(), session.list())
+            listing = _Listing(self._uidls(session), session.list())
             for number, error in session.invalid_uidls.items():
                 # Never journalled or deleted: the journal could not name this message.
                 self._fail(number, error.uidl or f"(message {number})", error)
@@ -183,6 +184,18 @@ class MailboxReceiver:
             received[i] = received[i].model_copy(update=update)
         for error in refused.values():
             log.warning("%s: the server refused a deletion: %s", self.configuration, error)
+
+    @staticmethod
+    def _uidls(session: POP3Session) -> dict[int, str]:
+        try:
+            return session.uidl()
+        except POP3ReplyError as exc:
+            if isinstance(exc, UIDLNotSupportedError):
+                raise
+            raise UIDLNotSupportedError(
+                "UIDL", f"{exc.reply} (the server gives messages no unique ids, which the "
+                "journal needs: new_messages_only (New messages only) and receiving again "
+                "safely after a crash cannot work with it)") from exc
 
     def _open(self) -> POP3Session:
         """Connect and log in; a locked mailbox ([IN-USE]) is retried with backoff."""
