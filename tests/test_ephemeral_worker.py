@@ -38,6 +38,9 @@ def s3_server():
     from tests.servers.s3 import S3Server
 
     server = S3Server()
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec.open() must not reuse an earlier server's
     yield server
     server.stop()
 

@@ -41,6 +41,9 @@ def s3_server():
     from tests.servers.s3 import S3Server
 
     server = S3Server()
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec.open() must not reuse an earlier server's
     yield server
     server.stop()
 
@@ -154,9 +157,9 @@ def test_flow_saves_to_storage_and_a_rerun_saves_no_duplicate(mailbox, storage):
     assert mailbox.count() == 2
     after = objects(storage)
     assert after == before, "a rerun changed the storage"
-    state = [n for n in after if n.startswith(".pop3mail/")]
-    assert sum(1 for n in state if n.rsplit("/", 1)[1].startswith("S~")) == 2
-    assert not any(n.rsplit("/", 1)[1].startswith("O~") for n in state), "announced, not left"
+    records = [n for n in after if n.startswith(".pop3mail/") and "/S~" in n]
+    assert len(records) == 2
+    assert all(after[n] == b"" for n in records), "announced, yet still pending"
 
 
 def test_flow_with_removal_empties_the_mailbox_into_storage(mailbox, storage):
@@ -188,14 +191,14 @@ def test_one_listing_per_run_loads_journal_and_outbox(mailbox, s3_url, monkeypat
     mailbox.deliver(*(sample_message(i) for i in range(6)))
     save = SaveOptions(url=s3_url)
     receive_mailbox("cfg", mailbox.settings(), save, ReceiveOptions())  # creates the state
-    outbox_left = [n for n in objects(s3_url) if "/O~" in n]
+    pending = [n for n, data in objects(s3_url).items() if "/S~" in n and data]
     requests.clear()
 
     report = receive_mailbox("cfg", mailbox.settings(), save, ReceiveOptions())
 
     assert report.received == [] and report.skipped_known == 6
     assert requests == ["list_objects_v2"], "more than one listing, or reads of records"
-    assert outbox_left == []
+    assert pending == [], "announced, yet still pending"
 
 
 def test_a_failed_upload_leaves_the_folder_invisible_and_the_next_run_completes_it(
@@ -271,19 +274,43 @@ def test_the_journal_on_storage_keeps_latest_records_failures_and_prunes(tmp_pat
     assert RemoteJournal(RemoteState(target, "me@host:110")).get("u1") is not None
 
 
-def test_the_outbox_on_storage_keeps_pending_announcements_in_order(tmp_path):
+def test_pending_announcements_ride_on_journal_records_in_order(tmp_path):
     from prefect_pop3mail.tasks.pop3.models import ReceivedMail
 
     target = RemoteTarget((tmp_path / "store").as_uri())
-    outbox = RemoteOutbox(RemoteState(target, "me@host:110"))
-    mails = [ReceivedMail(id=f"id{i}", configuration="c", uidl=f"u{i}") for i in range(3)]
-    for mail in mails:
+    state = RemoteState(target, "me@host:110")
+    journal, outbox = RemoteJournal(state), RemoteOutbox(state)
+    mails = [ReceivedMail(id=f"id{i}", configuration="c", uidl=f"u{i}") for i in range(4)]
+    for mail in mails[:3]:  # the receiver's order: the outbox, then the journal
         outbox.add(mail)
+        journal.record(mail.uidl, Saved(f"f-{mail.id}"))
+    journal.record("u3", Saved("f-id3"))  # recorded first, announced after: still kept
+    outbox.add(mails[3])
     outbox.acknowledge(["id1"])
 
-    pending = RemoteOutbox(RemoteState(target, "me@host:110")).pending
-    assert list(pending) == ["id0", "id2"]
+    state = RemoteState(target, "me@host:110")
+    pending = RemoteOutbox(state).pending
+    assert list(pending) == ["id0", "id2", "id3"]
     assert pending["id2"] == mails[2]
+    assert all(RemoteJournal(state).get(f"u{i}") == Saved(f"f-id{i}") for i in range(4))
+
+
+def test_a_pending_announcement_survives_a_reused_uidl(tmp_path):
+    from prefect_pop3mail.tasks.pop3.models import ReceivedMail
+
+    target = RemoteTarget((tmp_path / "store").as_uri())
+    state = RemoteState(target, "me@host:110")
+    journal, outbox = RemoteJournal(state), RemoteOutbox(state)
+    old = ReceivedMail(id="old", configuration="c", uidl="u")
+    outbox.add(old)
+    journal.record("u", Saved("f-old"))
+    new = ReceivedMail(id="new", configuration="c", uidl="u")  # the server reused "u"
+    outbox.add(new)
+    journal.record("u", Saved("f-new"))
+
+    state = RemoteState(target, "me@host:110")
+    assert list(RemoteOutbox(state).pending) == ["old", "new"]
+    assert RemoteJournal(state).get("u") == Saved("f-new")
 
 
 def test_sftp_refuses_a_server_whose_host_key_is_not_known(sftp_server, monkeypatch, tmp_path):

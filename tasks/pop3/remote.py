@@ -12,9 +12,10 @@ Storage without rename or append keeps the local promises this way:
 - The journal, failure counts and the outbox live beside the saved files, under
   ``.pop3mail/<mailbox digest>/``, one small object per record, read with one listing per
   run. A journal record's name holds all it says, so the listing alone loads the journal;
-  outbox objects (pending announcements) are read only while pending.
-- Every upload has returned before the next step: marker, then outbox, then journal, then
-  DELE. There is nothing to sync.
+  its content is the message's announcement until downstream steps have heard of it (then
+  it is emptied), so a pending announcement is a record that is not empty, read only then.
+- Every upload has returned before the next step: marker, then the journal record with its
+  announcement, then DELE. There is nothing to sync.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ _SEP = "~"
 UPLOAD_PART = 8 * 1024 * 1024
 #: Files of one message uploaded at once (each in parts of UPLOAD_PART at most).
 UPLOAD_BATCH = 4
+#: Small state objects written at once (acknowledgements at the end of a run).
+WRITE_BATCH = 32
 ATOMIC_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 
 
@@ -200,16 +203,28 @@ class RemoteTarget:
                 except FileNotFoundError:
                     pass
 
-    def list(self, relative: str) -> list[str]:
-        """Names in one flat folder, fresh (never cached): on an object store, one listing
-        request per 1,000 names."""
+    def list(self, relative: str, *, sizes: bool = False):
+        """Names in one flat folder (with their sizes), fresh, never cached: on an object
+        store, one listing request per 1,000 names."""
         path = self.path(relative)
         self.fs.invalidate_cache(path)
         try:
-            entries = self.call(f"list {relative}", self.fs.find, path)
+            entries = self.call(f"list {relative}", self.fs.find, path, detail=True)
         except (FileNotFoundError, NotADirectoryError):
-            return []
-        return [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+            entries = {}
+        found = {p.rstrip("/").rsplit("/", 1)[-1]: info.get("size") or 0
+                 for p, info in entries.items()}
+        return found if sizes else list(found)
+
+    def write_all(self, objects: dict[str, bytes]) -> None:
+        """Write several small objects: at once on an asynchronous file system."""
+        if getattr(self.fs, "async_impl", False) and len(objects) > 1:
+            self.call("write records", self.fs.pipe,
+                      {self.path(r): data for r, data in objects.items()},
+                      batch_size=WRITE_BATCH)
+            return
+        for relative, data in objects.items():
+            self.write(relative, data)
 
     def publish(self, local: Path, relative: str) -> None:
         """Upload the finished folder ``local`` as ``relative``, its marker last."""
@@ -301,17 +316,34 @@ def _uidl_key(uidl: str) -> str:
 
 
 class RemoteState:
-    """The state folder of one mailbox on storage, listed once when opened."""
+    """The state folder of one mailbox on storage, listed once when opened.
+
+    A journal record holds, as its content, the announcement of the message it records
+    until downstream steps have heard of it: journalling and entering the outbox are one
+    upload, and a record with content is a pending announcement.
+    """
 
     def __init__(self, target: RemoteTarget, mailbox_key: str):
         self.target = target
         self.folder = f"{STATE_DIR}/{mailbox_digest(mailbox_key)}"
         self._last = 0
-        self.names = sorted(target.list(self.folder))
-        if not self.names:
+        #: name -> size, in the order records were written.
+        self.entries = dict(sorted(target.list(self.folder, sizes=True).items(),
+                                   key=lambda item: item[0].split(_SEP)[1:2]))
+        if not self.entries:
             # The layout's version. It also keeps the folder from being empty: an object
             # store answers an empty listing with more requests to tell "empty" from "absent".
             self.write(self.key("V", "1"))
+        #: Announcements waiting for their journal record (uidl key -> the message).
+        self.announcing: dict[str, ReceivedMail] = {}
+        #: Records written this run with no announcement yet (uidl key -> name), and
+        #: records holding a pending announcement (mail id -> name).
+        self.unannounced: dict[str, str] = {}
+        self.pending: dict[str, str] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
 
     def key(self, *fields: str) -> str:
         """A new record's name: its kind, a time that orders records, then its fields."""
@@ -322,6 +354,9 @@ class RemoteState:
     def write(self, name: str, data: bytes = b"") -> None:
         self.target.write(f"{self.folder}/{name}", data)
 
+    def write_all(self, records: dict[str, bytes]) -> None:
+        self.target.write_all({f"{self.folder}/{n}": data for n, data in records.items()})
+
     def remove(self, names: list[str]) -> None:
         self.target.remove([f"{self.folder}/{n}" for n in names])
 
@@ -329,7 +364,7 @@ class RemoteState:
 class RemoteJournal(Journal):
     """The journal as objects: ``S~time~uidl~folder~size~head`` per saved message (``Q``
     when quarantined), ``F~time~uidl~kind`` per failed attempt. The latest record of a UIDL
-    wins; the older ones are removed once it is written."""
+    wins; the older ones are removed once it is written, unless still announcing."""
 
     def __init__(self, state: RemoteState):  # no file to open: Journal's own is not called
         self.remote = state
@@ -337,7 +372,7 @@ class RemoteJournal(Journal):
         self.failures: dict[str, list[str]] = {}
         self._names: dict[str, list[str]] = {}  # uidl key -> its record objects
         self._fd = -1
-        for name in sorted(state.names, key=lambda n: n.split(_SEP)[1:2]):  # by time
+        for name in state.entries:
             self._load(name)
 
     def _load(self, name: str) -> None:
@@ -350,7 +385,7 @@ class RemoteJournal(Journal):
         elif fields[0] == "F" and len(fields) == 4:
             self.failures.setdefault(fields[2], []).append(fields[3])
         else:
-            return  # another kind of record (the outbox's), or not ours
+            return  # the layout's version, or not ours
         self._names.setdefault(fields[2], []).append(name)
 
     def __contains__(self, uidl: str) -> bool:
@@ -367,16 +402,24 @@ class RemoteJournal(Journal):
         return kinds[-1] if kinds else None
 
     def record(self, uidl: str, saved: Saved) -> None:
-        """Write one record; it is durable once this returns."""
+        """Write one record, with the message's announcement when the outbox has it; it is
+        durable once this returns."""
         key = _uidl_key(uidl)
         size = "" if saved.size is None else str(saved.size)
         name = self.remote.key("Q" if saved.quarantined else "S", key, saved.folder, size,
                                saved.head)
-        self.remote.write(name)
+        mail = self.remote.announcing.pop(key, None)
+        self.remote.write(name, mail.model_dump_json().encode() if mail else b"")
+        if mail is None:
+            self.remote.unannounced[key] = name
+        else:
+            self.remote.unannounced.pop(key, None)
+            self.remote.pending[mail.id] = name
         self.saved[key] = saved
         self.failures.pop(key, None)
+        announcing = set(self.remote.pending.values())
         older, self._names[key] = self._names.get(key, []), [name]
-        self.remote.remove(older)
+        self.remote.remove([n for n in older if n not in announcing])
 
     def record_failure(self, uidl: str, kind: str) -> int:
         key = _uidl_key(uidl)
@@ -390,7 +433,8 @@ class RemoteJournal(Journal):
         """Nothing to do: every record was durable when its upload returned."""
 
     def prune(self, on_server: set[str]) -> None:
-        """Forget messages gone from the server once they are most of the journal."""
+        """Forget messages gone from the server once they are most of the journal (their
+        announcements, if still pending, stay)."""
         if not on_server:
             return
         present = {_uidl_key(u) for u in on_server}
@@ -398,7 +442,9 @@ class RemoteJournal(Journal):
         if len(stale) < PRUNE_AT or len(stale) * 2 < len(self.saved):
             return
         gone = stale + [k for k in self.failures if k not in present and k not in self.saved]
-        self.remote.remove([n for k in gone for n in self._names.pop(k, [])])
+        announcing = set(self.remote.pending.values())
+        self.remote.remove([n for k in gone for n in self._names.pop(k, [])
+                            if n not in announcing])
         for key in gone:
             self.saved.pop(key, None)
             self.failures.pop(key, None)
@@ -408,15 +454,15 @@ class RemoteJournal(Journal):
 
 
 class RemoteOutbox(Outbox):
-    """Pending announcements as objects ``O~time~id``, each holding its ReceivedMail;
-    acknowledged ones are removed."""
+    """Pending announcements: journal records that still hold their message. ``add``
+    hands the message to the journal record that follows it (the receiver adds, then
+    records); acknowledging empties the records."""
 
     def __init__(self, state: RemoteState):  # no file to open: Outbox's own is not called
         self.remote = state
         self.pending: dict[str, ReceivedMail] = {}
-        self._objects: dict[str, str] = {}
         self._fd = -1
-        names = [n for n in state.names if n.startswith(f"O{_SEP}")]
+        names = [n for n, size in state.entries.items() if size and n[:2] in ("S~", "Q~")]
         if not names:
             return
         paths = {state.target.path(f"{state.folder}/{n}"): n for n in names}
@@ -428,23 +474,24 @@ class RemoteOutbox(Outbox):
             except (KeyError, ValueError, ValidationError):
                 continue  # gone since the listing, or not ours
             self.pending[mail.id] = mail
-            self._objects[mail.id] = name
+            state.pending[mail.id] = name
 
     def add(self, mail: ReceivedMail) -> None:
-        name = self.remote.key("O", mail.id)
-        self.remote.write(name, mail.model_dump_json().encode())
-        older = self._objects.get(mail.id)
+        key = _uidl_key(mail.uidl)
         self.pending[mail.id] = mail
-        self._objects[mail.id] = name
-        if older:
-            self.remote.remove([older])
+        name = self.remote.unannounced.pop(key, None)
+        if name is None:
+            self.remote.announcing[key] = mail  # written with its journal record
+            return
+        self.remote.write(name, mail.model_dump_json().encode())  # recorded first: rewrite
+        self.remote.pending[mail.id] = name
 
     def acknowledge(self, ids: list[str]) -> None:
         done = [i for i in ids if i in self.pending]
-        self.remote.remove([self._objects[i] for i in done])
+        names = [self.remote.pending.pop(i) for i in done if i in self.remote.pending]
+        self.remote.write_all(dict.fromkeys(names, b""))
         for i in done:
             del self.pending[i]
-            del self._objects[i]
 
     def close(self) -> None:
         pass
