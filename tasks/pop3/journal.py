@@ -21,7 +21,6 @@ import os
 import zlib
 from typing import NamedTuple
 
-from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
 from prefect_pop3mail.tasks.pop3.statedir import StateFolder
 
 #: Prune once this many journalled messages are gone from the server (and most are gone).
@@ -74,17 +73,10 @@ class Journal:
         self.saved: dict[str, Saved] = {}
         self.failures: dict[str, list[str]] = {}
         self._fd = -1
-        try:
+        with state.keeping("journal", self.name):
             data = state.read(self.name)
             self._load(data)
-            self._fd = state.open(self.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            if data and not data.endswith(b"\n"):
-                os.write(self._fd, b"\n")  # a torn last line stays alone
-        except OSError as exc:
-            raise SaveDirectoryError(
-                f"save_directory: cannot keep the journal {state.path / self.name}: "
-                f"{exc.strerror or exc}"
-            ) from exc
+            self._fd = state.open_log(self.name, data)
 
     def _load(self, data: bytes) -> None:
         # The CRC is checked on the line's bytes (records are written as UTF-8), before

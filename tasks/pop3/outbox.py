@@ -13,7 +13,6 @@ import os
 
 from pydantic import ValidationError
 
-from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
 from prefect_pop3mail.tasks.pop3.journal import mailbox_digest
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail
 from prefect_pop3mail.tasks.pop3.statedir import StateFolder
@@ -31,7 +30,7 @@ class Outbox:
         self.pending: dict[str, ReceivedMail] = {}
         self._lines = 0
         self._fd = -1
-        try:
+        with state.keeping("outbox", self.name):
             data = state.read(self.name)
             self._load(data)
             if data and not self.pending:
@@ -40,14 +39,7 @@ class Outbox:
             elif self._lines > COMPACT_AT and len(self.pending) * 2 < self._lines:
                 data = self._dump()
                 state.replace(self.name, data)
-            self._fd = state.open(self.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            if data and not data.endswith(b"\n"):
-                os.write(self._fd, b"\n")
-        except OSError as exc:
-            raise SaveDirectoryError(
-                f"save_directory: cannot keep the outbox {state.path / self.name}: "
-                f"{exc.strerror or exc}"
-            ) from exc
+            self._fd = state.open_log(self.name, data)
 
     def _load(self, data: bytes) -> None:
         for raw in data.split(b"\n"):

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
@@ -125,6 +126,25 @@ class StateFolder:
             return b""
         with os.fdopen(fd, "rb") as f:
             return f.read()
+
+    def open_log(self, name: str, data: bytes) -> int:
+        """Open the append-only file ``name`` (whose content is ``data``) for appending. A
+        last line torn by a crash is ended first, so the next record gets its own line."""
+        fd = self.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        if data and not data.endswith(b"\n"):
+            os.write(fd, b"\n")
+        return fd
+
+    @contextlib.contextmanager
+    def keeping(self, what: str, name: str) -> Iterator[None]:
+        """OSError while keeping a state file becomes an error naming the setting."""
+        try:
+            yield
+        except OSError as exc:
+            raise SaveDirectoryError(
+                f"save_directory: cannot keep the {what} {self.path / name}: "
+                f"{exc.strerror or exc}"
+            ) from exc
 
     def replace(self, name: str, data: bytes, mode: int = 0o600) -> None:
         """Write ``name`` atomically: a temporary file, fsync, rename, fsync the folder."""
