@@ -106,7 +106,7 @@ def _increment(client, name: str) -> httpx.Response:
     Prefect's client then sleeps 2, 4, 8... seconds before trying again, which was most of
     a 50-mailbox fan-out's time (bench fanout: 65 such answers, 259 s slept). The lock
     tries again itself after 20 ms to 1 s. Any other answer but 200 and 423 (a server that
-    wants a CSRF token, say) goes through Prefect's client as usual.
+    wants a CSRF token, say), or a connection error, goes through Prefect's client as usual.
     """
     holder = _holder()
     transport = getattr(client, "_client", None)  # the client's own httpx.Client
@@ -118,7 +118,10 @@ def _increment(client, name: str) -> httpx.Response:
         for attempt in range(BUSY_RETRIES):
             request = transport.build_request(
                 "POST", "/v2/concurrency_limits/increment-with-lease", json=body)
-            response = httpx.Client.send(transport, request)  # without Prefect's retries
+            try:
+                response = httpx.Client.send(transport, request)  # without Prefect's retries
+            except httpx.TransportError:  # a kept-alive connection the server closed, say
+                break
             if response.status_code in (200, 423):
                 response.raise_for_status()  # 423 Locked: the caller waits its turn
                 return response
