@@ -1,5 +1,5 @@
 """Saving to S3: the engine receiving a Dovecot mailbox into a local S3-compatible server
-(moto, tests/servers/s3.py), against a plain boto3 upload loop of the originals alone.
+(moto in its own process, tests/servers/s3.py), against a plain boto3 upload loop of the originals alone.
 
 Workloads: (a) 1,000 messages of 4 KB; (b) 20 messages of 1 MB (a 740 KB attachment). For
 each: the median of REPEAT runs of
@@ -9,6 +9,10 @@ each: the median of REPEAT runs of
   - pop3mail -> local disk: the same into a fresh local folder, for reference.
 The ratio "S3 / boto3" is what the whole receive costs over uploading the originals alone;
 "S3 / local" what storage costs over the local disk.
+
+(c) Memory: one message with a BENCH_REMOTE_MB (default 100) MB attachment received to S3 in a
+fresh child process, against a 4 KB message the same way: the difference of their peak RSS is
+what grows with the message (the constant cost of boto's models is in both).
 
 Run: .venv/bin/python -m bench remote   (needs root for Dovecot, and moto[server], s3fs)
 """
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bench.common import table
+from bench.common import child_peak_rss, table
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
     ReceiveOptions,
@@ -36,6 +40,22 @@ from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
 
 REPEAT = int(os.environ.get("BENCH_REMOTE_REPEAT", "3"))
+BIG_MB = int(os.environ.get("BENCH_REMOTE_MB", "100"))
+
+MEMORY_CHILD = """
+import json, resource, sys
+from pydantic import SecretStr
+from prefect_pop3mail.tasks.pop3.models import (
+    ConnectionSettings, ReceiveOptions, SaveOptions, Security)
+from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
+host, port, user, password, ca, url = sys.argv[1:7]
+settings = ConnectionSettings(host=host, port=int(port), security=Security.IMPLICIT, user=user,
+                              password=SecretStr(password), tls_ca_file=ca, timeout=120)
+report = receive_mailbox("bench", settings, SaveOptions(url=url), ReceiveOptions())
+mail = report.received[0]
+print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "size": mail.size, "saved": sum(a.size for a in mail.attachments)}))
+"""
 
 
 def small(i: int) -> bytes:
@@ -104,6 +124,27 @@ def workload(name: str, messages: list[bytes], dovecot, server, bucket: str,
             "runs (s3)": " ".join(f"{t:.2f}" for t in times["s3"])}
 
 
+def memory_rows(dovecot, bucket: str, work: Path) -> list[dict]:
+    from bench.bench_store import write_big_message
+
+    big = work / "big.eml"
+    write_big_message(big, BIG_MB)
+    rows, peaks = [], {}
+    for name, raw in (("4 KB message", small(0)), (f"{BIG_MB} MB attachment", big.read_bytes())):
+        user, password = dovecot.add_user()
+        dovecot.deliver(user, raw)
+        result = child_peak_rss(MEMORY_CHILD, "localhost", str(dovecot.pop3s_port), user,
+                                password, str(dovecot.ca_file),
+                                f"s3://{bucket}/{uuid.uuid4().hex}")
+        peaks[name] = result["peak"]
+        rows.append({"workload": f"(c) {name} to S3", "message MB": f"{result['size'] / 2**20:.1f}",
+                     "peak RSS MB": f"{result['peak'] / 2**20:.0f}"})
+    growth = peaks[f"{BIG_MB} MB attachment"] - peaks["4 KB message"]
+    rows.append({"workload": "(c) grows with the message", "peak RSS MB": f"{growth / 2**20:.1f}"})
+    big.unlink()
+    return rows
+
+
 def main() -> None:
     if reason := dovecot_unavailable_reason():
         print(f"skipped: {reason}")
@@ -113,7 +154,7 @@ def main() -> None:
     except ImportError as exc:
         print(f"skipped: {exc}")
         return
-    server = S3Server()
+    server = S3Server(separate_process=True)
     os.environ.update(server.env())
     dovecot = start_dovecot()
     work = Path(tempfile.mkdtemp(prefix="pop3mail-bench-remote-"))
@@ -126,7 +167,9 @@ def main() -> None:
                      work),
         ]
         print(table(rows, list(rows[0])))
-        print(f"medians of {REPEAT} runs; S3 = moto server on 127.0.0.1 (one process, "
+        memory = memory_rows(dovecot, bucket, work)
+        print(table(memory, ["workload", "message MB", "peak RSS MB"]))
+        print(f"medians of {REPEAT} runs; S3 = moto server on 127.0.0.1 (its own process, "
               "in memory); Dovecot over implicit TLS on loopback")
     finally:
         dovecot.stop()

@@ -48,7 +48,9 @@ EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "ab
 _SEP = "~"
 #: Object stores upload a large file in parts of this size, read from disk one at a time.
 UPLOAD_PART = 8 * 1024 * 1024
-#: Files of one message uploaded at once (each in parts of UPLOAD_PART at most).
+#: Parts of one file in flight, and files of one message uploaded at once: at most
+#: UPLOAD_PART * PARTS_AT_ONCE * UPLOAD_BATCH bytes in memory, whatever the message's size.
+PARTS_AT_ONCE = 2
 UPLOAD_BATCH = 4
 #: Small state objects written at once (acknowledgements at the end of a run).
 WRITE_BATCH = 32
@@ -133,8 +135,13 @@ class RemoteTarget:
             raise _storage_error(url, "connect", exc) from exc
         self.root = root.rstrip("/")
         protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
-        # Object stores upload a large file in parts of this size: memory stays flat.
-        self._put = {"chunksize": UPLOAD_PART} if protocols & {"s3", "gs", "gcs"} else {}
+        # Object stores upload a large file in parts, a few at a time: memory stays flat
+        # (s3fs would otherwise hold 10 parts of a file at once).
+        self._put: dict[str, int] = {}
+        if protocols & {"s3", "s3a"}:
+            self._put = {"chunksize": UPLOAD_PART, "max_concurrency": PARTS_AT_ONCE}
+        elif protocols & {"gs", "gcs"}:
+            self._put = {"chunksize": UPLOAD_PART}
         #: Each upload replaces an object whole, so an earlier save of a folder stays
         #: readable, file by file, while it is saved again (same files, same bytes).
         self.atomic_objects = bool(protocols & ATOMIC_OBJECT_STORES)

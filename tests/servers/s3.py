@@ -5,11 +5,22 @@ s3fs's own tests use. Clients reach it through the standard AWS environment vari
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
+import time
 import uuid
 
 
 class S3Server:
-    def __init__(self):
+    """``separate_process``: run moto in its own interpreter (benchmarks: the server's work
+    then shares no GIL with the client measured); otherwise a thread of this process."""
+
+    def __init__(self, *, separate_process: bool = False):
+        self._process = None
+        if separate_process:
+            self._start_process()
+            return
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -17,6 +28,24 @@ class S3Server:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
+
+    def _start_process(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self._process.kill()
+        raise RuntimeError("moto server did not start")
 
     def env(self) -> dict[str, str]:
         """What a worker's environment says to use this server (no config files read)."""
@@ -56,4 +85,8 @@ class S3Server:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def stop(self) -> None:
-        self._server.stop()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+        else:
+            self._server.stop()
