@@ -83,23 +83,58 @@ def saved_originals(directory: Path) -> list[bytes]:
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(mailbox, tmp_path):
+    crash_test(mailbox, tmp_path, str(tmp_path), lambda: saved_originals(tmp_path),
+               MESSAGES, KILLS, MOMENTS)
+
+
+def test_sigkill_with_s3_storage_loses_and_duplicates_nothing(mailbox, tmp_path, monkeypatch):
+    """The same promises with the save directory on S3 (a real S3-compatible server): no
+    rename, no append; a folder counts once its marker is there."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from tests.servers.s3 import S3Server
+
+    server = S3Server()
+    try:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)  # the children inherit them
+        bucket = server.new_bucket()
+
+        def originals() -> list[bytes]:
+            keys = server.keys(bucket, "mail/")
+            folders = {k.rsplit("/", 2)[-2] for k in keys if not k.startswith("mail/.pop3mail/")}
+            half = [f for f in folders if f"mail/{f}/.complete" not in keys]
+            assert not half, f"folders left without their marker: {half}"
+            return [server.read(bucket, f"mail/{f}/message.eml") for f in folders]
+
+        crash_test(mailbox, tmp_path, f"s3://{bucket}/mail", originals,
+                   int(os.environ.get("POP3MAIL_CRASH_S3_MESSAGES", "80")),
+                   int(os.environ.get("POP3MAIL_CRASH_S3_KILLS", "10")),
+                   ["mid-upload", *MOMENTS])
+    finally:
+        server.stop()
+
+
+def crash_test(mailbox, tmp_path: Path, save_directory: str, read_originals, count: int,
+               kill_count: int, moments: list[str]) -> None:
     seed = int(os.environ.get("POP3MAIL_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     messages = [
         sample_message(i, body=f"Crash test body {i}.\n" + "line of text\n" * rng.randrange(1, 400))
-        for i in range(MESSAGES)
+        for i in range(count)
     ]
     mailbox.deliver(*messages)
     name = f"crash-{uuid.uuid4().hex[:8]}"
-    mailbox.block(tmp_path, Security.IMPLICIT, remove_from_server_after_read=True,
+    mailbox.block(save_directory, Security.IMPLICIT, remove_from_server_after_read=True,
                   emit_message_events=True).save(name)
 
     kills = Counter()
-    plan = MOMENTS * (KILLS // len(MOMENTS) + 1)  # every moment, several times, in any order
+    # Every moment equally often (when there are kills enough), in any order.
+    plan = moments * (kill_count // len(moments)) + rng.sample(moments, kill_count % len(moments))
     rng.shuffle(plan)
     announce_log = tmp_path.parent / f"{tmp_path.name}-announced.log"
     children = Children(announce_log)
-    for _ in range(KILLS):
+    for _ in range(kill_count):
         remaining = mailbox.count()
         if remaining == 0:
             break
@@ -113,16 +148,17 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(mailbox, tmp_pat
     children.close()
 
     print(f"seed={seed} kills={dict(kills)}")
-    assert sum(kills.values()) >= KILLS * 2 // 3, f"too few kills happened: {kills} (seed {seed})"
-    assert len(kills) == len(MOMENTS), f"not every moment was hit: {kills} (seed {seed})"
+    assert sum(kills.values()) >= kill_count * 2 // 3, f"too few kills happened: {kills} (seed {seed})"
+    if kill_count >= len(moments):
+        assert len(kills) == len(moments), f"not every moment was hit: {kills} (seed {seed})"
     assert mailbox.count() == 0, f"mail left on the server (seed {seed})"
-    originals = saved_originals(tmp_path)
+    originals = read_originals()
     expected = {hashlib.sha256(m.replace(b"\n", b"\r\n")).hexdigest() for m in messages}
     got = Counter(hashlib.sha256(o).hexdigest() for o in originals)
     assert set(got) == expected, f"lost: {len(expected - set(got))} (seed {seed})"
     assert max(got.values()) == 1, f"duplicated: {[h for h, c in got.items() if c > 1]}"
     ids = Counter(o.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0] for o in originals)
-    assert len(ids) == MESSAGES and max(ids.values()) == 1
+    assert len(ids) == count and max(ids.values()) == 1
     check_hand_off(announce_log, set(got), name)
 
 

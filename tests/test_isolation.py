@@ -9,6 +9,7 @@ this safety net: it must hold for the bug nobody has found yet.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -92,6 +93,7 @@ def test_a_poison_message_fails_alone_then_is_set_aside(mailbox, tmp_path, poiso
         artifacts = {a.key: a for a in client.read_latest_artifacts()}
     failed = artifacts[artifact_key(name, "failed")]
     assert "RecursionError" in failed.data and "| 2 |" in failed.data
+    assert "exceeded \\(simulated\\)" in failed.data  # server and message text is escaped
     rows = json.loads(artifacts[artifact_key(name, "received")].data)
     assert [r["quarantined"] for r in rows] == ["yes"]
 
@@ -199,3 +201,16 @@ def test_every_run_emits_one_summary_event_even_when_nothing_arrived(mailbox, tm
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_latest_artifacts()}
     assert artifact_key(name, "received") in keys
+
+
+@pytest.mark.parametrize("text", [
+    "| forged | row |\n|---|", "![img](http://evil.example/x.png)", "<script>alert(1)</script>",
+    "[click](javascript:alert(1))", "# heading\n* item", "`code` **bold** _it_ ~~del~~",
+])
+def test_text_in_a_markdown_artifact_is_inert(text):
+    from prefect_pop3mail.tasks.publish import markdown_cell
+
+    cell = markdown_cell(text)
+    assert "\n" not in cell
+    unescaped = re.findall(r"(?<!\\)[|\[\]()<>`*_#!~]", cell)
+    assert unescaped == [], cell

@@ -4,6 +4,7 @@ Usage: python -m tests.crash.child CONFIGURATION_NAME MOMENT N [MAX_MESSAGES]
    or: python -m tests.crash.child serve   (a fork server; see serve())
 MOMENT is where to die, at its N-th occurrence:
   retr         while a message is arriving (the N-th chunk written)
+  mid-upload   some files of a message on storage, not all, no marker (a URL save directory)
   before-journal  a message's files are in place, its UIDL not yet journalled
   before-dele  its UIDL is journalled, its DELE not yet sent
   before-quit  everything saved and synced, QUIT not sent
@@ -45,7 +46,7 @@ def record_announcements() -> None:
 
 def arm(moment: str, n: int) -> None:
     from prefect_pop3mail.tasks import activities
-    from prefect_pop3mail.tasks.pop3 import journal, receiver, session, store
+    from prefect_pop3mail.tasks.pop3 import journal, receiver, remote, session, store
 
     record_announcements()
 
@@ -66,17 +67,26 @@ def arm(moment: str, n: int) -> None:
             write(self, data)
 
         store.IncomingMessage.write = dying_write
+    elif moment == "mid-upload":
+        put_all = remote.RemoteTarget.put_all
+
+        def dying_put_all(self, files):
+            if due():
+                put_all(self, files[: len(files) // 2 or 1])  # some files there, no marker
+                die()
+            put_all(self, files)
+
+        remote.RemoteTarget.put_all = dying_put_all
     elif moment in ("before-journal", "before-dele"):
-        record = journal.Journal.record
+        for kind in (journal.Journal, remote.RemoteJournal):  # on disk, on storage
+            def dying_record(self, uidl, folder, record=kind.record):
+                if moment == "before-journal" and due():
+                    die()
+                record(self, uidl, folder)
+                if moment == "before-dele" and due():
+                    die()
 
-        def dying_record(self, uidl, folder):
-            if moment == "before-journal" and due():
-                die()
-            record(self, uidl, folder)
-            if moment == "before-dele" and due():
-                die()
-
-        journal.Journal.record = dying_record
+            kind.record = dying_record
     elif moment in ("before-quit", "after-quit"):
         quit_ = session.POP3Session.quit
 

@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests use, when missing and when we are root.
 # Dovecot is installed without starting a system-wide instance: the tests start their own.
 set -euo pipefail
-packages=(dovecot-core dovecot-pop3d openssl ca-certificates)
+packages=(dovecot-core dovecot-pop3d openssl ca-certificates openssh-server)
 [ "${POP3MAIL_BROWSER_TESTS:-1}" = 1 ] && packages+=(chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
