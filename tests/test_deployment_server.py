@@ -85,7 +85,8 @@ def test_deployment_runs_on_a_process_worker_and_triggers_downstream(
     server = prefect_server
     server.cli("block", "register", "-m", "prefect_pop3mail.blocks")
     save_dir = tmp_path / "mail"
-    config = mailbox.block(save_dir, remove_from_server_after_read=True)
+    config = mailbox.block(save_dir, remove_from_server_after_read=True,
+                           emit_message_events=True)  # the downstream deployment's trigger
     asyncio.run(config.asave(CONFIGURATION, overwrite=True, client=server.client()))
     messages = {"Order 1001": order_with_attachment(), "No attachment here": plain_note()}
     mailbox.deliver(*messages.values())

@@ -48,7 +48,8 @@ def wait_for_events(configuration: str, count: int, timeout: float = 20.0) -> li
 
 def test_receive_all_results_artifacts_and_events(mailbox, tmp_path):
     mailbox.deliver(*(sample_message(i, body=f"Body text {i}.\n") for i in range(3)))
-    name = saved(mailbox, tmp_path, remove_from_server_after_read=True)
+    name = saved(mailbox, tmp_path, remove_from_server_after_read=True,
+                 emit_message_events=True)
 
     state = receive_all_mail(name, return_state=True)
 
