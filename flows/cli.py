@@ -123,7 +123,7 @@ def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
     for mail in result:
         deleted = ", deleted from the server" if mail.deleted else ""
         print(f"  {mail.subject!r} from {mail.sender}{deleted}")
-        for path in mail.saved_paths:
+        for path in mail.saved_paths or mail.saved_urls:  # URLs when saved to storage
             print(f"    {path}")
     return OK
 
