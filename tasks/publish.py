@@ -192,7 +192,8 @@ class _LeaseRenewal:
 
 
 class ProgressArtifact:
-    """A progress artifact for a MAIL_RECEIVEALL run, updated at most once a second."""
+    """A progress artifact for a MAIL_RECEIVEALL run, updated at most once a second and
+    once a percent."""
 
     def __init__(self, configuration: str):
         self._id = create_progress_artifact(
@@ -205,10 +206,12 @@ class ProgressArtifact:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if done < total and now - self._last < 1.0:
+        progress = 100.0 * done / max(total, 1)
+        # At most once a second and once a percent: at most 100 API calls, however long.
+        if done < total and (now - self._last < 1.0 or progress - self._progress < 1.0):
             return
         self._last = now
-        self._update(100.0 * done / max(total, 1))
+        self._update(progress)
 
     def finish(self) -> None:
         self._update(100.0)
