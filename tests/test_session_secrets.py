@@ -264,3 +264,16 @@ def test_property_the_redactor_leaves_no_form_and_keeps_the_rest(secret, pieces)
     assert not leaks(secret, out.decode("utf-8", "replace"))
     if MASK not in out:
         assert out == data  # nothing was found, nothing was changed
+
+
+@pytest.mark.parametrize("secret", ["0000000\uf900", "pass\u2126word", "caf\u00e9 \ufb01x"])
+def test_secrets_that_normalisation_changes_are_masked_as_sent(secret):
+    """Found by the property test: a singleton decomposition changes a secret even in NFC,
+    so the form as typed must be masked too."""
+    from prefect_pop3mail.tasks.pop3.redaction import Redactor
+
+    redact = Redactor()
+    redact.remember(secret)
+    echoed = f"-ERR [AUTH] wrong password {secret} (try again)".encode()
+    assert secret.encode() not in redact(echoed)
+    assert redact(echoed).startswith(b"-ERR [AUTH] wrong password ")

@@ -32,8 +32,8 @@ def secret_forms(secret: str | bytes) -> set[bytes]:
     if isinstance(secret, str):
         # The regular expression ignores case in ASCII only; these cover the rest.
         for variant in {secret, secret.upper(), secret.lower()}:
-            for form in ("NFC", "NFD"):
-                normal = unicodedata.normalize(form, variant)
+            # As typed too: a singleton decomposition (U+F900 -> U+8C48) changes even NFC.
+            for normal in {variant, *(unicodedata.normalize(f, variant) for f in ("NFC", "NFD"))}:
                 texts.add(normal.encode("utf-8"))
                 try:
                     texts.add(normal.encode("latin-1"))
