@@ -128,9 +128,10 @@ def _increment(client, name: str) -> httpx.Response:
             if response.status_code != 503:
                 break
             time.sleep(random.uniform(0.02, 0.1) * min(2 ** attempt, 10))
+    holder_argument = {"holder": holder} if holder is not None else {}
     return client.increment_concurrency_slots_with_lease(
         names=[name], slots=1, mode="concurrency", lease_duration=LOCK_LEASE_SECONDS,
-        holder=holder)
+        **holder_argument)
 
 
 def _create_limit(client, name: str) -> None:
@@ -143,8 +144,12 @@ def _create_limit(client, name: str) -> None:
 
 
 def _holder():
-    """The task run (or flow run) that holds the slot, shown in the Prefect UI."""
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    """The task run (or flow run) that holds the slot, shown in the Prefect UI; None with
+    older Prefect releases (3.4), whose leases name no holder."""
+    try:
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    except ImportError:
+        return None
     from prefect.context import FlowRunContext, TaskRunContext
 
     task_run = TaskRunContext.get()

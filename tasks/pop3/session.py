@@ -245,7 +245,7 @@ class POP3Session:
                 pass
             self._sock = None
         self._pending.clear()
-        self._out.clear()
+        self._out = bytearray()
         self._unsent = 0
 
     def _give_up(self, error: Exception) -> None:
@@ -288,7 +288,9 @@ class POP3Session:
             self._give_up(exc)
             raise POP3ConnectionError(f"connection lost: {exc.strerror or exc}") from exc
         finally:
-            self._out.clear()
+            # A new buffer, not clear(): a send cut short leaves views of the old one alive
+            # in its traceback, and resizing an exported bytearray raises BufferError.
+            self._out = bytearray()
 
     def _check_pipelining(self) -> None:
         """Put two NOOPs before the first pipelined batch, in the same write.
