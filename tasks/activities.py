@@ -273,8 +273,7 @@ def mail_receive_all(
     return report.received
 
 
-@task(name="POP3_LIST", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
-      retry_condition_fn=_retry_when_transient, timeout_seconds=TASK_TIMEOUT_SECONDS)
+@task(name="POP3_LIST", **_RECEIVING)
 def mail_list(
     configuration: Configuration,
     max_messages: int | None = None,
