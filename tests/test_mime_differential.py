@@ -30,9 +30,9 @@ from tests.test_store_corpus import CASES, CORPUS
 EXAMPLES = 5000 if os.environ.get("POP3MAIL_SOAK") else 300
 
 
-def email_package_parse(path: Path, visitor: FolderLayout, *, nested: bool = False) -> None:
+def email_package_parse(path: Path | str, visitor: FolderLayout, *, nested: bool = False) -> None:
     """The reference: the email package's parse tree, walked into the same visitor."""
-    raw = path.read_bytes()
+    raw = Path(path).read_bytes()
     linesep = "\r\n" if b"\r\n" in raw else "\n"
     _walk(email.message_from_bytes(raw, policy=compat32), visitor, None, 0, linesep)
 
@@ -81,7 +81,7 @@ def lay_out(source: Path, folder: Path, parse) -> dict[str, str]:
     files = {p.relative_to(folder).as_posix(): hashlib.sha256(_comparable(p)).hexdigest()
              for p in sorted(folder.rglob("*")) if p.is_file()}
     files["(attachments)"] = repr(sorted(
-        (a.path.relative_to(folder).as_posix(), a.filename, a.content_type, a.inline, a.part)
+        (a.file.path, a.filename, a.content_type, a.inline, a.part)
         for a in result.attachments))
     return files
 

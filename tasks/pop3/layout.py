@@ -14,20 +14,20 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import posixpath
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import unquote
 from mimetypes import MimeTypes
-from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from prefect_pop3mail.tasks.pop3 import charsets, htmltext
 from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
 from prefect_pop3mail.tasks.pop3.headers import MAX_TEXT_CHARS, clip
 from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_headers
-from prefect_pop3mail.tasks.pop3.models import SavedAttachment, SignatureInfo
+from prefect_pop3mail.tasks.pop3.models import SignatureInfo
 from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink
 
 TEXT_NAME = "text.txt"
@@ -82,7 +82,7 @@ class _Spool:
     """A body kept in memory, spilled to an unnamed temporary file when large. Its bytes
     can be read more than once (charset detection, then decoding)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: str):
         self._directory = directory
         self._memory = bytearray()
         self._file: BinaryIO | None = None
@@ -138,15 +138,38 @@ class _Role:
         self.finish, self.sink, self.extra = finish, sink, extra
 
 
+class SavedFile(NamedTuple):
+    """A file written for a message, its path relative to the message's folder (POSIX), so
+    it stays right when the finished folder is renamed into place or uploaded."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+class FoundAttachment(NamedTuple):
+    file: SavedFile
+    filename: str
+    content_type: str
+    inline: bool
+    #: The MIME part number, within ``parent`` (the attached message's .eml) when set.
+    part: str = ""
+    parent: str | None = None
+
+
 @dataclass
-class LayoutResult:
-    text_path: Path | None = None
-    text_sha256: str | None = None
-    html_path: Path | None = None
-    html_sha256: str | None = None
-    attachments: list[SavedAttachment] = field(default_factory=list)
+class Findings:
+    """What saving one message found, gathered until its ReceivedMail is built (once): the
+    layout's files, warnings and signature; the store's decryption and sender."""
+
     warnings: list[str] = field(default_factory=list)
+    text: SavedFile | None = None
+    html: SavedFile | None = None
+    attachments: list[FoundAttachment] = field(default_factory=list)
     signature: SignatureInfo | None = None
+    decrypted: bool = False
+    #: The From address, which an S/MIME signer's certificate must name.
+    sender: str | None = None
 
 
 @dataclass
@@ -195,21 +218,26 @@ def _in_body_position(part: Part) -> bool:
 class FolderLayout:
     """Saves one message's parts into ``folder`` (see the module docstring)."""
 
-    def __init__(self, folder: Path, options: LayoutOptions, work: Path, *,
+    def __init__(self, folder: str, options: LayoutOptions, work: str, *,
                  parse: ParseFunction, verify: VerifyFunction | None = None,
-                 within: Path | None = None, depth: int = 0, budget: _Budget | None = None):
-        self.folder = folder
+                 findings: Findings | None = None, prefix: str = "",
+                 within: str | None = None, depth: int = 0, budget: _Budget | None = None):
+        """``folder`` is where files are written; ``prefix`` is its place in the message's
+        folder ("" or "attachments/NAME/"), which the recorded paths start with;
+        ``within`` the attached message's .eml (relative) this layout lays out."""
+        self.folder = os.fspath(folder)
         self.options = options
         self.work = work
         self.parse = parse
         self.verify = verify
+        self.findings = findings if findings is not None else Findings()
+        self.prefix = prefix
         self.within = within
         self.depth = depth
-        self.result = LayoutResult()
         self._budget = budget or _Budget()
         self._unsaid = 0
         self._names = NameAllocator()
-        self._attachments_dir: Path | None = None
+        self._attachments_dir: str | None = None
         self._text: FileWriter | None = None
         self._text_ends_line = True  # no separator needed before the first text part
         self._text_parent: Part | None = None
@@ -225,7 +253,7 @@ class FolderLayout:
         self._add_warning(f"{where}{text}")
 
     def _add_warning(self, text: str) -> None:
-        warnings = self.result.warnings
+        warnings = self.findings.warnings
         if len(warnings) < MAX_WARNINGS:
             warnings.append(text)
             return
@@ -264,10 +292,10 @@ class FolderLayout:
         whole = part.parent is None and part.children == 2
         covers = "whole message" if whole else f"part {part.label}"
         if self.within is not None:
-            covers = f"{covers} of attached message {self.within.name}"
+            covers = f"{covers} of attached message {posixpath.basename(self.within)}"
         info = self.verify(signature.getvalue(), digest.digests(), covers)
-        if self.result.signature is None:
-            self.result.signature = info
+        if self.findings.signature is None:
+            self.findings.signature = info
         if not info.verified:
             self.warn(part, f"S/MIME signature not verified: {info.detail}")
 
@@ -309,7 +337,7 @@ class FolderLayout:
             return None
         if part.content_type == "text/html":
             return None if self._html_taken else "html"
-        if self._text is None and self.result.text_path is None:
+        if self._text is None and self.findings.text is None:
             return "text"
         # Apple Mail splits a body around inline images: more text in the same mixed part
         # continues the body.
@@ -320,7 +348,7 @@ class FolderLayout:
 
     def _begin_text(self, part: Part) -> Sink:
         if self._text is None:
-            self._text = FileWriter(self.folder / TEXT_NAME, self.options.file_mode)
+            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
             self._text_parent = part.parent
         spool = _Spool(self.work)
         self._roles[id(part)] = _Role(self._end_text, spool)
@@ -344,8 +372,7 @@ class FolderLayout:
         spool.close()
 
     def _end_html(self, part: Part, spool: _Spool) -> None:
-        path = self.folder / HTML_NAME
-        out = FileWriter(path, self.options.file_mode)
+        out = FileWriter(os.path.join(self.folder, HTML_NAME), self.options.file_mode)
         decoding, texts = self._decoded(part, spool)
         if not decoding.is_utf8:
             # Its own <meta charset> would now lie; the first declaration wins.
@@ -353,17 +380,21 @@ class FolderLayout:
         for text in texts:
             out.write(text.encode("utf-8"))
         spool.close()
-        self.result.html_path = path
-        self.result.html_sha256 = out.close()
+        self.findings.html = self._saved(HTML_NAME, out)
 
-    def finish(self) -> LayoutResult:
+    def _saved(self, name: str, writer: FileWriter) -> SavedFile:
+        sha256 = writer.close()
+        return SavedFile(self.prefix + name, sha256, writer.size)
+
+    def finish(self) -> Findings:
         """Close the text body, or render it from the HTML when there was none."""
-        result = self.result
-        if self._text is None and result.html_path is not None and self.options.save_text:
-            self._text = FileWriter(self.folder / TEXT_NAME, self.options.file_mode)
+        findings = self.findings
+        if self._text is None and findings.html is not None and self.options.save_text:
+            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
             renderer = HTMLToText()
             left = MAX_HTML_RENDER
-            with open(result.html_path, encoding="utf-8", errors="replace") as html:
+            with open(os.path.join(self.folder, HTML_NAME), encoding="utf-8",
+                      errors="replace") as html:
                 while left and (chunk := html.read(min(WRITE_BLOCK, left))):
                     left -= len(chunk)
                     renderer.feed(chunk)
@@ -377,10 +408,9 @@ class FolderLayout:
                 self._add_warning(f"HTML markup over {htmltext.MAX_TAG // 1024} kB without its "
                                   "'>' was rendered as text")
         if self._text is not None:
-            result.text_path = self._text.path
-            result.text_sha256 = self._text.close()
+            findings.text = self._saved(TEXT_NAME, self._text)
             self._text = None
-        return result
+        return findings
 
     def abort(self) -> None:
         """Close open files after a failure (the caller removes the folder)."""
@@ -391,16 +421,16 @@ class FolderLayout:
 
     # --- attachments ----------------------------------------------------------------------
 
-    def _attachments(self) -> Path:
+    def _attachments(self) -> str:
         if self._attachments_dir is None:
-            self._attachments_dir = self.folder / ATTACHMENTS_DIR
+            self._attachments_dir = os.path.join(self.folder, ATTACHMENTS_DIR)
             os.mkdir(self._attachments_dir, self.options.dir_mode)
         return self._attachments_dir
 
     def _begin_attachment(self, part: Part) -> Sink:
         raw_name = _filename(part)
         if part.content_type == "message/rfc822":
-            temp = self._attachments() / f".message-{part.label}.tmp"
+            temp = os.path.join(self._attachments(), f".message-{part.label}.tmp")
             writer = FileWriter(temp, self.options.file_mode)
             self._roles[id(part)] = _Role(self._end_message, writer, raw_name)
             return writer
@@ -408,8 +438,8 @@ class FolderLayout:
         if part.content_type == "application/ms-tnef" and not raw_name:
             fallback = "winmail.dat"
         name = self._names.claim(safe_filename(raw_name, fallback))
-        writer = FileWriter(self._attachments() / name, self.options.file_mode)
-        self._roles[id(part)] = _Role(self._end_attachment, writer, raw_name or name)
+        writer = FileWriter(os.path.join(self._attachments(), name), self.options.file_mode)
+        self._roles[id(part)] = _Role(self._end_attachment, writer, name, raw_name or name)
         return writer
 
     def _inline(self, part: Part) -> bool:
@@ -418,18 +448,14 @@ class FolderLayout:
             return disposition == "inline"
         return part.parent is not None and part.parent.content_type == "multipart/related"
 
-    def _record(self, part: Part, writer: FileWriter, filename: str, content_type: str) -> None:
-        sha256 = writer.close()
-        self.result.attachments.append(
-            SavedAttachment(
-                path=writer.path, filename=filename, content_type=content_type,
-                size=writer.size, sha256=sha256, inline=self._inline(part),
-                part=part.label, parent=self.within,
-            )
-        )
+    def _record(self, part: Part, writer: FileWriter, name: str, filename: str,
+                content_type: str) -> None:
+        saved = self._saved(f"{ATTACHMENTS_DIR}/{name}", writer)
+        self.findings.attachments.append(FoundAttachment(
+            saved, filename, content_type, self._inline(part), part.label, self.within))
 
-    def _end_attachment(self, part: Part, writer: FileWriter, filename: str) -> None:
-        self._record(part, writer, filename, part.content_type)
+    def _end_attachment(self, part: Part, writer: FileWriter, name: str, filename: str) -> None:
+        self._record(part, writer, name, filename, part.content_type)
 
     def _end_message(self, part: Part, writer: FileWriter, raw_name: str | None) -> None:
         """Name an attached message after its subject, then lay out what it contains."""
@@ -439,42 +465,37 @@ class FolderLayout:
         stem = raw_name[:-4] if raw_name and raw_name.lower().endswith(".eml") else raw_name
         stem = safe_filename(stem or subject, f"message-{part.label}")
         stem = self._names.claim(stem, also=".eml")
-        final = temp.with_name(stem + ".eml")
+        final = os.path.join(self._attachments(), stem + ".eml")
         os.rename(temp, final)
-        writer.path = final
-        self._record(part, writer, raw_name or final.name, "message/rfc822")
+        self._record(part, writer, stem + ".eml", raw_name or stem + ".eml", "message/rfc822")
         if self.depth + 1 >= MAX_NESTED_MESSAGES:
             self.warn(part, "attached messages nest too deeply; this one is kept only as .eml")
             return
         if self._budget.parts >= MAX_PARTS:
             return  # over the part budget (warned): kept only as .eml
-        folder = final.with_name(stem)
+        folder = os.path.join(self._attachments(), stem)
         os.mkdir(folder, self.options.dir_mode)
+        inside = f"{self.prefix}{ATTACHMENTS_DIR}/{stem}"
         child = FolderLayout(folder, self.options, self.work, parse=self.parse,
-                             verify=self.verify, within=final, depth=self.depth + 1,
-                             budget=self._budget)
+                             verify=self.verify, prefix=inside + "/", within=inside + ".eml",
+                             depth=self.depth + 1, budget=self._budget)
         try:
             self.parse(final, child, nested=True)
         except BaseException:
             child.abort()
             raise
-        inner = child.finish()
-        self._adopt(final, inner)
+        self._adopt(inside + ".eml", child.finish())
 
-    def _adopt(self, eml: Path, inner: LayoutResult) -> None:
+    def _adopt(self, eml: str, inner: Findings) -> None:
         """List what an attached message contains among this message's attachments."""
-        for path, sha256, content_type in (
-            (inner.text_path, inner.text_sha256, "text/plain"),
-            (inner.html_path, inner.html_sha256, "text/html"),
-        ):
-            if path is not None:
-                self.result.attachments.append(SavedAttachment(
-                    path=path, filename=path.name, content_type=content_type,
-                    size=path.stat().st_size, sha256=sha256 or "", inline=True, parent=eml,
-                ))
-        self.result.attachments.extend(inner.attachments)
+        for saved, content_type in ((inner.text, "text/plain"), (inner.html, "text/html")):
+            if saved is not None:
+                self.findings.attachments.append(FoundAttachment(
+                    saved, posixpath.basename(saved.path), content_type, True, "", eml))
+        self.findings.attachments.extend(inner.attachments)
+        name = posixpath.basename(eml)
         for warning in inner.warnings:
-            self._add_warning(f"in attached message {eml.name}: {warning}")
+            self._add_warning(f"in attached message {name}: {warning}")
 
 
 @dataclass
@@ -484,7 +505,7 @@ class _Budget:
     parts: int = 0
 
 
-def _subject_of(path: Path) -> str:
+def _subject_of(path: str) -> str:
     with open(path, "rb") as f:
         head = f.read(64 * 1024)
     end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0),

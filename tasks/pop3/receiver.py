@@ -174,14 +174,13 @@ class MailboxReceiver:
     def _mark_deleted(self, session: POP3Session, listing: _Listing, first: int) -> None:
         received = self.report.received
         refused = {listing.uidls[n]: e for n, e in session.refused_deletions.items()}
-        for i in range(first, len(received)):
-            error = refused.get(received[i].uidl)
-            update: dict = {"deleted": error is None}
+        # Deletion is known only after QUIT: the results made before it are completed.
+        for mail in received[first:]:
+            error = refused.get(mail.uidl)
+            mail.deleted = error is None
             if error is not None:
-                update["warnings"] = [*received[i].warnings, f"not deleted from the server "
-                                      f"({error.reply}); tried again next run"]
-            # Deletion is known only after QUIT, when the result was already made.
-            received[i] = received[i].model_copy(update=update)
+                mail.warnings.append(f"not deleted from the server ({error.reply}); tried "
+                                     "again next run")
         for error in refused.values():
             log.warning("%s: the server refused a deletion: %s", self.configuration, error)
 
@@ -227,16 +226,17 @@ class MailboxReceiver:
     def _plan(self, session: POP3Session, listing: _Listing) -> _Plan:
         plan = _Plan()
         opts = self.options
-        for number in sorted(listing.uidls):
-            uidl = listing.uidls[number]
-            size = listing.sizes.get(number, 0)
-            saved = self.journal.get(uidl)
+        known = 0  # counted here: the report validates every assignment
+        journal, sizes = self.journal, listing.sizes
+        for number, uidl in sorted(listing.uidls.items()):
+            size = sizes.get(number, 0)
+            saved = journal.get(uidl)
             if saved is not None and (opts.remove_after_read or opts.new_messages_only):
                 if opts.remove_after_read and self._is_saved(session, number, size, saved):
                     plan.delete_known.append(number)
                     continue
                 if not opts.remove_after_read and saved.size in (None, size):
-                    self.report.skipped_known += 1
+                    known += 1
                     continue
                 log.warning("%s: UIDL %s now names another message than the one saved; "
                             "receiving it as new", self.configuration, uidl)
@@ -271,6 +271,7 @@ class MailboxReceiver:
                         break
                     continue
             plan.fetch.append(number)
+        self.report.skipped_known += known
         return plan
 
     def _is_saved(self, session: POP3Session, number: int, size: int, saved: Saved) -> bool:

@@ -293,26 +293,12 @@ class RemoteMessageStore(MessageStore):
         self.target.publish(staging, relative)
         shutil.rmtree(staging, ignore_errors=True)
 
-    def _received(self, incoming, uidl, headers, folder, staging, findings, *,
-                  quarantined=False) -> ReceivedMail:
-        mail = super()._received(incoming, uidl, headers, folder, staging, findings,
-                                 quarantined=quarantined)
-        return self._as_urls(mail)
+    WHERE = {"folder": "folder_url", "original": "original_url", "text": "text_url",
+             "html": "html_url", "file": "url", "parent": "parent_url"}
 
-    def _as_urls(self, mail: ReceivedMail) -> ReceivedMail:
-        """The local paths (gone once uploaded) become the URLs downstream steps open."""
-
-        def url(path: Path | None) -> str | None:
-            return self.target.url_of(path.relative_to(self.root).as_posix()) if path else None
-
-        return mail.model_copy(update={
-            "folder": None, "original_path": None, "text_path": None, "html_path": None,
-            "folder_url": url(mail.folder), "original_url": url(mail.original_path),
-            "text_url": url(mail.text_path), "html_url": url(mail.html_path),
-            "attachments": [a.model_copy(update={"path": None, "parent": None,
-                                                 "url": url(a.path), "parent_url": url(a.parent)})
-                            for a in mail.attachments],
-        })
+    def _locate(self, relative: str) -> str:
+        """Saved files are on storage: downstream steps open their URLs."""
+        return self.target.url_of(relative)
 
 
 def _uidl_key(uidl: str) -> str:

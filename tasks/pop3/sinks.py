@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Protocol
 
 WRITE_BLOCK = 256 * 1024
@@ -34,8 +33,8 @@ class FileWriter:
     ``dir_fd``: the path is relative to that open directory (no symlink is followed).
     """
 
-    def __init__(self, path: Path | str, mode: int, *, dir_fd: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path: os.PathLike | str, mode: int, *, dir_fd: int | None = None):
+        self.path = path
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         self._fd = os.open(path, flags, mode, dir_fd=dir_fd)
         self._buf = bytearray()

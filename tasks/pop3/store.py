@@ -22,7 +22,6 @@ import shutil
 import stat
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
 from pathlib import Path
@@ -41,12 +40,12 @@ from prefect_pop3mail.tasks.pop3.layout import (
     ATTACHMENTS_DIR,
     HTML_NAME,
     TEXT_NAME,
+    Findings,
     FolderLayout,
     LayoutOptions,
-    LayoutResult,
 )
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
-from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SaveOptions, SignatureInfo
+from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SavedAttachment, SaveOptions
 from prefect_pop3mail.tasks.pop3.statedir import QUARANTINE_DIR, StateFolder, open_private_dir
 
 log = logging.getLogger("pop3mail.store")
@@ -111,20 +110,13 @@ def _header_ended(head: bytes | bytearray) -> bool:
     return b"\n\n" in head or b"\n\r\n" in head
 
 
-@dataclass
-class _Findings:
-    """What saving one message found, gathered until its ReceivedMail is built."""
-
-    warnings: list[str] = field(default_factory=list)
-    decrypted: bool = False
-    signature: SignatureInfo | None = None
-    #: The From address, which an S/MIME signer's certificate must name.
-    sender: str | None = None
-    layout: LayoutResult | None = None
-
-
 class MessageStore:
     """Turns retrieved originals into saved folders for one mailbox."""
+
+    #: The ReceivedMail fields that say where a message's files are: local paths here,
+    #: URLs in RemoteMessageStore (see ``_locate``).
+    WHERE = {"folder": "folder", "original": "original_path", "text": "text_path",
+             "html": "html_path", "file": "path", "parent": "parent"}
 
     def __init__(self, options: SaveOptions, mailbox_key: str, configuration: str,
                  state: StateFolder | None = None):
@@ -172,7 +164,7 @@ class MessageStore:
         name = self.folder_name(uidl, headers["date"], incoming.sha256)
         staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
         staging = self._work / staging_name
-        findings = _Findings(sender=headers["sender"], warnings=header_warnings)
+        findings = Findings(sender=headers["sender"], warnings=header_warnings)
         try:
             with _save_errors(staging):
                 staging.mkdir(mode=self.dir_mode)
@@ -185,7 +177,7 @@ class MessageStore:
         except BaseException:
             self._undo(staging, incoming)
             raise
-        return self._received(incoming, uidl, headers, self.root / name, staging, findings)
+        return self._received(incoming, uidl, headers, name, findings)
 
     @staticmethod
     def _undo(staging: Path, incoming: IncomingMessage) -> None:
@@ -221,20 +213,23 @@ class MessageStore:
             raise
         finally:
             os.close(quarantine_fd)
-        findings = _Findings(warnings=[f"set aside in quarantine: {reason}"])
-        folder = self.root / QUARANTINE_DIR / name
-        return self._received(incoming, uidl, headers, folder, staging, findings,
+        findings = Findings(warnings=[f"set aside in quarantine: {reason}"])
+        return self._received(incoming, uidl, headers, f"{QUARANTINE_DIR}/{name}", findings,
                               quarantined=True)
 
-    def _received(self, incoming: IncomingMessage, uidl: str, headers: dict, folder: Path,
-                  staging: Path, findings: _Findings, *, quarantined: bool = False
-                  ) -> ReceivedMail:
-        """The message's result, built once, with the paths where its files now are."""
+    def _locate(self, relative: str) -> Path | str:
+        """Where a saved file is for downstream steps (``relative`` to the save directory)."""
+        return self.root / relative
 
-        def final(path: Path | None) -> Path | None:
-            return folder / path.relative_to(staging) if path else None
+    def _received(self, incoming: IncomingMessage, uidl: str, headers: dict, folder: str,
+                  findings: Findings, *, quarantined: bool = False) -> ReceivedMail:
+        """The message's result, built once from ``findings``, whose paths are relative to
+        its ``folder`` (itself relative to the save directory)."""
 
-        layout = findings.layout or LayoutResult()
+        def at(path: str | None) -> Path | str | None:
+            return self._locate(f"{folder}/{path}") if path else None
+
+        where, text, html = self.WHERE, findings.text, findings.html
         keep_original = self.options.save_original or quarantined
         return ReceivedMail(
             id=self.stable_id(uidl, incoming.sha256),
@@ -243,23 +238,25 @@ class MessageStore:
             size=incoming.size,
             sha256=incoming.sha256,
             **headers,
-            folder=folder,
-            original_path=folder / ORIGINAL_NAME if keep_original else None,
-            text_path=final(layout.text_path),
-            text_sha256=layout.text_sha256,
-            html_path=final(layout.html_path),
-            html_sha256=layout.html_sha256,
+            **{where["folder"]: self._locate(folder),
+               where["original"]: at(ORIGINAL_NAME) if keep_original else None,
+               where["text"]: at(text and text.path), where["html"]: at(html and html.path)},
+            text_sha256=text and text.sha256,
+            html_sha256=html and html.sha256,
             attachments=[
-                a.model_copy(update={"path": final(a.path), "parent": final(a.parent)})
-                for a in layout.attachments
+                SavedAttachment(**{where["file"]: at(a.file.path), where["parent"]: at(a.parent)},
+                                filename=a.filename, content_type=a.content_type,
+                                size=a.file.size, sha256=a.file.sha256, inline=a.inline,
+                                part=a.part)
+                for a in findings.attachments
             ],
             decrypted=findings.decrypted,
             signature=findings.signature,
             quarantined=quarantined,
-            warnings=[*findings.warnings, *layout.warnings],
+            warnings=findings.warnings,
         )
 
-    def write_contents(self, original: Path, folder: Path, findings: _Findings, uidl: str,
+    def write_contents(self, original: Path, folder: Path, findings: Findings, uidl: str,
                        head: Message | None = None) -> None:
         """Write the text, HTML and attachments of ``original`` (whose top headers are
         ``head``, when already read) into ``folder``."""
@@ -275,7 +272,7 @@ class MessageStore:
             for path in plaintexts:  # decrypted content lives on only in the saved files
                 path.unlink(missing_ok=True)
 
-    def _lay_out(self, source: Path, folder: Path, findings: _Findings, uidl: str) -> None:
+    def _lay_out(self, source: Path, folder: Path, findings: Findings, uidl: str) -> None:
         opts = self.options
         layout = FolderLayout(
             folder,
@@ -284,10 +281,12 @@ class MessageStore:
             parse=parse_file,
             verify=lambda signature, digests, covers: smime.verify_detached(
                 signature, digests, covers, sender=findings.sender, trust_store=opts.trust_store),
+            findings=findings,
         )
+        warned, signature = len(findings.warnings), findings.signature
         try:
             parse_file(source, layout)
-            result = layout.finish()
+            layout.finish()
         except (OSError, POP3MailError):
             layout.abort()
             raise
@@ -297,14 +296,14 @@ class MessageStore:
             for name in (TEXT_NAME, HTML_NAME, ATTACHMENTS_DIR):
                 shutil.rmtree(folder / name, ignore_errors=True)
                 (folder / name).unlink(missing_ok=True)
+            findings.text = findings.html = None
+            findings.attachments.clear()
+            findings.signature = signature
+            del findings.warnings[warned:]
             findings.warnings.append(f"internal error reading the message "
                                      f"({type(exc).__name__}); only the original is saved")
-            return
-        findings.layout = result
-        if findings.signature is None:
-            findings.signature = result.signature
 
-    def _unwrap(self, source: Path, findings: _Findings, plaintexts: list[Path],
+    def _unwrap(self, source: Path, findings: Findings, plaintexts: list[Path],
                 headers: Message | None) -> Path | None:
         """Decrypt and open S/MIME layers; None when there is nothing more to save."""
         for _ in range(MAX_SMIME_LAYERS):
