@@ -11,6 +11,7 @@ import hashlib
 import json
 import uuid
 from email.message import EmailMessage
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -372,7 +373,7 @@ def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_u
     write_contents = MessageStore.write_contents
 
     def breaks_on_poison(self, original, folder, findings, uidl, head=None):
-        if b"Subject: poison" in original.read_bytes():
+        if b"Subject: poison" in Path(original).read_bytes():
             raise ValueError("a parser bug")
         return write_contents(self, original, folder, findings, uidl, head)
 

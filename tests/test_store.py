@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_leftovers_of_killed_runs_are_removed_after_an_hour(tmp_path):
     from prefect_pop3mail.tasks.pop3.store import MessageStore
 
     store = MessageStore(SaveOptions(directory=tmp_path), "user@host:995", "cfg")
-    old_file, old_dir = store.incoming().path, store._work / "staging-x"
+    old_file, old_dir = Path(store.incoming().path), store._work / "staging-x"
     old_dir.mkdir()
     fresh = store.incoming()
     fresh.write(b"live")
@@ -118,4 +119,4 @@ def test_leftovers_of_killed_runs_are_removed_after_an_hour(tmp_path):
         os.utime(path, (hour_ago, hour_ago))
     MessageStore(SaveOptions(directory=tmp_path), "user@host:995", "cfg")
     assert not old_file.exists() and not old_dir.exists()
-    assert fresh.path.exists()
+    assert Path(fresh.path).exists()

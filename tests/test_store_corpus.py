@@ -176,6 +176,6 @@ def test_a_failed_message_leaves_no_folder(tmp_path):
         store.save(incoming, "u1")
     assert [p.name for p in tmp_path.iterdir()] == [".pop3mail"]
     # The original is back where it arrived, for the caller to set aside or discard.
-    assert incoming.path.read_bytes() == data
+    assert Path(incoming.path).read_bytes() == data
     incoming.discard()
     assert [p for p in (tmp_path / ".pop3mail").rglob("*") if p.is_file()] == []

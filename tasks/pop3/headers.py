@@ -40,11 +40,18 @@ _CUT = "…"
 
 
 class Headers(Message):
-    """A compat32 header block, with what was cut or dropped while reading it."""
+    """A compat32 header block, with what was cut or dropped while reading it, the bytes it
+    was read from, and its raw values by lower-case name (looked up, not scanned for)."""
 
-    def __init__(self):
+    def __init__(self, raw: bytes = b""):
         super().__init__()
         self.problems: list[str] = []
+        self.raw = raw
+        self.by_name: dict[str, list[str]] = {}
+
+    def raw_values(self, name: str) -> list[str]:
+        """The raw values of field ``name`` (lower case), in order."""
+        return self.by_name.get(name, [])
 
 
 def parse_headers(data: bytes, default_type: str = "text/plain") -> Headers:
@@ -59,7 +66,7 @@ def parse_headers(data: bytes, default_type: str = "text/plain") -> Headers:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    message = Headers()
+    message = Headers(data)
     if default_type != "text/plain":
         message.set_default_type(default_type)
     name: str | None = None
@@ -95,6 +102,7 @@ def _set(message: Headers, name: str, lines: list[str]) -> None:
         message.problems.append(f"header {clip(name, 40)!r} is over {MAX_FIELD_CHARS} "
                                 "characters; the rest was ignored")
     message.set_raw(name, value)
+    message.by_name.setdefault(name.lower(), []).append(value)
 
 
 def read_head(f: BinaryIO) -> Headers:
@@ -163,6 +171,8 @@ def _text(raw: str) -> str:
 def _raw(message: Message, name: str) -> list[str]:
     """Raw values: compat32's get() could return Header objects."""
     wanted = name.lower()
+    if isinstance(message, Headers):
+        return message.raw_values(wanted)
     return [str(v) for k, v in message.raw_items() if k.lower() == wanted]
 
 

@@ -14,12 +14,13 @@ import os
 import re
 from dataclasses import dataclass
 from email.message import Message
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import BinaryIO, Protocol
 
 from prefect_pop3mail.tasks.pop3.headers import (
     MAX_HEADER_BYTES,
     MAX_PARAMS,
+    Headers,
     Params,
     clip,
     parse_headers,
@@ -47,6 +48,21 @@ _NOT_A_HEADER_LINE = re.compile(rb"^(?!From |[\041-\071\073-\176]*:|[\t ])", re.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
+class _cached:
+    """Computed on first read, then an ordinary attribute of the instance: functools'
+    cached_property without its lock, which 3.11 takes at every first read."""
+
+    def __init__(self, func):
+        self.func = func
+        self.name = func.__name__
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
+
+
 @dataclass
 class Part:
     """One MIME entity: its headers, where it sits, and what the parser found wrong."""
@@ -64,17 +80,20 @@ class Part:
         return self.number or "1"
 
     def _first(self, name: str) -> str | None:
+        if isinstance(self.headers, Headers):
+            values = self.headers.raw_values(name)
+            return values[0] if values else None
         for key, value in self.headers.raw_items():
             if key.lower() == name:
                 return str(value)
         return None
 
-    @cached_property
+    @_cached
     def _type(self) -> Params | None:
         value = self._first("content-type")
         return None if value is None else split_params(value)
 
-    @cached_property
+    @_cached
     def _disposition(self) -> Params | None:
         value = self._first("content-disposition")
         return None if value is None else split_params(value)
@@ -89,7 +108,7 @@ class Part:
             found.append(f"content type over {MAX_TYPE_CHARS} characters; read as text/plain")
         return found
 
-    @cached_property
+    @_cached
     def content_type(self) -> str:
         """As the email package reads it: the default when absent, text/plain when invalid."""
         if self._type is None:
@@ -107,11 +126,11 @@ class Part:
     def subtype(self) -> str:
         return self.content_type.partition("/")[2]
 
-    @cached_property
+    @_cached
     def disposition(self) -> str | None:
         return self._disposition[0] if self._disposition else None
 
-    @cached_property
+    @_cached
     def transfer_encoding(self) -> str:
         return (self._first("content-transfer-encoding") or "").strip().lower()
 
@@ -119,7 +138,7 @@ class Part:
         """A Content-Type parameter (RFC 2231 resolved), None when absent."""
         return self._type[1].get(name.lower()) if self._type else None
 
-    @cached_property
+    @_cached
     def filename(self) -> str | None:
         """The name the sender gives the part: Content-Disposition's filename, else
         Content-Type's name; None when neither is there or it is empty."""
@@ -378,9 +397,13 @@ class StreamParser:
     visitor: Visitor
     nested: bool = False
 
-    def parse(self, file: BinaryIO) -> None:
+    def parse(self, file: BinaryIO, root: Part | None = None) -> None:
+        """``root``: the message's top part, when the caller has read it already; used
+        only if its headers were read from the very bytes this parser reads."""
         self._src = _Source(file)
-        root = Part(headers=parse_headers(self._read_headers(None, [])), number="")
+        block = self._read_headers(None, [])
+        if root is None or getattr(root.headers, "raw", None) != block:
+            root = Part(headers=parse_headers(block), number="")
         for problem in root.problems():
             self._warn(root, problem)
         self._entity(root, [])
@@ -594,7 +617,7 @@ class StreamParser:
         self.visitor.warn(part, text)
 
 
-def parse_file(path, visitor: Visitor, *, nested: bool = False) -> None:
+def parse_file(path, visitor: Visitor, *, nested: bool = False, root: Part | None = None) -> None:
     with open(path, "rb", buffering=0) as file:
-        StreamParser(visitor, nested).parse(file)
+        StreamParser(visitor, nested).parse(file, root)
 

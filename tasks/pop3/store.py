@@ -61,7 +61,7 @@ MAX_SMIME_BYTES = 64 << 20
 class IncomingMessage:
     """A sink for one message as it arrives: written to a temp file, hashed on the way."""
 
-    def __init__(self, path: Path, mode: int):
+    def __init__(self, path: str, mode: int):
         self.path = path
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._file = os.fdopen(os.open(path, flags, mode), "wb", buffering=256 * 1024)
@@ -103,7 +103,8 @@ class IncomingMessage:
             self._file.close()
         except OSError:
             pass  # a full disk fails the flush too; the file goes anyway
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def _header_ended(head: bytes | bytearray) -> bool:
@@ -142,7 +143,8 @@ class MessageStore:
             self.state.close()
 
     def incoming(self) -> IncomingMessage:
-        return IncomingMessage(self._work / f"incoming-{uuid.uuid4().hex}.eml", self.file_mode)
+        return IncomingMessage(os.path.join(self._work, f"incoming-{uuid.uuid4().hex}.eml"),
+                               self.file_mode)
 
     def folder_name(self, uidl: str, date: datetime | None, sha256: str) -> str:
         """Stable for a message of this mailbox: its date and a hash of its UIDL and
@@ -163,16 +165,16 @@ class MessageStore:
         headers = header_fields(head, header_warnings)
         name = self.folder_name(uidl, headers["date"], incoming.sha256)
         staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
-        staging = self._work / staging_name
+        staging = os.path.join(self._work, staging_name)
         findings = Findings(sender=headers["sender"], warnings=header_warnings)
         try:
             with _save_errors(staging):
-                staging.mkdir(mode=self.dir_mode)
-                original = staging / ORIGINAL_NAME
+                os.mkdir(staging, self.dir_mode)
+                original = os.path.join(staging, ORIGINAL_NAME)
                 os.replace(incoming.path, original)
                 self.write_contents(original, staging, findings, uidl, head)
                 if not self.options.save_original:
-                    original.unlink()
+                    os.unlink(original)
                 self._publish(staging_name, self.state.root_fd, name)
         except BaseException:
             self._undo(staging, incoming)
@@ -180,11 +182,11 @@ class MessageStore:
         return self._received(incoming, uidl, headers, name, findings)
 
     @staticmethod
-    def _undo(staging: Path, incoming: IncomingMessage) -> None:
+    def _undo(staging: str, incoming: IncomingMessage) -> None:
         """After a failure: the original goes back to where it arrived (the caller may
         still set it aside, or discards it), and the staging folder goes."""
         try:
-            os.replace(staging / ORIGINAL_NAME, incoming.path)
+            os.replace(os.path.join(staging, ORIGINAL_NAME), incoming.path)
         except OSError:
             pass
         shutil.rmtree(staging, ignore_errors=True)
@@ -199,14 +201,14 @@ class MessageStore:
             headers = {}
         name = self.folder_name(uidl, headers.get("date"), incoming.sha256)
         staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
-        staging = self._work / staging_name
+        staging = os.path.join(self._work, staging_name)
         quarantine_fd = open_private_dir(self.state.root_fd, QUARANTINE_DIR,
                                          self.root / QUARANTINE_DIR, self.dir_mode,
                                          private=False)
         try:
             with _save_errors(staging):
-                staging.mkdir(mode=self.dir_mode)
-                os.replace(incoming.path, staging / ORIGINAL_NAME)
+                os.mkdir(staging, self.dir_mode)
+                os.replace(incoming.path, os.path.join(staging, ORIGINAL_NAME))
                 self._publish(staging_name, quarantine_fd, name)
         except BaseException:
             self._undo(staging, incoming)
@@ -256,7 +258,7 @@ class MessageStore:
             warnings=findings.warnings,
         )
 
-    def write_contents(self, original: Path, folder: Path, findings: Findings, uidl: str,
+    def write_contents(self, original: str, folder: str, findings: Findings, uidl: str,
                        head: Message | None = None) -> None:
         """Write the text, HTML and attachments of ``original`` (whose top headers are
         ``head``, when already read) into ``folder``."""
@@ -265,14 +267,15 @@ class MessageStore:
             return
         plaintexts: list[Path] = []
         try:
-            source = self._unwrap(original, findings, plaintexts, head)
-            if source is not None:
-                self._lay_out(source, folder, findings, uidl)
+            unwrapped = self._unwrap(original, findings, plaintexts, head)
+            if unwrapped is not None:
+                self._lay_out(*unwrapped, folder, findings, uidl)
         finally:
             for path in plaintexts:  # decrypted content lives on only in the saved files
                 path.unlink(missing_ok=True)
 
-    def _lay_out(self, source: Path, folder: Path, findings: Findings, uidl: str) -> None:
+    def _lay_out(self, source: str | Path, root: Part, folder: str, findings: Findings,
+                 uidl: str) -> None:
         opts = self.options
         layout = FolderLayout(
             folder,
@@ -285,7 +288,7 @@ class MessageStore:
         )
         warned, signature = len(findings.warnings), findings.signature
         try:
-            parse_file(source, layout)
+            parse_file(source, layout, root=root)
             layout.finish()
         except (OSError, POP3MailError):
             layout.abort()
@@ -294,8 +297,9 @@ class MessageStore:
             layout.abort()
             log.exception("Laying out message %s failed", uidl)
             for name in (TEXT_NAME, HTML_NAME, ATTACHMENTS_DIR):
-                shutil.rmtree(folder / name, ignore_errors=True)
-                (folder / name).unlink(missing_ok=True)
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
             findings.text = findings.html = None
             findings.attachments.clear()
             findings.signature = signature
@@ -303,9 +307,10 @@ class MessageStore:
             findings.warnings.append(f"internal error reading the message "
                                      f"({type(exc).__name__}); only the original is saved")
 
-    def _unwrap(self, source: Path, findings: Findings, plaintexts: list[Path],
-                headers: Message | None) -> Path | None:
-        """Decrypt and open S/MIME layers; None when there is nothing more to save."""
+    def _unwrap(self, source: str | Path, findings: Findings, plaintexts: list[Path],
+                headers: Message | None) -> tuple[str | Path, Part] | None:
+        """Decrypt and open S/MIME layers: the content to lay out and its top part; None
+        when there is nothing more to save."""
         for _ in range(MAX_SMIME_LAYERS):
             root = _RootBody()
             if headers is None:
@@ -315,7 +320,7 @@ class MessageStore:
             headers = None
             kind = smime.smime_kind(head.content_type, head.param("smime-type"), head.param("name"))
             if kind is None:
-                return source
+                return source, head
             parse_file(source, root)
             if root.overflow:
                 findings.warnings.append(
@@ -407,7 +412,7 @@ class _RootBody:
 
 
 @contextlib.contextmanager
-def _save_errors(path: Path) -> Iterator[None]:
+def _save_errors(path: str | Path) -> Iterator[None]:
     """Turns OSError into the store's errors, naming the path."""
     try:
         yield
