@@ -14,11 +14,17 @@ Records (tab-separated):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import functools
+import gc
 import hashlib
+import itertools
+import operator
 import os
 import zlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from prefect_pop3mail.tasks.pop3.statedir import StateFolder
@@ -55,6 +61,27 @@ class Saved(NamedTuple):
     quarantined: bool = False
 
 
+#: Saved from a tuple of its fields, without a Python call per record.
+_SAVED = functools.partial(tuple.__new__, Saved)
+_SAVE_KINDS = frozenset(("S", "Q"))
+#: A record's line without its tab and CRC (what the CRC covers), and the tab and CRC.
+_BODY, _CRC = slice(None, -9), slice(-9, None)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the records are built. They are all kept, and
+    as tuple subclasses never left out of its passes: collecting while 100,000 of them
+    are made found nothing and took a third of the time (bench scale)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _crc(text: str) -> str:
     return f"{zlib.crc32(text.encode('utf-8')):08x}"
 
@@ -79,27 +106,63 @@ class Journal:
             self._fd = state.open_log(self.name, data)
 
     def _load(self, data: bytes) -> None:
-        # The CRC is checked on the line's bytes (records are written as UTF-8), before
-        # anything is decoded: a big journal is read at every run (bench scale).
-        saved, failures = self.saved, self.failures
-        for raw in data.split(b"\n"):
-            if raw.count(b"\t") == 1:  # version 0.1: uidl, folder
-                uidl, folder = raw.decode("utf-8", "replace").split("\t")
-                if uidl not in ("", "S", "Q", "F"):
-                    saved[uidl] = Saved(folder)
-                    failures.pop(uidl, None)
-                continue
-            body, _, crc = raw.rpartition(b"\t")
-            if crc != b"%08x" % zlib.crc32(body):
-                continue  # torn or damaged
-            fields = body.decode("utf-8", "replace").split("\t")
-            kind, uidl = fields[0], fields[1] if len(fields) > 1 else ""
-            if kind in ("S", "Q") and len(fields) == 5:
-                size = int(fields[3]) if fields[3].isdigit() else None
-                saved[uidl] = Saved(fields[2], size, fields[4], kind == "Q")
-                failures.pop(uidl, None)
-            elif kind == "F" and len(fields) == 3:
-                failures.setdefault(uidl, []).append(fields[2])
+        """Replay the records in order. A big journal is read at every run (bench scale),
+        so the lines with a save record's five tabs are taken a run at a time, by columns;
+        any other line (a failure, a version 0.1 line, a torn one) alone, in its place."""
+        lines = data.split(b"\n")
+        tabs = map(bytes.count, lines, itertools.repeat(b"\t"))
+        start = 0
+        with _gc_paused():
+            for end in [*itertools.compress(range(len(lines)), map((5).__ne__, tabs)),
+                        len(lines)]:
+                if start < end:
+                    self._load_saves(lines[start:end])
+                if end < len(lines):
+                    self._load_line(lines[end])
+                start = end + 1
+
+    def _load_saves(self, lines: list[bytes]) -> None:
+        """Lines of five tabs each: save records, or lines that count for nothing (a CRC
+        that does not match, another kind). The CRC is checked on the line's bytes: its
+        last nine are the tab and the CRC of the rest."""
+        computed = map(zlib.crc32, map(operator.getitem, lines, itertools.repeat(_BODY)))
+        good = list(map(bytes.__eq__, map(b"\t%08x".__mod__, computed),
+                        map(operator.getitem, lines, itertools.repeat(_CRC))))
+        fields = b"\t".join(lines).decode("utf-8", "replace").split("\t")
+        kinds, uidls, folders, sizes, heads = (fields[i::6] for i in range(5))
+        good = list(map(operator.and_, good, map(_SAVE_KINDS.__contains__, kinds)))
+        if not all(good):
+            kinds, uidls, folders, sizes, heads = (
+                list(itertools.compress(column, good))
+                for column in (kinds, uidls, folders, sizes, heads))
+        numbers = (map(int, sizes) if all(sizes) and "".join(sizes).isdecimal()
+                   else [int(size) if size.isdecimal() else None for size in sizes])
+        records = map(_SAVED, zip(folders, numbers, heads, map("Q".__eq__, kinds), strict=True))
+        self.saved.update(zip(uidls, records, strict=True))
+        if self.failures:  # a save ends the failure count
+            for uidl in self.failures.keys() & set(uidls):
+                del self.failures[uidl]
+
+    def _load_line(self, raw: bytes) -> None:
+        """One line that is not a well-formed save record."""
+        if raw.count(b"\t") == 1:  # version 0.1: uidl, folder
+            uidl, folder = raw.decode("utf-8", "replace").split("\t")
+            if uidl not in ("", "S", "Q", "F"):
+                self.saved[uidl] = Saved(folder)
+                self.failures.pop(uidl, None)
+            return
+        body, _, crc = raw.rpartition(b"\t")
+        if crc != b"%08x" % zlib.crc32(body):
+            return  # torn or damaged
+        fields = body.decode("utf-8", "replace").split("\t")
+        kind, uidl = fields[0], fields[1] if len(fields) > 1 else ""
+        if kind in ("S", "Q") and len(fields) == 5:
+            # isdecimal, not isdigit: int() refuses digits such as "²"
+            size = int(fields[3]) if fields[3].isdecimal() else None
+            self.saved[uidl] = Saved(fields[2], size, fields[4], kind == "Q")
+            self.failures.pop(uidl, None)
+        elif kind == "F" and len(fields) == 3:
+            self.failures.setdefault(uidl, []).append(fields[2])
 
     def __contains__(self, uidl: str) -> bool:
         return uidl in self.saved

@@ -144,17 +144,24 @@ class LineReader:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if len(line) > MAX_STATUS_LINE:
-                    raise POP3ProtocolError(f"status line too long (reply to {self._command})",
-                                            self.quote(line))
+                    raise self._too_long(line)
                 return line
-            if self.buffered > MAX_STATUS_LINE + 1:
-                raise POP3ProtocolError(
-                    f"status line too long or unterminated (reply to {self._command})",
-                    self.quote(self._buf[self._pos:]),
-                )
-            if not self._fill():
-                where = " in the middle of a line" if self.buffered else ""
-                raise POP3ConnectionError(f"the server closed the connection{where}")
+            self._fill_line()
+
+    def _fill_line(self) -> None:
+        """With no line ending buffered: receive more, unless the line is over the cap."""
+        if self.buffered > MAX_STATUS_LINE + 1:
+            raise POP3ProtocolError(
+                f"status line too long or unterminated (reply to {self._command})",
+                self.quote(self._buf[self._pos:]),
+            )
+        if not self._fill():
+            where = " in the middle of a line" if self.buffered else ""
+            raise POP3ConnectionError(f"the server closed the connection{where}")
+
+    def _too_long(self, line: bytes) -> POP3ProtocolError:
+        return POP3ProtocolError(f"status line too long (reply to {self._command})",
+                                 self.quote(line))
 
     def copy_body(self, sink: Sink, limit: int | None = None) -> int:
         """Copy a dot-stuffed multi-line body to ``sink``; return the bytes written.
@@ -206,18 +213,68 @@ class LineReader:
 
     def body_lines(self, max_bytes: int = MAX_LISTING_BYTES) -> list[bytes]:
         """A short multi-line reply (CAPA, LIST, UIDL) as a list of lines, at most
-        ``max_bytes`` long on the wire (beyond, POP3ProtocolError names the command)."""
+        ``max_bytes`` long on the wire (beyond, POP3ProtocolError names the command).
+
+        The complete lines of each received block are split at once, instead of one
+        :meth:`status_line` per line (a 100,000-line UIDL listing, bench scale): same
+        lines, same errors, same reads from the socket as reading line by line."""
         lines: list[bytes] = []
         size = 0
         while True:
-            line = self.status_line()
-            if line == b".":
+            buf, pos = self._buf, self._pos
+            start, end = _terminator(buf, pos)
+            if start < 0:  # no terminator yet: take the complete lines
+                start = end = max(buf.rfind(b"\n", pos) + 1, pos)
+            if start > pos:
+                block = buf[pos:start]
+                batch = _split_lines(block)
+                size = self._add_size(batch, size, max_bytes)
+                if block.startswith(b".") or b"\n." in block:  # byte-stuffed lines
+                    batch = [line[1:] if line[:1] == b"." else line for line in batch]
+                lines += batch
+            self._pos = end
+            if end > start:
                 return lines
+            self._fill_line()
+
+    def _add_size(self, batch: list[bytes], size: int, max_bytes: int) -> int:
+        """The reply's wire size with ``batch``, checked against ``max_bytes`` and each
+        line against the status line cap; the first line over either raises, as when
+        read one by one."""
+        total = size + sum(map(len, batch)) + 2 * len(batch)
+        if total <= max_bytes and max(map(len, batch)) <= MAX_STATUS_LINE:
+            return total
+        for line in batch:
+            self._pos = self._buf.find(b"\n", self._pos) + 1  # consumed, as status_line does
+            if len(line) > MAX_STATUS_LINE:
+                raise self._too_long(line)
             size += len(line) + 2
             if size > max_bytes:
                 raise POP3ProtocolError(
                     f"the reply to {self._command} is longer than its cap of {max_bytes} bytes"
                 )
-            if line.startswith(b"."):
-                line = line[1:]
-            lines.append(line)
+        return size
+
+
+def _terminator(buf: bytes, pos: int) -> tuple[int, int]:
+    """Where the first lone-dot line at or after ``pos`` (a line start) begins, and where
+    it ends past its CRLF or bare LF; (-1, -1) when none is buffered yet."""
+    if buf.startswith(b".\r\n", pos):
+        return pos, pos + 3
+    if buf.startswith(b".\n", pos):
+        return pos, pos + 2
+    crlf, lf = buf.find(b"\n.\r\n", pos), buf.find(b"\n.\n", pos)
+    if lf >= 0 and not 0 <= crlf < lf:
+        return lf + 1, lf + 3
+    if crlf >= 0:
+        return crlf + 1, crlf + 4
+    return -1, -1
+
+
+def _split_lines(block: bytes) -> list[bytes]:
+    """The lines of ``block`` (which ends with LF) without their CRLF or bare LF."""
+    if b"\r" not in block:
+        return block[:-1].split(b"\n")
+    if block.count(b"\r\n") == block.count(b"\n"):
+        return block[:-2].split(b"\r\n")
+    return [line[:-1] if line.endswith(b"\r") else line for line in block[:-1].split(b"\n")]

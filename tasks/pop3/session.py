@@ -68,6 +68,15 @@ _PIPELINING_CHECK = "NOOP (pipelining check)"
 #: RFC 1939 section 7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 _UIDL = re.compile(rb"[\x21-\x7e]{1,70}")
 _NUMBER = re.compile(rb"[0-9]{1,12}")
+# A whole listing in one pass, when it is as servers send it: "number uid" or "number
+# size", one space, a line each (joined with LF, as Latin-1: a character per byte). Any other
+# listing goes line by line, which says what is wrong with it.
+_UIDL_LISTING = re.compile(r"(?:[1-9][0-9]{0,11} [\x21-\x7e]{1,70}\n)*")
+_LIST_LISTING = re.compile(r"(?:[1-9][0-9]{0,11} [0-9]{1,12}\n)*")
+#: One good UIDL listing line: the message number and the UIDL, in the white space that
+#: bytes.split() takes.
+_UIDL_LINE = re.compile(rb"(?:%s)*([0-9]{1,12})(?:%s)+([\x21-\x7e]{1,70})(?:%s)*"
+                        % ((rb"[ \t\n\r\x0b\x0c]",) * 3))
 #: Without implicit TLS, how long a port may stay silent before we look whether it waits
 #: for a TLS handshake instead (a greeting that never comes would cost the whole timeout).
 GREETING_PATIENCE = 2.0
@@ -510,8 +519,13 @@ class POP3Session:
 
     def list(self, number: int | None = None) -> dict[int, int]:
         """Message number to size in octets, for every message or just ``number``."""
+        lines = self._listing("LIST", number)
+        scanned = _scan(_LIST_LISTING, lines) if number is None else None
+        if scanned is not None:
+            return dict(zip(scanned[0], map(int, scanned[1]), strict=True))
         sizes: dict[int, int] = {}
-        for n, words, raw in self._listing("LIST", number):
+        entries = [self._entry("LIST", raw) for raw in lines]  # every number first
+        for (n, words), raw in zip(entries, lines, strict=True):
             if not words or not _NUMBER.fullmatch(words[0]):
                 raise POP3ProtocolError("malformed LIST line", self._quote(raw))
             sizes[n] = int(words[0])
@@ -525,47 +539,69 @@ class POP3Session:
         instead: one bad entry must not stop the mailbox, and such a message cannot be
         journalled safely. Asked for one ``number``, its InvalidUIDLError is raised.
         """
-        found: dict[int, bytes] = {}
+        lines = self._listing("UIDL", number)
+        scanned = _scan(_UIDL_LISTING, lines) if number is None else None
+        if scanned is not None:
+            uids = scanned[1]
+            found = dict(zip(scanned[0], uids, strict=True))
+            if len(found) == len(uids) == len(set(uids)):  # no number or UIDL twice
+                self.invalid_uidls = {}
+                return found
+        found, invalid = self._check_uidls(lines)
+        if number is None:
+            self.invalid_uidls = invalid
+        elif number in invalid:
+            raise invalid[number]
+        return found
+
+    def _check_uidls(
+        self, lines: list[bytes]
+    ) -> tuple[dict[int, str], dict[int, InvalidUIDLError]]:
+        """The UIDL listing line by line: the valid UIDLs, and why each other one is not."""
+        found: dict[int, str] = {}
         invalid: dict[int, InvalidUIDLError] = {}
-        for n, words, raw in self._listing("UIDL", number):
-            problem = _uidl_problem(words)
+        for raw in lines:
+            match = _UIDL_LINE.fullmatch(raw)
+            if match and int(match[1]) >= 1:
+                n, uid, problem = int(match[1]), match[2].decode("ascii"), None
+            else:
+                n, words = self._entry("UIDL", raw)  # a bad number raises
+                problem = _uidl_problem(words)  # set: the pattern takes every good line
+                uid = words[0].decode("ascii") if problem is None else ""
             if n in found or n in invalid:
                 problem = "listed twice in one UIDL listing"
                 found.pop(n, None)
             if problem:
                 invalid[n] = InvalidUIDLError(n, problem, self._quote(raw))
             else:
-                found[n] = words[0]
-        holders: dict[bytes, list[int]] = {}
+                found[n] = uid
+        if len(set(found.values())) == len(found):
+            return found, invalid
+        holders: dict[str, list[int]] = {}
         for n, uid in found.items():
             holders.setdefault(uid, []).append(n)
         for uid, numbers in holders.items():
             for n in numbers if len(numbers) > 1 else ():
                 others = ", ".join(str(m) for m in numbers if m != n)
                 invalid[n] = DuplicateUIDLError(
-                    n, f"its UIDL is also the UIDL of message {others}", uid.decode("ascii"))
+                    n, f"its UIDL is also the UIDL of message {others}", uid)
                 del found[n]
-        if number is None:
-            self.invalid_uidls = invalid
-        elif number in invalid:
-            raise invalid[number]
-        return {n: uid.decode("ascii") for n, uid in found.items()}
+        return found, invalid
 
-    def _listing(self, command: str, number: int | None) -> list[tuple[int, list[bytes], bytes]]:
-        """(message number, the other words, the line) for each line of a listing; a line
-        without a message number is not attributable and fails the whole listing."""
+    def _listing(self, command: str, number: int | None) -> list[bytes]:
+        """The lines of a listing, or the one line of ``number``'s."""
         if number is None:
-            lines = self._longcmd(command)
-        else:
-            # "+OK 3 120": the scan listing of one message follows +OK on the status line.
-            lines = [self._shortcmd(f"{command} {number}")[3:].strip()]
-        entries = []
-        for raw in lines:
-            words = raw.split()
-            if not words or not _NUMBER.fullmatch(words[0]) or int(words[0]) < 1:
-                raise POP3ProtocolError(f"malformed {command} line", self._quote(raw))
-            entries.append((int(words[0]), words[1:], raw))
-        return entries
+            return self._longcmd(command)
+        # "+OK 3 120": the scan listing of one message follows +OK on the status line.
+        return [self._shortcmd(f"{command} {number}")[3:].strip()]
+
+    def _entry(self, command: str, raw: bytes) -> tuple[int, list[bytes]]:
+        """A listing line's message number and its other words; a line without a message
+        number is not attributable and fails the whole listing."""
+        words = raw.split()
+        if not words or not _NUMBER.fullmatch(words[0]) or int(words[0]) < 1:
+            raise POP3ProtocolError(f"malformed {command} line", self._quote(raw))
+        return int(words[0]), words[1:]
 
     def _quote(self, data: bytes) -> bytes:
         """Server bytes for an error: secrets cut out first, then cut to length."""
@@ -754,6 +790,18 @@ def _decode_challenge(line: bytes, redact: Callable[[bytes], bytes]) -> str | No
         return None
     text = redact(data).decode("utf-8", "replace")
     return " ".join(text.split())[:300] or None
+
+
+def _scan(pattern: re.Pattern[str], lines: list[bytes]) -> tuple[list[int], list[str]] | None:
+    """A whole listing's message numbers and UIDLs (or sizes) in one pass, or None when
+    ``pattern`` does not match it all."""
+    if not lines:
+        return [], []
+    text = b"\n".join([*lines, b""]).decode("latin-1")
+    if not pattern.fullmatch(text):
+        return None
+    words = text.split()  # two a line: nothing but the one space and LF is white space
+    return list(map(int, words[0::2])), words[1::2]
 
 
 def _uidl_problem(words: list[bytes]) -> str | None:
