@@ -64,6 +64,8 @@ class Saved(NamedTuple):
 #: Saved from a tuple of its fields, without a Python call per record.
 _SAVED = functools.partial(tuple.__new__, Saved)
 _SAVE_KINDS = frozenset(("S", "Q"))
+#: Save records decoded at a time: their fields are six strings each until sorted out.
+_RUN = 10_000
 #: A record's line without its tab and CRC (what the CRC covers), and the tab and CRC.
 _BODY, _CRC = slice(None, -9), slice(-9, None)
 
@@ -115,8 +117,8 @@ class Journal:
         with _gc_paused():
             for end in [*itertools.compress(range(len(lines)), map((5).__ne__, tabs)),
                         len(lines)]:
-                if start < end:
-                    self._load_saves(lines[start:end])
+                for run in range(start, end, _RUN):  # runs of a bounded size: bounded memory
+                    self._load_saves(lines[run:min(run + _RUN, end)])
                 if end < len(lines):
                     self._load_line(lines[end])
                 start = end + 1
