@@ -66,8 +66,8 @@ _SAVED = functools.partial(tuple.__new__, Saved)
 _SAVE_KINDS = frozenset(("S", "Q"))
 #: Save records decoded at a time: their fields are six strings each until sorted out.
 _RUN = 10_000
-#: A record's line without its tab and CRC (what the CRC covers), and the tab and CRC.
-_BODY, _CRC = slice(None, -9), slice(-9, None)
+#: A save record's line without its tab and CRC: what the CRC covers.
+_BODY = slice(None, -9)
 
 
 @contextlib.contextmanager
@@ -125,14 +125,14 @@ class Journal:
 
     def _load_saves(self, lines: list[bytes]) -> None:
         """Lines of five tabs each: save records, or lines that count for nothing (a CRC
-        that does not match, another kind). The CRC is checked on the line's bytes: its
-        last nine are the tab and the CRC of the rest."""
-        computed = map(zlib.crc32, map(operator.getitem, lines, itertools.repeat(_BODY)))
-        good = list(map(bytes.__eq__, map(b"\t%08x".__mod__, computed),
-                        map(operator.getitem, lines, itertools.repeat(_CRC))))
+        that does not match, another kind). The CRC is of the line's bytes (records are
+        written as UTF-8) before its last tab: when it matches, the CRC field is eight ASCII
+        characters, so that is all but the last nine bytes."""
         fields = b"\t".join(lines).decode("utf-8", "replace").split("\t")
-        kinds, uidls, folders, sizes, heads = (fields[i::6] for i in range(5))
-        good = list(map(operator.and_, good, map(_SAVE_KINDS.__contains__, kinds)))
+        kinds, uidls, folders, sizes, heads, crcs = (fields[i::6] for i in range(6))
+        computed = map(zlib.crc32, map(operator.getitem, lines, itertools.repeat(_BODY)))
+        good = list(map(operator.and_, map(str.__eq__, map("%08x".__mod__, computed), crcs),
+                        map(_SAVE_KINDS.__contains__, kinds)))
         if not all(good):
             kinds, uidls, folders, sizes, heads = (
                 list(itertools.compress(column, good))
