@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench.bench_events import Retries  # noqa: E402
+from bench.bench_session import fresh  # noqa: E402
 from bench.common import table  # noqa: E402
 from bench.peers_mail import small  # noqa: E402
 from bench.peers_measure import quiet_prefect_console  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
 
             def empty() -> None:
                 for name in configs:
-                    shutil.rmtree(top / name, ignore_errors=True)
+                    fresh(top / name)
 
             def one() -> int:
                 return run_flow(first).saved

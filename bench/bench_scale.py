@@ -135,6 +135,7 @@ def _journal_open(settings, save_dir: Path) -> float:
     store = MessageStore(save, settings.mailbox_key, "bench-scale")
     start = time.perf_counter()
     journal = Journal(store.state, settings.mailbox_key)
+    journal.count_saved([])  # a big journal replays on a thread: wait for it
     seconds = time.perf_counter() - start
     journal.close()
     store.close()
@@ -190,7 +191,7 @@ def main() -> None:
          "runs": " ".join(f"{t:.2f}" for t in runs["engine"])},
         {"what": f"poplib: one UIDL listing + {NEW} RETR", "median s": f"{median['poplib']:.3f}",
          "runs": " ".join(f"{t:.2f}" for t in runs["poplib"])},
-        {"what": "opening the journal (in the engine's time)",
+        {"what": "opening the journal (replayed while the session opens)",
          "median s": f"{median['journal']:.3f}",
          "runs": " ".join(f"{t:.3f}" for t in runs["journal"])},
         {"what": "engine peak RSS growth, MB", "median s": f"{median['mb']:.1f}",

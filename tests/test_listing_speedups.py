@@ -12,6 +12,7 @@ import os
 import zlib
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -27,6 +28,7 @@ from prefect_pop3mail.tasks.pop3.journal import Journal, Saved, _line
 from prefect_pop3mail.tasks.pop3.lineio import LineReader
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
 from prefect_pop3mail.tasks.pop3.session import _NUMBER, POP3Session, _uidl_problem
+from prefect_pop3mail.tasks.pop3.statedir import StateFolder
 
 EXAMPLES = 5000 if os.environ.get("POP3MAIL_SOAK") else 300
 
@@ -323,3 +325,51 @@ def test_a_big_journal_with_failures_and_a_torn_line_replays_in_order():
     assert (saved, failures) == reference_load(b"".join(lines))
     assert failures == {"u5": ["retr"]} and "u1500" not in saved and len(saved) == 2997
     assert saved["u7"] == Saved("f7", 7, "h") and type(saved["u7"]) is Saved
+
+
+def big_journal(tmp_path) -> tuple[StateFolder, bytes]:
+    """A journal file over BACKGROUND_BYTES, with a failure and a torn line in it."""
+    state = StateFolder(tmp_path, "work-x")
+    name = Journal(state, "key").name
+    lines = [_line("S", f"u{i}", f"f{i}", i, "h" * 32) for i in range(30_000)]
+    lines[10] = _line("F", "never-saved", "retr")
+    lines[20] = lines[20][:5] + b"\n"
+    data = b"".join(lines)
+    assert len(data) > journal.BACKGROUND_BYTES
+    state.replace(name, data)
+    return state, data
+
+
+def test_a_big_journal_replayed_in_the_background_is_the_one_replayed_in_place(tmp_path):
+    state, data = big_journal(tmp_path)
+    opened = Journal(state, "key")
+    try:
+        assert opened._replay is not None  # replaying while the caller goes on
+        assert opened.get_many(["u0", "u20", "u29999", "nope"]) == [
+            Saved("f0", 0, "h" * 32), None, Saved("f29999", 29999, "h" * 32), None]
+        assert opened._replay is None
+        assert (opened.saved, opened.failures) == loaded(data)
+        assert opened.failure_count("never-saved") == 1 and "u20" not in opened
+        assert opened.count_saved(["u1", "u2", "u20", "x"]) == 2
+        opened.record("new", Saved("fn", 1, "h"))  # appends after the replayed records
+    finally:
+        opened.close()
+    again = Journal(state, "key")
+    try:
+        assert again.get("new") == Saved("fn", 1, "h") and len(again.saved) == 29_999
+    finally:
+        again.close()
+
+
+def test_a_background_replay_that_fails_fails_every_use_of_the_journal(tmp_path):
+    state, _ = big_journal(tmp_path)
+    with mock.patch.object(Journal, "_load", side_effect=MemoryError("replay")):
+        opened = Journal(state, "key")
+    try:
+        for use in (lambda: opened.get("u1"), lambda: "u1" in opened,
+                    lambda: opened.record("u1", Saved("f"))):
+            with pytest.raises(MemoryError, match="replay"):
+                use()
+    finally:
+        opened.close()  # joins the thread, closes the file, raises nothing
+    assert opened._fd == -1

@@ -23,14 +23,18 @@ import hashlib
 import itertools
 import operator
 import os
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from prefect_pop3mail.tasks.pop3.statedir import StateFolder
 
 #: Prune once this many journalled messages are gone from the server (and most are gone).
 PRUNE_AT = 1000
+#: A journal this big (about 10,000 records) is replayed on a thread of its own, while the
+#: session opens: bench scale, 100,000 records, 0.13-0.17 s.
+BACKGROUND_BYTES = 1 << 20
 
 
 #: How much of a message's header section identifies it.
@@ -96,6 +100,8 @@ def _line(*fields: object) -> bytes:
 class Journal:
     """UIDL -> what was saved, and failure counts, for one mailbox."""
 
+    _replay: _Replay | None = None
+
     def __init__(self, state: StateFolder, mailbox_key: str):
         self.state = state
         self.name = f"journal-{mailbox_digest(mailbox_key)}.log"
@@ -104,8 +110,17 @@ class Journal:
         self._fd = -1
         with state.keeping("journal", self.name):
             data = state.read(self.name)
-            self._load(data)
             self._fd = state.open_log(self.name, data)
+        if len(data) < BACKGROUND_BYTES:
+            self._load(data)
+        else:  # replayed while the session connects, logs in and waits for UIDL
+            self._replay = _Replay(self._load, data)
+
+    def _ready(self) -> None:
+        """Wait for a background replay; its error, if any, is raised here."""
+        if self._replay is not None:
+            self._replay.wait()  # raises each time when it failed: no half-loaded journal
+            self._replay = None
 
     def _load(self, data: bytes) -> None:
         """Replay the records in order. A big journal is read at every run (bench scale),
@@ -167,20 +182,35 @@ class Journal:
             self.failures.setdefault(uidl, []).append(fields[2])
 
     def __contains__(self, uidl: str) -> bool:
+        self._ready()
         return uidl in self.saved
 
     def get(self, uidl: str) -> Saved | None:
+        self._ready()
         return self.saved.get(uidl)
 
+    def get_many(self, uidls: list[str]) -> list[Saved | None]:
+        """What ``get`` gives for each of ``uidls``, in one pass (a listing of 100,000)."""
+        self._ready()
+        return list(map(self.saved.get, uidls))
+
+    def count_saved(self, uidls: Iterable[str]) -> int:
+        """How many of ``uidls`` are saved."""
+        self._ready()
+        return sum(map(self.saved.__contains__, uidls))
+
     def failure_count(self, uidl: str) -> int:
+        self._ready()
         return len(self.failures.get(uidl, ()))
 
     def last_failure(self, uidl: str) -> str | None:
+        self._ready()
         kinds = self.failures.get(uidl)
         return kinds[-1] if kinds else None
 
     def record(self, uidl: str, saved: Saved) -> None:
         """Append one record. Unbuffered: it is in the OS once this returns."""
+        self._ready()
         kind = "Q" if saved.quarantined else "S"
         size = "" if saved.size is None else saved.size
         os.write(self._fd, _line(kind, uidl, saved.folder, size, saved.head))
@@ -189,6 +219,7 @@ class Journal:
 
     def record_failure(self, uidl: str, kind: str) -> int:
         """Count one more failed attempt at ``uidl``; returns the count."""
+        self._ready()
         os.write(self._fd, _line("F", uidl, kind))
         self.failures.setdefault(uidl, []).append(kind)
         return len(self.failures[uidl])
@@ -211,6 +242,7 @@ class Journal:
         """
         if not on_server:
             return
+        self._ready()
         stale = [u for u in self.saved if u not in on_server]
         if len(stale) < PRUNE_AT or len(stale) * 2 < len(self.saved):
             return
@@ -229,9 +261,37 @@ class Journal:
         self._fd = self.state.open(self.name, os.O_WRONLY | os.O_APPEND)
 
     def close(self) -> None:
+        replay, self._replay = self._replay, None
+        if replay is not None:
+            replay.join()  # not left running; an error it had no longer matters
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class _Replay:
+    """``load(data)`` on a thread of its own. The replay logs nothing, so nothing of the
+    run's log is lost on that thread; an exception is kept and raised by ``wait``."""
+
+    def __init__(self, load: Callable[[bytes], None], data: bytes):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(load, data),
+                                        name="pop3mail-journal-replay", daemon=True)
+        self._thread.start()
+
+    def _run(self, load: Callable[[bytes], None], data: bytes) -> None:
+        try:
+            load(data)
+        except BaseException as exc:  # raised again where the records are first needed
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _load_syncfs():

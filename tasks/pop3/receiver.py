@@ -166,7 +166,7 @@ class MailboxReceiver:
             session.close()  # no QUIT: the server deletes nothing of this session
             raise
         session.quit()
-        self.report.waiting = sum(1 for u in listing.uidls.values() if u not in self.journal)
+        self.report.waiting = len(listing.uidls) - self.journal.count_saved(listing.uidls.values())
         if self.options.remove_after_read:  # QUIT succeeded: the deletions are applied
             self._mark_deleted(session, listing, first)
         return more and not stopped
@@ -227,10 +227,13 @@ class MailboxReceiver:
         plan = _Plan()
         opts = self.options
         known = 0  # counted here: the report validates every assignment
-        journal, sizes = self.journal, listing.sizes
-        for number, uidl in sorted(listing.uidls.items()):
+        sizes = listing.sizes
+        numbers = sorted(listing.uidls)
+        uidls = list(map(listing.uidls.__getitem__, numbers))
+        # One pass over the journal: a mailbox left on the server lists 100,000 (bench scale).
+        for number, uidl, saved in zip(numbers, uidls, self.journal.get_many(uidls),
+                                       strict=True):
             size = sizes.get(number, 0)
-            saved = journal.get(uidl)
             if saved is not None and (opts.remove_after_read or opts.new_messages_only):
                 if opts.remove_after_read and self._is_saved(session, number, size, saved):
                     plan.delete_known.append(number)

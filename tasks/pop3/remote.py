@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -372,7 +373,7 @@ class RemoteJournal(Journal):
         fields = name.split(_SEP)
         if fields[0] in ("S", "Q") and len(fields) == 6:
             uidl, folder, size, head = fields[2:]
-            self.saved[uidl] = Saved(folder, int(size) if size.isdigit() else None, head,
+            self.saved[uidl] = Saved(folder, int(size) if size.isdecimal() else None, head,
                                      fields[0] == "Q")
             self.failures.pop(uidl, None)
         elif fields[0] == "F" and len(fields) == 4:
@@ -386,6 +387,12 @@ class RemoteJournal(Journal):
 
     def get(self, uidl: str) -> Saved | None:
         return self.saved.get(_uidl_key(uidl))
+
+    def get_many(self, uidls: list[str]) -> list[Saved | None]:
+        return list(map(self.saved.get, map(_uidl_key, uidls)))
+
+    def count_saved(self, uidls: Iterable[str]) -> int:
+        return sum(map(self.saved.__contains__, map(_uidl_key, uidls)))
 
     def failure_count(self, uidl: str) -> int:
         return len(self.failures.get(_uidl_key(uidl), ()))
