@@ -99,6 +99,32 @@ def test_verification_off_trusts_anything_and_still_needs_tls_1_2(servers):
     assert context.minimum_version is ssl.TLSVersion.TLSv1_2
 
 
+def test_a_context_is_shared_until_a_ca_file_it_read_changes(servers, private_ca, tmp_path):
+    public, private = servers
+    assert client_context(private_ca[1]) is client_context(private_ca[1])
+    assert client_context(None, verify=False) is client_context(None, verify=False)
+    path = tmp_path / "rotated-ca.pem"
+    other = trustme.CA()
+    other.cert_pem.write_to_path(str(path))
+    before = client_context(str(path))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        private.handshake(before)
+    private_ca[0].cert_pem.write_to_path(str(path))  # the private CA rotated in, same name
+    after = client_context(str(path))
+    assert after is not before
+    assert private.handshake(after) == b"ok" and public.handshake(after) == b"ok"
+
+
+def test_a_context_follows_the_system_ca_locations(servers, private_ca, monkeypatch):
+    public, private = servers
+    assert public.handshake(client_context(None)) == b"ok"
+    monkeypatch.setenv("SSL_CERT_FILE", private_ca[1])  # now the system store is that CA
+    moved = client_context(None)
+    assert private.handshake(moved) == b"ok"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        public.handshake(moved)
+
+
 def test_an_unreadable_ca_file_names_the_field(tmp_path):
     bad = tmp_path / "not-a-certificate.pem"
     bad.write_text("hello\n")
