@@ -3,7 +3,8 @@
 ``pop3mail check NAME`` says whether a saved POP3 Mail Configuration can reach its server and
 log in; ``pop3mail receive NAME`` receives its mail once (or, with ``--dry-run``, lists what
 would be received). Both load the configuration from the Prefect API the current profile
-points at (``PREFECT_API_URL``). Exit status: 0 ok, 1 failed, 2 wrong usage.
+points at (``PREFECT_API_URL``). Exit status: 0 ok, 1 failed (also when any message could
+not be received), 2 wrong usage.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ NAME is the name a POP3 Mail Configuration was saved under (Prefect UI: Blocks, 
 POP3MailConfiguration(...).save(NAME)). The configuration is loaded from the Prefect API
 of the current profile (PREFECT_API_URL); register the block type first with
   prefect block register -m prefect_pop3mail.blocks
-Exit status: 0 ok, 1 failed, 2 wrong usage."""
+Exit status: 0 ok, 1 failed, 2 wrong usage. A run where a message could not be received
+(it stays on the server) counts as failed."""
 
 
 def _positive(text: str) -> int:
@@ -104,28 +106,39 @@ def _check(name: str) -> int:
 
 
 def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 
-    from prefect_pop3mail.tasks.activities import mail_list, mail_receive_all
+    from prefect_pop3mail.tasks.activities import receive_report
 
     # One attempt: a person at a terminal retries on their own. A task run of its own, with
     # no flow around it: its logs stay on the terminal, without Prefect's warning about it.
-    task = (mail_list if dry_run else mail_receive_all).with_options(retries=0)
+    # The whole report, not the task's list: a message that failed makes the exit status 1.
+    run = task(receive_report, name="POP3_LIST" if dry_run else "MAIL_RECEIVEALL",
+               cache_policy=NO_CACHE, retries=0)
     with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
-        result = task(name, max_messages=max_messages)
+        report = run(name, max_messages=max_messages, dry_run=dry_run)
     if dry_run:
-        print(f"{len(result)} message(s) would be received:")
-        for listed in result:
+        print(f"{len(report.listed)} message(s) would be received:")
+        for listed in report.listed:
             print(f"  #{listed.number}  {listed.size:>10,} bytes  {listed.sender}  "
                   f"{listed.subject!r}")
         return OK
-    print(f"{len(result)} message(s) received:")
-    for mail in result:
+    print(f"{len(report.received)} message(s) received:")
+    for mail in report.received:
         deleted = ", deleted from the server" if mail.deleted else ""
         print(f"  {mail.subject!r} from {mail.sender}{deleted}")
         for path in mail.saved_paths or mail.saved_urls:  # URLs when saved to storage
             print(f"    {path}")
-    return OK
+    if not report.failed:
+        return OK
+    print(f"pop3mail receive: {len(report.failed)} message(s) could not be received and stay "
+          "on the server:", file=sys.stderr)
+    for failure in report.failed:
+        print(f"  {failure.uidl} (attempt {failure.attempts}): {failure.error_type}: "
+              f"{failure.error}", file=sys.stderr)
+    return FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

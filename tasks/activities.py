@@ -118,6 +118,29 @@ def _receive(
     return report
 
 
+def receive_report(configuration: Configuration, *, max_messages: int | None = None,
+                   dry_run: bool = False) -> ReceiveReport:
+    """Receive as MAIL_RECEIVEALL does (or, with ``dry_run``, list as POP3_LIST does) and
+    return the whole report: received, failed (left on the server), quarantined, waiting.
+
+    For callers that act on failures themselves, such as the ``pop3mail`` command, which
+    exits 1 when a message could not be received. Not a task: wrap it in one to run it as
+    a task run.
+
+    Example:
+        ```python
+        from prefect_pop3mail.tasks.activities import receive_report
+
+        report = receive_report("orders-mailbox", max_messages=10)
+        for failure in report.failed:
+            print(failure.uidl, failure.error)
+        ```
+    """
+    return _receive(configuration, max_messages=max_messages, save_mail_text=None,
+                    save_mail_attachments=None, save_directory=None, filters=HeaderFilter(),
+                    dry_run=dry_run, progress=not dry_run)
+
+
 def _announce(receiver: MailboxReceiver, report: ReceiveReport,
               config: POP3MailConfiguration) -> None:
     """Tell downstream steps of every saved message (late ones too), then take them out of

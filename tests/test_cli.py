@@ -226,3 +226,22 @@ def test_receive_fails_at_once_when_the_server_is_unreachable(capsys, mailbox, t
     assert code == FAILED
     assert "pop3mail receive: " in err and str(port) in err
     assert "received:" not in out
+
+
+@pytest.mark.dovecot
+def test_receive_exits_1_and_names_the_messages_left_on_the_server(capsys, mailbox, tmp_path):
+    from tests.test_faults import mounted_tmpfs
+
+    mailbox.deliver(*(sample_message(i, body="y" * 60_000 + "\r\n") for i in range(8)))
+    with mounted_tmpfs(tmp_path / "small", "size=300k") as small:
+        name = f"cli-{uuid.uuid4().hex[:10]}"
+        mailbox.block(small / "mail", Security.IMPLICIT,
+                      remove_from_server_after_read=True).save(name)
+
+        code, out, err = run(capsys, "receive", name)
+
+        received = int(out.split(" ", 1)[0])
+        assert code == FAILED and 0 < received < 8, (out, err)
+        assert "1 message(s) could not be received and stay on the server" in err
+        assert "DiskFullError" in err and "no space" in err
+        assert mailbox.count() == 8 - received  # the rest waits for the next run
