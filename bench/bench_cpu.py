@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import table
+from bench.bench_session import fresh
+from bench.common import dovecot_and_folder, table
 from bench.peers_mail import small
-from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
 
 MESSAGES = int(os.environ.get("POP3MAIL_BENCH_CPU_MESSAGES", "500"))
 REPEAT = int(os.environ.get("POP3MAIL_BENCH_REPEAT", "5"))
@@ -78,7 +77,7 @@ def _baseline_path(top: Path) -> Path:
 
 def _run(dovecot, user: str, password: str, out: Path, pythonpath: str | None,
          profile: list[str]) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
+    fresh(out)  # renamed aside, not deleted: see bench_session.fresh
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if pythonpath:
@@ -95,35 +94,38 @@ def _run(dovecot, user: str, password: str, out: Path, pythonpath: str | None,
 
 
 def main() -> None:
-    reason = dovecot_unavailable_reason()
-    if reason:
-        print(f"skipped: {reason}")
-        return
-    top = Path(tempfile.mkdtemp(prefix="pop3mail-bench-cpu-"))
-    dovecot = start_dovecot()
-    try:
-        baseline = str(_baseline_path(top))
-        user, password = dovecot.add_user()
-        dovecot.deliver(user, *(small(i) for i in range(MESSAGES)))
-        runs: dict[str, list[dict]] = {"baseline": [], "now": []}
-        _run(dovecot, user, password, top / "out", None, [])  # Dovecot's first indexing
-        for _ in range(REPEAT):
-            for name, path in (("baseline", baseline), ("now", None)):
-                result = _run(dovecot, user, password, top / "out", path, [])
-                assert (("/shim/" in result["engine"]) == (name == "baseline")), result
-                runs[name].append(result)
-                print(f"{name}: {1000 * result['user'] / MESSAGES:.3f} ms user, "
-                      f"{1000 * result['system'] / MESSAGES:.3f} ms kernel per message, "
-                      f"{result['seconds']:.2f} s", flush=True)
-        if PROFILE:
-            _run(dovecot, user, password, top / "out", None, PROFILE)
-    finally:
-        dovecot.stop()
-        shutil.rmtree(dovecot.root, ignore_errors=True)
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                        str(top / "tree")], capture_output=True)
-        shutil.rmtree(top, ignore_errors=True)
+    with dovecot_and_folder("cpu") as started:
+        if started is None:
+            return
+        dovecot, top = started
+        try:
+            runs = _measure(dovecot, top)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(top / "tree")], capture_output=True)
+    _report(runs)
 
+
+def _measure(dovecot, top: Path) -> dict[str, list[dict]]:
+    baseline = str(_baseline_path(top))
+    user, password = dovecot.add_user()
+    dovecot.deliver(user, *(small(i) for i in range(MESSAGES)))
+    runs: dict[str, list[dict]] = {"baseline": [], "now": []}
+    _run(dovecot, user, password, top / "out", None, [])  # Dovecot's first indexing
+    for _ in range(REPEAT):
+        for name, path in (("baseline", baseline), ("now", None)):
+            result = _run(dovecot, user, password, top / "out", path, [])
+            assert (("/shim/" in result["engine"]) == (name == "baseline")), result
+            runs[name].append(result)
+            print(f"{name}: {1000 * result['user'] / MESSAGES:.3f} ms user, "
+                  f"{1000 * result['system'] / MESSAGES:.3f} ms kernel per message, "
+                  f"{result['seconds']:.2f} s", flush=True)
+    if PROFILE:
+        _run(dovecot, user, password, top / "out", None, PROFILE)
+    return runs
+
+
+def _report(runs: dict[str, list[dict]]) -> None:
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])
 

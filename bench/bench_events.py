@@ -22,6 +22,7 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench.bench_session import fresh  # noqa: E402
@@ -35,24 +36,32 @@ from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot  # n
 MESSAGES = int(os.environ.get("POP3MAIL_BENCH_SMALL_MESSAGES", "1000"))
 REPEAT = int(os.environ.get("POP3MAIL_BENCH_REPEAT", "3"))
 _SLEPT = re.compile(r"Another attempt will be made in ([0-9.]+)s")
+_STATUS = re.compile(r"retryable status code (\d+)")
 
 
 class Retries(logging.Handler):
-    """Counts the Prefect client's retries and the seconds it slept before them."""
+    """Counts the Prefect client's retries and the seconds it slept before them, by cause:
+    the status code it was answered, or the exception it got instead of an answer."""
 
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.count = 0
         self.seconds = 0.0
+        self.causes: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if m := _SLEPT.search(record.getMessage()):
+        text = record.getMessage()
+        if m := _SLEPT.search(text):
             self.count += 1
             self.seconds += float(m[1])
+            status = _STATUS.search(text)
+            self.causes[record.exc_info[0].__name__ if record.exc_info and record.exc_info[0]
+                        else status[1] if status else "?"] += 1
 
     def take(self) -> str:
-        text = f"{self.count} ({self.seconds:.1f} s)"
-        self.count, self.seconds = 0, 0.0
+        causes = ", ".join(f"{cause} x{n}" for cause, n in self.causes.most_common())
+        text = f"{self.count} ({self.seconds:.1f} s{'; ' + causes if causes else ''})"
+        self.count, self.seconds, self.causes = 0, 0.0, Counter()
         return text
 
 

@@ -23,13 +23,12 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.common import table
+from bench.bench_session import fresh
+from bench.common import dovecot_and_folder, table
 from bench.peers_mail import small
-from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
 
 BIG = int(os.environ.get("POP3MAIL_BENCH_BIG_MAILBOX", "100000"))
 NEW = int(os.environ.get("POP3MAIL_BENCH_NEW", "100"))
@@ -143,47 +142,47 @@ def _journal_open(settings, save_dir: Path) -> float:
 
 
 def main() -> None:
-    reason = dovecot_unavailable_reason()
-    if reason:
-        print(f"skipped: {reason}")
-        return
-    top = Path(tempfile.mkdtemp(prefix="pop3mail-bench-scale-"))
-    dovecot = start_dovecot()
-    try:
-        user, password = dovecot.add_user()
-        start = time.perf_counter()
-        dovecot.deliver(user, *(_tiny(i) for i in range(BIG - NEW)))
-        dovecot.deliver(user, *(small(i) for i in range(NEW)))
-        settings = _settings(dovecot, user, password)
-        template, work, plain = top / "template", top / "work", top / "plain"
-        _known_state(settings, template)  # also Dovecot's first, slow, indexing session
-        print(f"{BIG:,} messages delivered and journalled in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
-        runs: dict[str, list[float]] = {"engine": [], "poplib": [], "journal": [], "mb": []}
-        for _ in range(REPEAT):
-            shutil.rmtree(plain, ignore_errors=True)
-            plain.mkdir()
-            runs["poplib"].append(_poplib(dovecot, user, password, plain))
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.copytree(template, work, symlinks=True)
-            runs["journal"].append(_journal_open(settings, work))
-            out = subprocess.run(
-                [sys.executable, "-c", _CHILD, "localhost", str(dovecot.pop3s_port), user,
-                 password, str(dovecot.ca_file), str(work), *PROFILE],
-                capture_output=True, text=True, check=True, cwd=ROOT)
-            if PROFILE:
-                print(out.stderr, flush=True)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            assert result["received"] == NEW and result["known"] == BIG - NEW, result
-            runs["engine"].append(result["seconds"])
-            runs["mb"].append(result["growth_kb"] / 1024)
-            print(f"engine {runs['engine'][-1]:.2f} s ({runs['mb'][-1]:.1f} MB growth), "
-                  f"poplib {runs['poplib'][-1]:.2f} s, journal open "
-                  f"{runs['journal'][-1]:.3f} s", flush=True)
-    finally:
-        dovecot.stop()
-        shutil.rmtree(dovecot.root, ignore_errors=True)
-        shutil.rmtree(top, ignore_errors=True)
+    with dovecot_and_folder("scale") as started:
+        if started is None:
+            return
+        runs = _measure(*started)
+    _report(runs)
+
+
+def _measure(dovecot, top: Path) -> dict[str, list[float]]:
+    user, password = dovecot.add_user()
+    start = time.perf_counter()
+    dovecot.deliver(user, *(_tiny(i) for i in range(BIG - NEW)))
+    dovecot.deliver(user, *(small(i) for i in range(NEW)))
+    settings = _settings(dovecot, user, password)
+    template, work, plain = top / "template", top / "work", top / "plain"
+    _known_state(settings, template)  # also Dovecot's first, slow, indexing session
+    print(f"{BIG:,} messages delivered and journalled in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+    runs: dict[str, list[float]] = {"engine": [], "poplib": [], "journal": [], "mb": []}
+    for _ in range(REPEAT):
+        fresh(plain)  # renamed aside, not deleted: see bench_session.fresh
+        runs["poplib"].append(_poplib(dovecot, user, password, plain))
+        fresh(work)
+        shutil.copytree(template, work, symlinks=True, dirs_exist_ok=True)
+        runs["journal"].append(_journal_open(settings, work))
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, "localhost", str(dovecot.pop3s_port), user,
+             password, str(dovecot.ca_file), str(work), *PROFILE],
+            capture_output=True, text=True, check=True, cwd=ROOT)
+        if PROFILE:
+            print(out.stderr, flush=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["received"] == NEW and result["known"] == BIG - NEW, result
+        runs["engine"].append(result["seconds"])
+        runs["mb"].append(result["growth_kb"] / 1024)
+        print(f"engine {runs['engine'][-1]:.2f} s ({runs['mb'][-1]:.1f} MB growth), "
+              f"poplib {runs['poplib'][-1]:.2f} s, journal open "
+              f"{runs['journal'][-1]:.3f} s", flush=True)
+    return runs
+
+
+def _report(runs: dict[str, list[float]]) -> None:
     median = {key: statistics.median(values) for key, values in runs.items()}
     rows = [
         {"what": f"engine, new-only run ({NEW} new of {BIG:,})",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 def median_seconds(run: Callable[[], object], repeat: int = 5, setup: Callable[[], object] | None = None) -> float:
@@ -37,3 +41,24 @@ def table(rows: list[dict], columns: list[str]) -> str:
     sep = "-+-".join("-" * widths[c] for c in columns)
     body = "\n".join(" | ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows)
     return f"{line}\n{sep}\n{body}"
+
+
+@contextlib.contextmanager
+def dovecot_and_folder(name: str) -> Iterator[tuple[object, Path] | None]:
+    """A started Dovecot and an empty temporary folder, both removed afterwards; None (and
+    the reason printed) where Dovecot cannot run, as on a laptop without root."""
+    from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
+
+    reason = dovecot_unavailable_reason()
+    if reason:
+        print(f"skipped: {reason}")
+        yield None
+        return
+    top = Path(tempfile.mkdtemp(prefix=f"pop3mail-bench-{name}-"))
+    dovecot = start_dovecot()
+    try:
+        yield dovecot, top
+    finally:
+        dovecot.stop()
+        shutil.rmtree(dovecot.root, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
