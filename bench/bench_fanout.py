@@ -104,7 +104,7 @@ def main() -> None:
                     requests[key].append(sum(made.values()))
                     assert saved == expected, (key, saved, expected)
                     if key == "fanout":
-                        print(f"fan-out API calls: {summary(made)}; answered busy (503): "
+                        print(f"fan-out API calls: {summary(made)}; answered busy (503) or not at all: "
                               f"{summary(busy)}", flush=True)
                 print(", ".join(f"{key} {times[key][-1]:.2f} s (client retries "
                                 f"{slept[key][-1]})" for key in runs), flush=True)
