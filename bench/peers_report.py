@@ -34,6 +34,11 @@ def time_rows(outcomes: list[Outcome]) -> list[dict]:
     return rows
 
 
+#: The flow's time against the poplib loop: (a) as issue #14 set it, (b) as the first
+#: performance issue did (#14 has no target for big messages).
+POPLIB_BOUND = {"a": 2.0, "b": 1.2}
+
+
 def _faster_than_peers(outcomes: list[Outcome], key: str) -> list[dict]:
     ours = _find(outcomes, key, POP3MAIL)
     if ours is None:
@@ -47,9 +52,9 @@ def _faster_than_peers(outcomes: list[Outcome], key: str) -> list[dict]:
                                 ours.median < other.median))
     poplib = _find(outcomes, key, POPLIB)
     if poplib:
-        ratio = ours.median / poplib.median
-        rows.append(_target(f"({key}) within 1.2x of the poplib loop",
-                            f"pop3mail takes {ratio:.2f}x poplib's time", ratio <= 1.2))
+        ratio, bound = ours.median / poplib.median, POPLIB_BOUND[key]
+        rows.append(_target(f"({key}) within {bound:g}x of the poplib loop",
+                            f"pop3mail takes {ratio:.2f}x poplib's time", ratio <= bound))
     return rows
 
 
