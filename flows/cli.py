@@ -110,13 +110,13 @@ def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
     from prefect.cache_policies import NO_CACHE
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 
-    from prefect_pop3mail.tasks.activities import receive_report
+    from prefect_pop3mail.tasks.activities import TASK_TIMEOUT_SECONDS, receive_report
 
     # One attempt: a person at a terminal retries on their own. A task run of its own, with
     # no flow around it: its logs stay on the terminal, without Prefect's warning about it.
     # The whole report, not the task's list: a message that failed makes the exit status 1.
     run = task(receive_report, name="POP3_LIST" if dry_run else "MAIL_RECEIVEALL",
-               cache_policy=NO_CACHE, retries=0)
+               cache_policy=NO_CACHE, retries=0, timeout_seconds=TASK_TIMEOUT_SECONDS)
     with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
         report = run(name, max_messages=max_messages, dry_run=dry_run)
     if dry_run:
@@ -124,16 +124,17 @@ def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
         for listed in report.listed:
             print(f"  #{listed.number}  {listed.size:>10,} bytes  {listed.sender}  "
                   f"{listed.subject!r}")
-        return OK
-    print(f"{len(report.received)} message(s) received:")
-    for mail in report.received:
-        deleted = ", deleted from the server" if mail.deleted else ""
-        print(f"  {mail.subject!r} from {mail.sender}{deleted}")
-        for path in mail.saved_paths or mail.saved_urls:  # URLs when saved to storage
-            print(f"    {path}")
+    else:
+        print(f"{len(report.received)} message(s) received:")
+        for mail in report.received:
+            deleted = ", deleted from the server" if mail.deleted else ""
+            print(f"  {mail.subject!r} from {mail.sender}{deleted}")
+            for path in mail.saved_paths or mail.saved_urls:  # URLs when saved to storage
+                print(f"    {path}")
     if not report.failed:
         return OK
-    print(f"pop3mail receive: {len(report.failed)} message(s) could not be received and stay "
+    done = "listed" if dry_run else "received"
+    print(f"pop3mail receive: {len(report.failed)} message(s) could not be {done} and stay "
           "on the server:", file=sys.stderr)
     for failure in report.failed:
         print(f"  {failure.uidl} (attempt {failure.attempts}): {failure.error_type}: "

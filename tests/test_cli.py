@@ -245,3 +245,27 @@ def test_receive_exits_1_and_names_the_messages_left_on_the_server(capsys, mailb
         assert "1 message(s) could not be received and stay on the server" in err
         assert "DiskFullError" in err and "no space" in err
         assert mailbox.count() == 8 - received  # the rest waits for the next run
+
+
+def test_a_dry_run_that_could_not_list_a_message_exits_1_and_names_it(capsys, monkeypatch):
+    """A message whose headers the server would not give (TOP answered -ERR) is a failed
+    message of the dry run. Dovecot cannot be made to refuse TOP for one message on demand,
+    so the report is the engine's, made here; what is tested is the command's answer."""
+    from prefect_pop3mail.tasks import activities
+    from prefect_pop3mail.tasks.pop3.models import ListedMessage, MessageFailure, ReceiveReport
+
+    def listed_with_a_failure(configuration, *, max_messages, dry_run):
+        assert dry_run and configuration == "box"
+        return ReceiveReport(
+            configuration=configuration,
+            listed=[ListedMessage(number=1, uidl="u1", size=120, sender="a@example.org",
+                                  subject="fine")],
+            failed=[MessageFailure(uidl="u2", number=2, error="-ERR no such message",
+                                   error_type="POP3ReplyError")])
+
+    monkeypatch.setattr(activities, "receive_report", listed_with_a_failure)
+    code, out, err = run(capsys, "receive", "box", "--dry-run")
+    assert code == FAILED
+    assert "1 message(s) would be received:" in out and "'fine'" in out
+    assert "1 message(s) could not be listed and stay on the server" in err
+    assert "u2 (attempt 1): POP3ReplyError: -ERR no such message" in err

@@ -8,7 +8,9 @@ A small fixed budget by default; POP3MAIL_SOAK=1 for a long run.
 
 from __future__ import annotations
 
+import gc
 import os
+import traceback
 import zlib
 from unittest import mock
 
@@ -365,11 +367,43 @@ def test_a_background_replay_that_fails_fails_every_use_of_the_journal(tmp_path)
     state, _ = big_journal(tmp_path)
     with mock.patch.object(Journal, "_load", side_effect=MemoryError("replay")):
         opened = Journal(state, "key")
+    depths = set()
     try:
         for use in (lambda: opened.get("u1"), lambda: "u1" in opened,
                     lambda: opened.record("u1", Saved("f"))):
-            with pytest.raises(MemoryError, match="replay"):
+            with pytest.raises(MemoryError, match="replay") as caught:
                 use()
+            depths.add(len(traceback.extract_tb(caught.value.__traceback__)))
     finally:
         opened.close()  # joins the thread, closes the file, raises nothing
     assert opened._fd == -1
+    assert len(depths) == 1, depths  # the replay's traceback each time, not one grown by every use
+
+
+def test_a_journal_that_cannot_be_replayed_closes_its_file(tmp_path):
+    state, _ = big_journal(tmp_path)
+    before = set(os.listdir("/proc/self/fd"))
+    with mock.patch("prefect_pop3mail.tasks.pop3.journal._Replay",
+                    side_effect=RuntimeError("no thread")), pytest.raises(RuntimeError):
+        Journal(state, "key")
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_replays_that_overlap_leave_the_collector_as_they_found_it():
+    """The collector is the process's: two journals replayed at once (a fan-out), the first
+    ending before the second, must neither leave it off nor turn it on early."""
+    assert gc.isenabled()
+    first, second = journal._gc_paused(), journal._gc_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second replay is still building records
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()
+    try:  # a process that runs with the collector off keeps it off
+        with journal._gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -4,6 +4,7 @@ in place through OpenSSL's SSL_CERT_FILE, so the tests stay offline."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -113,6 +114,29 @@ def test_a_context_is_shared_until_a_ca_file_it_read_changes(servers, private_ca
     after = client_context(str(path))
     assert after is not before
     assert private.handshake(after) == b"ok" and public.handshake(after) == b"ok"
+
+
+def test_a_ca_file_rewritten_in_place_with_its_size_and_mtime_kept_is_read_again(
+        servers, private_ca, tmp_path):
+    """What ``cp -p`` or ``rsync --inplace -t`` leaves: same inode, size and mtime."""
+    public, private = servers
+    path = tmp_path / "ca.pem"
+    old, new = trustme.CA().cert_pem.bytes(), private_ca[0].cert_pem.bytes()
+    size = max(len(old), len(new))
+    path.write_bytes(old.ljust(size, b"\n"))
+    before = client_context(str(path))
+    kept = path.stat()
+    with open(path, "r+b") as f:  # in place: same inode
+        f.write(new.ljust(size, b"\n"))
+    os.utime(path, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    now = path.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (kept.st_ino, kept.st_size,
+                                                          kept.st_mtime_ns)
+    after = client_context(str(path))
+    assert after is not before
+    assert private.handshake(after) == b"ok"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        private.handshake(before)
 
 
 def test_a_context_follows_the_system_ca_locations(servers, private_ca, monkeypatch):

@@ -74,18 +74,30 @@ _RUN = 10_000
 _BODY = slice(None, -9)
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # replays under way; the collector is the process's, not the thread's
+_gc_was_enabled = False
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while the records are built. They are all kept, and
     as tuple subclasses never left out of its passes: collecting while 100,000 of them
-    are made found nothing and took a third of the time (bench scale)."""
-    enabled = gc.isenabled()
-    gc.disable()
+    are made found nothing and took a third of the time (bench scale). Counted, so that
+    two journals replayed at once (a fan-out) leave the collector as they found it."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def _crc(text: str) -> str:
@@ -111,10 +123,14 @@ class Journal:
         with state.keeping("journal", self.name):
             data = state.read(self.name)
             self._fd = state.open_log(self.name, data)
-        if len(data) < BACKGROUND_BYTES:
-            self._load(data)
-        else:  # replayed while the session connects, logs in and waits for UIDL
-            self._replay = _Replay(self._load, data)
+        try:
+            if len(data) < BACKGROUND_BYTES:
+                self._load(data)
+            else:  # replayed while the session connects, logs in and waits for UIDL
+                self._replay = _Replay(self._load, data)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def _ready(self) -> None:
         """Wait for a background replay; its error, if any, is raised here."""
@@ -275,6 +291,7 @@ class _Replay:
 
     def __init__(self, load: Callable[[bytes], None], data: bytes):
         self._error: BaseException | None = None
+        self._traceback = None
         self._thread = threading.Thread(target=self._run, args=(load, data),
                                         name="pop3mail-journal-replay", daemon=True)
         self._thread.start()
@@ -283,15 +300,15 @@ class _Replay:
         try:
             load(data)
         except BaseException as exc:  # raised again where the records are first needed
-            self._error = exc
+            self._error, self._traceback = exc, exc.__traceback__
 
     def join(self) -> None:
         self._thread.join()
 
     def wait(self) -> None:
         self._thread.join()
-        if self._error is not None:
-            raise self._error
+        if self._error is not None:  # with the replay's traceback, not every caller's
+            raise self._error.with_traceback(self._traceback)
 
 
 def _load_syncfs():

@@ -28,12 +28,13 @@ def client_context(ca_file: str | None = None, *, verify: bool = True) -> ssl.SS
     return _context(ca_file, True, tuple((path, _version(path)) for path in files))
 
 
-def _version(path: str | None) -> tuple[int, int, int] | None:
+def _version(path: str | None) -> tuple[int, int, int, int] | None:
     try:
         found = os.stat(path) if path else None
     except OSError:
         return None
-    return found and (found.st_ino, found.st_size, found.st_mtime_ns)
+    # ctime too: a file rewritten in place at its size with its mtime kept (cp -p) changes it
+    return found and (found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=16)
