@@ -16,55 +16,19 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import logging  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench.bench_session import fresh  # noqa: E402
 from bench.common import table  # noqa: E402
 from bench.peers_mail import small  # noqa: E402
-from bench.peers_measure import quiet_prefect_console  # noqa: E402
 from bench.peers_pop3mail import run_flow, save_configuration  # noqa: E402
 from bench.peers_tools import Mailbox  # noqa: E402
-from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot  # noqa: E402
+from bench.prefect_busy import Retries, dovecot_and_prefect  # noqa: E402
 
 MESSAGES = int(os.environ.get("POP3MAIL_BENCH_SMALL_MESSAGES", "1000"))
 REPEAT = int(os.environ.get("POP3MAIL_BENCH_REPEAT", "3"))
-_SLEPT = re.compile(r"Another attempt will be made in ([0-9.]+)s")
-_STATUS = re.compile(r"retryable status code (\d+)")
-
-
-class Retries(logging.Handler):
-    """Counts the Prefect client's retries and the seconds it slept before them, by cause:
-    the status code it was answered, or the exception it got instead of an answer."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.count = 0
-        self.seconds = 0.0
-        self.causes: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if m := _SLEPT.search(text):
-            self.count += 1
-            self.seconds += float(m[1])
-            status = _STATUS.search(text)
-            self.causes[record.exc_info[0].__name__ if record.exc_info and record.exc_info[0]
-                        else status[1] if status else "?"] += 1
-
-    def take(self) -> str:
-        causes = ", ".join(f"{cause} x{n}" for cause, n in self.causes.most_common())
-        text = f"{self.count} ({self.seconds:.1f} s{'; ' + causes if causes else ''})"
-        self.count, self.seconds, self.causes = 0, 0.0, Counter()
-        return text
-
-
 def _configure(name: str, box: Mailbox, folder: Path, message_events: bool) -> None:
     config = save_configuration(name, box, folder)
     config.emit_message_events = message_events
@@ -72,64 +36,55 @@ def _configure(name: str, box: Mailbox, folder: Path, message_events: bool) -> N
 
 
 def main() -> None:
-    reason = dovecot_unavailable_reason()
-    if reason:
-        print(f"skipped: {reason}")
-        return
+    with dovecot_and_prefect("events") as started:
+        if started is None:
+            return
+        results = _measure(*started)
+    _report(results)
+
+
+def _measure(dovecot, top: Path, retries: Retries) -> dict[bool, dict[str, list]]:
     from prefect.events.worker import EventsWorker
-    from prefect.testing.utilities import prefect_test_harness
 
-    top = Path(tempfile.mkdtemp(prefix="pop3mail-bench-events-"))
-    dovecot = start_dovecot()
-    retries = Retries()
-    client_log = logging.getLogger("prefect.client")
-    try:
-        with prefect_test_harness(server_startup_timeout=120):
-            quiet_prefect_console()
-            client_log.setLevel(logging.DEBUG)
-            client_log.addHandler(retries)
+    def box(count: int) -> Mailbox:
+        user, password = dovecot.add_user()
+        dovecot.deliver(user, *(small(i) for i in range(count)))
+        return Mailbox("localhost", dovecot.pop3s_port, user, password,
+                       str(dovecot.ca_file))
 
-            def box(count: int) -> Mailbox:
-                user, password = dovecot.add_user()
-                dovecot.deliver(user, *(small(i) for i in range(count)))
-                return Mailbox("localhost", dovecot.pop3s_port, user, password,
-                               str(dovecot.ca_file))
+    big, little = box(MESSAGES), box(10)
+    for events in (True, False):
+        _configure(f"next-{events:d}", little, top / f"next-{events:d}", False)
+    results: dict[bool, dict[str, list]] = {
+        e: {"run": [], "next": [], "drain": [], "retries": []} for e in (True, False)}
+    run_flow("next-0")  # warm: imports, the limit, the client
+    for repetition in range(REPEAT):
+        for events in (True, False):
+            # A configuration of its own each time: messages get new ids, so the
+            # server stores new events (a repeated id makes it drop the batch).
+            name = f"events-{events:d}-{repetition}"
+            _configure(name, big, top / f"big-{events}", events)
+            fresh(top / f"big-{events}")
+            fresh(top / f"next-{events:d}")
+            start = time.perf_counter()
+            assert run_flow(name).saved == MESSAGES
+            after_big = time.perf_counter()
+            assert run_flow(f"next-{events:d}").saved == 10
+            after_next = time.perf_counter()
+            EventsWorker.drain_all()  # what is still queued for the server
+            drained = time.perf_counter()
+            row = results[events]
+            row["run"].append(after_big - start)
+            row["next"].append(after_next - after_big)
+            row["drain"].append(drained - after_next)
+            row["retries"].append(retries.take())
+            print(f"events={events}: run {row['run'][-1]:.2f} s, next "
+                  f"{row['next'][-1]:.2f} s, drain {row['drain'][-1]:.2f} s, client "
+                  f"retries {row['retries'][-1]}", flush=True)
+    return results
 
-            big, little = box(MESSAGES), box(10)
-            for events in (True, False):
-                _configure(f"next-{events:d}", little, top / f"next-{events:d}", False)
-            results: dict[bool, dict[str, list]] = {
-                e: {"run": [], "next": [], "drain": [], "retries": []} for e in (True, False)}
-            run_flow("next-0")  # warm: imports, the limit, the client
-            for repetition in range(REPEAT):
-                for events in (True, False):
-                    # A configuration of its own each time: messages get new ids, so the
-                    # server stores new events (a repeated id makes it drop the batch).
-                    name = f"events-{events:d}-{repetition}"
-                    _configure(name, big, top / f"big-{events}", events)
-                    fresh(top / f"big-{events}")
-                    fresh(top / f"next-{events:d}")
-                    start = time.perf_counter()
-                    assert run_flow(name).saved == MESSAGES
-                    after_big = time.perf_counter()
-                    assert run_flow(f"next-{events:d}").saved == 10
-                    after_next = time.perf_counter()
-                    EventsWorker.drain_all()  # what is still queued for the server
-                    drained = time.perf_counter()
-                    row = results[events]
-                    row["run"].append(after_big - start)
-                    row["next"].append(after_next - after_big)
-                    row["drain"].append(drained - after_next)
-                    row["retries"].append(retries.take())
-                    print(f"events={events}: run {row['run'][-1]:.2f} s, next "
-                          f"{row['next'][-1]:.2f} s, drain {row['drain'][-1]:.2f} s, client "
-                          f"retries {row['retries'][-1]}", flush=True)
-    finally:
-        client_log.removeHandler(retries)
-        dovecot.stop()
-        shutil.rmtree(dovecot.root, ignore_errors=True)
-        shutil.rmtree(top, ignore_errors=True)
 
+def _report(results: dict[bool, dict[str, list]]) -> None:
     def median(values: list[float]) -> str:
         return f"{statistics.median(values):.3f}"
 

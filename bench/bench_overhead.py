@@ -17,21 +17,16 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import logging  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench.bench_events import Retries  # noqa: E402
 from bench.bench_session import fresh  # noqa: E402
 from bench.common import table  # noqa: E402
 from bench.peers_mail import small  # noqa: E402
-from bench.peers_measure import quiet_prefect_console  # noqa: E402
 from bench.peers_pop3mail import run_engine, run_flow, save_configuration  # noqa: E402
 from bench.peers_tools import Mailbox  # noqa: E402
-from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot  # noqa: E402
+from bench.prefect_busy import Retries, dovecot_and_prefect  # noqa: E402
 
 SIZES = [int(n) for n in os.environ.get("POP3MAIL_BENCH_OVERHEAD_SIZES", "10,1000").split(",")]
 REPEAT = int(os.environ.get("POP3MAIL_BENCH_REPEAT", "5"))
@@ -45,71 +40,65 @@ def _timed(run) -> float:
 
 
 def main() -> None:
-    reason = dovecot_unavailable_reason()
-    if reason:
-        print(f"skipped: {reason}")
-        return
+    with dovecot_and_prefect("overhead") as started:
+        if started is None:
+            return
+        rows = _measure(*started)
+    _report(rows)
+
+
+def _measure(dovecot, top: Path, retries: Retries) -> list[dict]:
+    """``retries``: the Prefect client's retries after a "busy" answer, per run."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
 
-    top = Path(tempfile.mkdtemp(prefix="pop3mail-bench-overhead-"))
-    dovecot = start_dovecot()
     rows = []
-    retries = Retries()  # the Prefect client's retries after a "busy" answer, per run
-    client_log = logging.getLogger("prefect.client")
-    try:
-        with prefect_test_harness(server_startup_timeout=120):
-            quiet_prefect_console()
-            client_log.setLevel(logging.DEBUG)
-            client_log.addHandler(retries)
-            for n in SIZES:
-                user, password = dovecot.add_user()
-                dovecot.deliver(user, *(small(i) for i in range(n)))
-                box = Mailbox("localhost", dovecot.pop3s_port, user, password,
-                              str(dovecot.ca_file))
-                name, out = f"overhead-{n}", top / f"out-{n}"
-                config = save_configuration(name, box, out)
+    for n in SIZES:
+        user, password = dovecot.add_user()
+        dovecot.deliver(user, *(small(i) for i in range(n)))
+        box = Mailbox("localhost", dovecot.pop3s_port, user, password,
+                      str(dovecot.ca_file))
+        name, out = f"overhead-{n}", top / f"out-{n}"
+        config = save_configuration(name, box, out)
 
-                def engine(name=name, config=config, n=n) -> None:
-                    assert run_engine(name, config).saved == n
+        def engine(name=name, config=config, n=n) -> None:
+            assert run_engine(name, config).saved == n
 
-                def flow(name=name, n=n) -> None:
-                    assert run_flow(name).saved == n
+        def flow(name=name, n=n) -> None:
+            assert run_flow(name).saved == n
 
-                def flow_without_heartbeat() -> None:
-                    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                        flow()
+        def flow_without_heartbeat() -> None:
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                flow()
 
+        fresh(out)
+        flow()  # warm: imports, the block, the lock's limit
+        times: dict[str, list[float]] = {"engine": [], "flow": [], "quiet": []}
+        for _ in range(REPEAT):
+            slept = []
+            for key, run in (("engine", engine), ("flow", flow),
+                             ("quiet", flow_without_heartbeat)):
                 fresh(out)
-                flow()  # warm: imports, the block, the lock's limit
-                times: dict[str, list[float]] = {"engine": [], "flow": [], "quiet": []}
-                for _ in range(REPEAT):
-                    slept = []
-                    for key, run in (("engine", engine), ("flow", flow),
-                                     ("quiet", flow_without_heartbeat)):
-                        fresh(out)
-                        retries.take()
-                        times[key].append(_timed(run))
-                        slept.append(retries.take())
-                    print(f"{n}: engine {times['engine'][-1]:.2f} s, flow "
-                          f"{times['flow'][-1]:.2f} s, flow without heartbeat "
-                          f"{times['quiet'][-1]:.2f} s; client retries (slept) "
-                          f"{', '.join(slept)}", flush=True)
-                extra = [f - e for f, e in zip(times["flow"], times["engine"], strict=True)]
-                quiet = [f - e for f, e in zip(times["quiet"], times["engine"], strict=True)]
-                rows.append({
-                    "messages": f"{n:,}",
-                    "engine s": f"{statistics.median(times['engine']):.3f}",
-                    "flow s": f"{statistics.median(times['flow']):.3f}",
-                    "overhead s": f"{statistics.median(extra):.3f}",
-                    "overhead, heartbeat off s": f"{statistics.median(quiet):.3f}",
-                    f"under {TARGET} s": "yes" if statistics.median(extra) < TARGET else "NO",
-                })
-    finally:
-        client_log.removeHandler(retries)
-        dovecot.stop()
-        shutil.rmtree(dovecot.root, ignore_errors=True)
-        shutil.rmtree(top, ignore_errors=True)
+                retries.take()
+                times[key].append(_timed(run))
+                slept.append(retries.take())
+            print(f"{n}: engine {times['engine'][-1]:.2f} s, flow "
+                  f"{times['flow'][-1]:.2f} s, flow without heartbeat "
+                  f"{times['quiet'][-1]:.2f} s; client retries (slept) "
+                  f"{', '.join(slept)}", flush=True)
+        extra = [f - e for f, e in zip(times["flow"], times["engine"], strict=True)]
+        quiet = [f - e for f, e in zip(times["quiet"], times["engine"], strict=True)]
+        rows.append({
+            "messages": f"{n:,}",
+            "engine s": f"{statistics.median(times['engine']):.3f}",
+            "flow s": f"{statistics.median(times['flow']):.3f}",
+            "overhead s": f"{statistics.median(extra):.3f}",
+            "overhead, heartbeat off s": f"{statistics.median(quiet):.3f}",
+            f"under {TARGET} s": "yes" if statistics.median(extra) < TARGET else "NO",
+        })
+    return rows
+
+
+def _report(rows: list[dict]) -> None:
     print("\n" + table(rows, list(rows[0])))
     print(f"\noverhead: median over {REPEAT} interleaved runs of (flow - engine); load "
           f"average {os.getloadavg()[0]:.2f} at the end")
