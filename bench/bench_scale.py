@@ -91,10 +91,10 @@ def _settings(dovecot, user: str, password: str):
 
 def _known_state(settings, template: Path) -> None:
     """A save directory whose journal knows every message but the last NEW ones."""
-    from prefect_pop3mail.tasks.pop3.journal import Journal, Saved
     from prefect_pop3mail.tasks.pop3.models import SaveOptions
     from prefect_pop3mail.tasks.pop3.session import POP3Session
-    from prefect_pop3mail.tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.storage.journal import Journal, Saved
+    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
     with POP3Session(settings) as session:
         session.login()
@@ -125,9 +125,9 @@ def _poplib(dovecot, user: str, password: str, out: Path) -> float:
 
 
 def _journal_open(settings, save_dir: Path) -> float:
-    from prefect_pop3mail.tasks.pop3.journal import Journal
     from prefect_pop3mail.tasks.pop3.models import SaveOptions
-    from prefect_pop3mail.tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.storage.journal import Journal
+    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
     save = SaveOptions(directory=save_dir, save_text=True, save_attachments=True,
                        save_original=True)

@@ -129,7 +129,7 @@ def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
         for mail in report.received:
             deleted = ", deleted from the server" if mail.deleted else ""
             print(f"  {mail.subject!r} from {mail.sender}{deleted}")
-            for path in mail.saved_paths or mail.saved_urls:  # URLs when saved to storage
+            for path in mail.saved_paths:  # URLs when saved to storage
                 print(f"    {path}")
     if not report.failed:
         return OK

@@ -18,7 +18,7 @@ import pytest
 
 from prefect_pop3mail.tasks.pop3 import remote
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, SaveDirectoryError
-from prefect_pop3mail.tasks.pop3.journal import PRUNE_AT, Saved
+from prefect_pop3mail.tasks.pop3.storage.journal import PRUNE_AT, Saved
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from prefect_pop3mail.tasks.pop3.remote import (
@@ -368,7 +368,7 @@ def test_a_local_save_directory_is_unchanged(mailbox, tmp_path):
 
 def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_url,
                                                                    monkeypatch):
-    from prefect_pop3mail.tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
     write_contents = MessageStore.write_contents
 

@@ -2,8 +2,8 @@
 
 The order per message is the promise of no loss and no duplicate:
 the original reaches the disk, its files are saved, its UIDL is journalled (and the message
-enters the outbox), then DELE is sent. Deletions take effect only at QUIT, after one
-durability barrier.
+enters the outbox), the store reads back its record and its folder's marker, then DELE is
+sent. Deletions take effect only at QUIT, after one durability barrier.
 
 One message never stops a mailbox: whatever goes wrong while saving one message is that
 message's failure, counted in the journal; after ``quarantine_after`` failed runs its
@@ -26,10 +26,10 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3MailError,
     POP3ReplyError,
     SaveDirectoryError,
+    StorageError,
     UIDLNotSupportedError,
 )
 from prefect_pop3mail.tasks.pop3.headers import header_fields
-from prefect_pop3mail.tasks.pop3.journal import Saved, head_digest
 from prefect_pop3mail.tasks.pop3.mime import parse_headers
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
@@ -40,9 +40,9 @@ from prefect_pop3mail.tasks.pop3.models import (
     ReceiveReport,
     SaveOptions,
 )
-from prefect_pop3mail.tasks.pop3.remote import open_records, open_store
 from prefect_pop3mail.tasks.pop3.session import POP3Session
-from prefect_pop3mail.tasks.pop3.store import IncomingMessage, MessageStore
+from prefect_pop3mail.tasks.pop3.storage.journal import Saved, head_digest
+from prefect_pop3mail.tasks.pop3.storage.store import IncomingMessage, MessageStore
 
 log = logging.getLogger("pop3mail.receiver")
 
@@ -81,17 +81,15 @@ class MailboxReceiver:
         self.configuration = configuration
         self.connection = connection
         self.options = options
-        self.store = store or open_store(save, connection.mailbox_key, configuration)
+        self.store = store or MessageStore(save, connection.mailbox_key, configuration)
+        # Beside the saved files, on the same storage: the store keeps them.
+        self.journal, self.outbox = self.store.journal, self.store.outbox
         self.progress = progress
         self.report = ReceiveReport(configuration=configuration)
         #: Messages that ended a session this run: not tried again in it.
         self._broke_session: set[str] = set()
-        try:
-            # Beside the saved files: in the state folder, or on the storage of a URL.
-            self.journal, self.outbox = open_records(self.store, connection.mailbox_key)
-        except BaseException:
-            self.store.close()
-            raise
+        #: Saved this run but not deleted: their record or marker did not read back.
+        self._kept: set[str] = set()
 
     def __enter__(self) -> MailboxReceiver:
         return self
@@ -100,8 +98,6 @@ class MailboxReceiver:
         self.close()
 
     def close(self) -> None:
-        self.journal.close()
-        self.outbox.close()
         self.store.close()
 
     def run(self) -> ReceiveReport:
@@ -150,7 +146,7 @@ class MailboxReceiver:
                 self._fail(number, error.uidl or f"(message {number})", error)
             if not self.options.dry_run:
                 shared = {e.uidl for e in session.invalid_uidls.values() if e.uidl}
-                self.journal.prune(set(listing.uidls.values()) | shared)
+                self.store.prune(set(listing.uidls.values()) | shared)
             plan = self._plan(session, listing)
             if self.options.dry_run:
                 session.quit()
@@ -159,9 +155,11 @@ class MailboxReceiver:
             more = batch is not None and len(plan.fetch) > batch
             for number in plan.delete_known:
                 session.dele(number)  # saved by an earlier run that died before QUIT
-            stopped = self._retrieve(session, fetch, listing)
+            saved: dict[int, Saved] = {}  # this session's, to delete once verified
+            stopped = self._retrieve(session, fetch, listing, saved)
+            self._delete_verified(session, listing, saved)
             if plan.delete_known or (self.options.remove_after_read and len(received) > first):
-                self.journal.sync()
+                self.store.barrier()
         except BaseException:
             session.close()  # no QUIT: the server deletes nothing of this session
             raise
@@ -176,6 +174,8 @@ class MailboxReceiver:
         refused = {listing.uidls[n]: e for n, e in session.refused_deletions.items()}
         # Deletion is known only after QUIT: the results made before it are completed.
         for mail in received[first:]:
+            if mail.uidl in self._kept:
+                continue  # not sent a DELE: its warning says why
             error = refused.get(mail.uidl)
             mail.deleted = error is None
             if error is not None:
@@ -231,18 +231,21 @@ class MailboxReceiver:
         numbers = sorted(listing.uidls)
         uidls = list(map(listing.uidls.__getitem__, numbers))
         # One pass over the journal: a mailbox left on the server lists 100,000 (bench scale).
-        for number, uidl, saved in zip(numbers, uidls, self.journal.get_many(uidls),
-                                       strict=True):
+        records = self.journal.get_many(uidls)
+        trusted, untrusted = (self._verified_saves(session, numbers, uidls, records, sizes)
+                              if opts.remove_after_read else (set(), {}))
+        for number, uidl, saved in zip(numbers, uidls, records, strict=True):
             size = sizes.get(number, 0)
             if saved is not None and (opts.remove_after_read or opts.new_messages_only):
-                if opts.remove_after_read and self._is_saved(session, number, size, saved):
+                if number in trusted:
                     plan.delete_known.append(number)
                     continue
-                if not opts.remove_after_read and saved.size in (None, size):
+                if not opts.remove_after_read and saved.size == size:
                     known += 1
                     continue
-                log.warning("%s: UIDL %s now names another message than the one saved; "
-                            "receiving it as new", self.configuration, uidl)
+                log.warning("%s: UIDL %s: %s; receiving it again", self.configuration, uidl,
+                            untrusted.get(number, "it now names another message than the "
+                                                  "one saved"))
             if opts.max_message_size and size > opts.max_message_size:
                 log.warning(
                     "Message %s (%d bytes) is over the maximum size of %d bytes; left on "
@@ -277,13 +280,28 @@ class MailboxReceiver:
         self.report.skipped_known += known
         return plan
 
+    def _verified_saves(self, session: POP3Session, numbers: list[int], uidls: list[str],
+                        records: list[Saved | None], sizes: dict[int, int]
+                        ) -> tuple[set[int], dict[int, str]]:
+        """The messages the journal says are saved that may be deleted without receiving
+        them again: the message on the server is the one recorded (``_is_saved``), and its
+        folder's marker, read back, names it. Also why the others whose marker does not
+        (reported on each when it is saved again)."""
+        candidates = {number: (uidl, saved) for number, uidl, saved
+                      in zip(numbers, uidls, records, strict=True)
+                      if saved is not None and self._is_saved(session, number,
+                                                              sizes.get(number, 0), saved)}
+        problems = self.store.verify(dict(candidates.values()), recorded_now=False)
+        untrusted = {n: problems[u] for n, (u, _) in candidates.items() if u in problems}
+        for number, problem in untrusted.items():
+            self.journal.distrusted[candidates[number][0]] = f"not deleted unseen: {problem}"
+        return candidates.keys() - untrusted.keys(), untrusted
+
     def _is_saved(self, session: POP3Session, number: int, size: int, saved: Saved) -> bool:
         """Whether message ``number`` is the one the journal saved under its UIDL (a server
         may give a UIDL to a new message once the old one is gone)."""
-        if saved.size is not None and saved.size != size:
-            return False
-        if not saved.head:
-            return True  # journalled by version 0.1: its size is all we can compare
+        if saved.size != size or not saved.head:
+            return False  # a record that cannot tell the message never deletes it
         try:
             return head_digest(session.top(number, 0)) == saved.head
         except POP3ReplyError:
@@ -302,8 +320,10 @@ class MailboxReceiver:
 
     # --- retrieving -----------------------------------------------------------------------
 
-    def _retrieve(self, session: POP3Session, numbers: list[int], listing: _Listing) -> bool:
-        """Retrieve and save; returns True when the batch stopped early (disk full...)."""
+    def _retrieve(self, session: POP3Session, numbers: list[int], listing: _Listing,
+                  saved: dict[int, tuple[Saved, ReceivedMail]]) -> bool:
+        """Retrieve and save (into ``saved``, what is to be deleted); returns True when
+        the batch stopped early (disk full...)."""
         total = len(numbers)
         limit = self.options.max_message_size
         arriving: list[tuple[int, IncomingMessage]] = []  # the message being received
@@ -335,14 +355,10 @@ class MailboxReceiver:
                     return True
                 if mail is None:
                     continue
-                # Outbox first: a crash between the two re-saves the message (into the
-                # same folder) and announces it under the same id, never not at all.
-                self.outbox.add(mail)
-                self.journal.record(uidl, Saved(mail.location.rsplit("/", 1)[-1],
-                                                listing.sizes.get(number), sink.head_digest,
-                                                mail.quarantined))
+                record = self.store.record(mail, listing.sizes.get(number, sink.size),
+                                           sink.head_digest)
                 if self.options.remove_after_read:
-                    session.dele(number)
+                    saved[number] = (record, mail)  # DELE once read back
                 self.report.received.append(mail)
                 if self.progress:
                     self.progress(done, total)
@@ -356,6 +372,24 @@ class MailboxReceiver:
         finally:
             messages.close()
         return False
+
+    def _delete_verified(self, session: POP3Session, listing: _Listing,
+                         saved: dict[int, tuple[Saved, ReceivedMail]]) -> None:
+        """DELE each message saved this session once the store has read back its journal
+        record and its folder's marker; any other stays on the server, reported."""
+        if not saved:
+            return
+        problems = self.store.verify({listing.uidls[n]: record for n, (record, _) in saved.items()},
+                                     recorded_now=True)
+        for number, (_, mail) in saved.items():
+            problem = problems.get(mail.uidl)
+            if problem is None:
+                session.dele(number)
+                continue
+            self._kept.add(mail.uidl)
+            mail.warnings.append(f"not deleted from the server: {problem}; tried again next run")
+            self._fail(number, mail.uidl, StorageError(f"saved, but not deleted from the "
+                                                       f"server: {problem}"))
 
     def _save(self, number: int, uidl: str, sink: IncomingMessage) -> ReceivedMail | None:
         """Save one message; None when it failed (recorded, and set aside when it failed

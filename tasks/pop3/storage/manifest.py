@@ -1,0 +1,108 @@
+"""The ``.complete`` marker of a message folder, and names that fit the storage.
+
+The store writes the marker into a message folder before it publishes it (renamed in with
+the folder, or uploaded last), so a folder with its marker is complete. It lists the
+folder's files and names the message it holds:
+
+    {"version": 2, "id": "...", "uidl": "...", "head": "...", "sha256": "...", "size": 123,
+     "files": [{"path": "long-names/1f3e....pdf", "name": "attachments/...", "size": 45}]}
+
+``path`` is where a file is stored, ``name`` the name the layout gave it. They differ only
+when the full name below the save directory would pass the storage's limit (S3, GCS and
+Azure keep 1,024 bytes, and attached messages nest folders): that file is stored as
+``long-names/<hash of its name><suffix>``, the same for the same name every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+from pathlib import Path
+
+from prefect_pop3mail.tasks.pop3.storage.base import MARKER
+
+VERSION = 2
+LONG_NAMES = "long-names"
+#: Room that names below the save directory need at least: a message folder and a
+#: shortened name in it, the state folder's logs.
+MIN_NAME_ROOM = 160
+#: A marker is read back up to this size (an entry per file; a message has at most a few
+#: thousand).
+MAX_MARKER_BYTES = 4 << 20
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,15}")
+
+
+def folder_files(folder: Path) -> list[tuple[str, Path]]:
+    """The regular files under ``folder`` (relative POSIX names), the marker last; links
+    are never followed."""
+    found = []
+    for top, _dirs, names in os.walk(folder, followlinks=False):
+        for name in names:
+            path = Path(top, name)
+            if path.is_file() and not path.is_symlink():
+                found.append((path.relative_to(folder).as_posix(), path))
+    return sorted(found, key=lambda entry: (entry[0] == MARKER, entry[0]))
+
+
+def short_name(name: str) -> str:
+    """Where a file laid out as ``name`` is stored when its full name is too long."""
+    suffix = posixpath.splitext(name)[1]
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+    return f"{LONG_NAMES}/{digest}{suffix if _SUFFIX.fullmatch(suffix) else ''}"
+
+
+def bound_names(staging: Path, folder: str, limit: int, dir_mode: int) -> dict[str, str]:
+    """Move each file of ``staging`` (laid out as the message folder ``folder``) whose name
+    below the save directory would pass ``limit`` bytes to its short name; returns the
+    stored name of each file moved, by its laid-out name."""
+    moved: dict[str, str] = {}
+    for name, path in folder_files(staging):
+        if len(f"{folder}/{name}".encode()) <= limit:
+            continue
+        short = short_name(name)
+        (staging / LONG_NAMES).mkdir(mode=dir_mode, exist_ok=True)
+        os.replace(path, staging / short)
+        moved[name] = short
+    emptied = {str(Path(name).parent) for name in moved}
+    for parent in sorted(emptied, key=len, reverse=True):  # deepest first
+        while parent not in ("", "."):
+            try:
+                os.rmdir(staging / parent)
+            except OSError:
+                break  # not empty: other files stay in it
+            parent = posixpath.dirname(parent)
+    return moved
+
+
+def write_marker(staging: Path, identity: dict, moved: dict[str, str], mode: int) -> None:
+    """The marker of the finished folder ``staging``: its files, under their stored and
+    laid-out names, and the message's ``identity`` (id, uidl, head, sha256, size)."""
+    laid_out = {short: name for name, short in moved.items()}
+    files = [{"path": name, "name": laid_out.get(name, name), "size": path.stat().st_size}
+             for name, path in folder_files(staging) if name != MARKER]
+    data = json.dumps({"version": VERSION, **identity, "files": files}).encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(staging / MARKER, flags, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def marker_problem(data: bytes | None, uidl: str, head: str) -> str | None:
+    """Why a folder's marker (as read back) does not show the message ``uidl`` with the
+    header digest ``head`` saved there; None when it does."""
+    if data is None:
+        return "its folder has no .complete marker"
+    if len(data) > MAX_MARKER_BYTES:
+        return "its .complete marker is too large to be one"
+    try:
+        marker = json.loads(data)
+    except ValueError:
+        return "its .complete marker cannot be read"
+    if not isinstance(marker, dict) or marker.get("version") != VERSION:
+        return "its .complete marker does not name the message (an older release wrote it)"
+    if marker.get("uidl") != uidl or marker.get("head") != head:
+        return "its .complete marker names another message"
+    return None
