@@ -96,7 +96,7 @@ def test_a_fresh_worker_does_not_save_again_what_another_saved(mailbox, s3_serve
     assert sorted(hashlib.sha256(o).hexdigest() for o in originals.values()) == \
         sorted(digest(m) for m in messages)
     for mail in first:  # what a downstream step on any machine receives, and opens
-        with fsspec.open(mail["original_url"], "rb") as f:
+        with fsspec.open(mail["original_path"], "rb") as f:  # a URL, as any location on S3
             assert hashlib.sha256(f.read()).hexdigest() == mail["sha256"]
 
 

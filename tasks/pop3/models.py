@@ -270,7 +270,7 @@ class Location(str):
         """Open it: a local file, or through fsspec (with the worker's credentials)."""
         if not self.is_url:
             return open(self, mode)  # noqa: SIM115 - the caller closes it
-        from prefect_pop3mail.tasks.pop3.storage.objects import open_url
+        from prefect_pop3mail.tasks.pop3.storage.connect import open_url
 
         return open_url(self, mode)
 

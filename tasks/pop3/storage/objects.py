@@ -27,7 +27,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError, SaveError, StorageError
 from prefect_pop3mail.tasks.pop3.storage import legacy
@@ -39,12 +38,9 @@ from prefect_pop3mail.tasks.pop3.storage.base import (
     StateLog,
     Storage,
 )
+from prefect_pop3mail.tasks.pop3.storage.connect import connect, storage_error
 from prefect_pop3mail.tasks.pop3.storage.manifest import MAX_MARKER_BYTES, folder_files
-from prefect_pop3mail.tasks.pop3.storage.protocols import (
-    REMOTE_PROTOCOLS,
-    protocol,
-    public_url,
-)
+from prefect_pop3mail.tasks.pop3.storage.protocols import protocol, public_url
 
 log = logging.getLogger("pop3mail.storage")
 
@@ -63,44 +59,6 @@ FLUSH_SECONDS = 10.0
 #: A log in more segments than this is rewritten as one at the end of the run.
 MAX_SEGMENTS = 8
 _SEGMENT = re.compile(r"([0-9]{20})\.(log|snap)")
-
-
-def storage_error(url: str, doing: str, exc: BaseException,
-                  kind: type[SaveError] = SaveDirectoryError) -> SaveError:
-    """The error for a storage fault; its text never carries a password from the URL."""
-    text = str(exc).replace(url, public_url(url)) if str(exc) else type(exc).__name__
-    password = urlsplit(url).password
-    if password:
-        text = text.replace(password, "***")
-    return kind(f"save_directory: {public_url(url)}: cannot {doing}: {text[:300]}")
-
-
-def connect(url: str, storage_options: dict[str, Any] | None = None):
-    """fsspec's file system for ``url`` and the path of its root."""
-    import fsspec
-
-    from prefect_pop3mail.tasks.pop3.storage.sftp import connection_options
-
-    scheme = protocol(url) or ""
-    try:
-        options = connection_options(scheme, dict(storage_options or {}))
-        return fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
-    except ImportError as exc:
-        extra = REMOTE_PROTOCOLS.get(scheme)
-        hint = f"; install prefect-pop3mail[{extra}]" if extra else ""
-        raise SaveDirectoryError(f"save_directory: {public_url(url)}: no file system for "
-                                 f"{scheme}:// is installed{hint}") from exc
-    except Exception as exc:
-        raise storage_error(url, "connect", exc) from exc
-
-
-def open_url(url: str, mode: str = "rb"):
-    """Open a saved file's URL as the store reached it (SFTP: the same known hosts)."""
-    import fsspec
-
-    from prefect_pop3mail.tasks.pop3.storage.sftp import connection_options
-
-    return fsspec.open(url, mode, **connection_options(protocol(url) or "", {}))
 
 
 class FsspecStorage(Storage):

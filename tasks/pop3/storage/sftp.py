@@ -1,7 +1,7 @@
 """SFTP save directories: fsspec's paramiko client, keeping the local folder's promises.
 
-- Host keys are checked against a known_hosts file, never trusted on first sight (fsspec's
-  own default): the SSH counterpart of verifying TLS certificates.
+- Host keys are checked against a known_hosts file, never trusted on first sight
+  (connect.py): the SSH counterpart of verifying TLS certificates.
 - The state folder and its parts are checked with lstat at every run: a link is refused,
   never followed, and so is a state folder that others may enter (it is created 0700).
 - A message folder is uploaded into a private staging folder inside the state folder, then
@@ -21,7 +21,6 @@ import stat
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, OUTBOX, STATE_DIR
@@ -33,42 +32,6 @@ PATH_MAX = 4096
 _STAGING_ROOM = 64
 #: Staging and replaced folders older than this were left by a killed run.
 LEFTOVER_SECONDS = 3600
-
-
-class KnownHostsPolicy:
-    """Accept a host key only when it is in the known_hosts file ``path``."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def missing_host_key(self, client, hostname: str, key) -> None:
-        import paramiko
-
-        known = paramiko.HostKeys()
-        try:
-            known.load(self.path)
-        except OSError as exc:
-            raise paramiko.SSHException(f"cannot read known hosts {self.path}: {exc}") from exc
-        entry = known.lookup(hostname)
-        if entry is None or entry.get(key.get_name()) != key:
-            raise paramiko.SSHException(f"host key of {hostname} is not in {self.path}; add it "
-                                        "(ssh-keyscan) to trust this server")
-
-
-def connection_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` for fsspec, with the known-hosts check for SFTP unless the user chose a
-    policy (FSSPEC_SFTP_HOST_KEY_POLICY, or in code)."""
-    if scheme not in ("sftp", "ssh"):
-        return options
-    import fsspec.config
-    import paramiko
-
-    if "host_key_policy" in options or "host_key_policy" in fsspec.config.conf.get(scheme, {}):
-        return options
-    known = options.pop("known_hosts", None) or os.environ.get("POP3MAIL_SFTP_KNOWN_HOSTS") \
-        or os.path.expanduser("~/.ssh/known_hosts")
-    policy = type("KnownHosts", (KnownHostsPolicy, paramiko.MissingHostKeyPolicy), {})(known)
-    return {**options, "host_key_policy": policy}
 
 
 class SFTPStorage(FsspecStorage):
