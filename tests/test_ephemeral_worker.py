@@ -18,6 +18,7 @@ import fsspec
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from tests import storage_backends
 from tests.conftest import sample_message
 
 pytestmark = [pytest.mark.dovecot]
@@ -31,18 +32,7 @@ print("RESULT " + json.dumps([m.model_dump(mode="json") for m in mails]), flush=
 """
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    pytest.importorskip("s3fs", reason="needs prefect-pop3mail[s3]")
-    pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
-    from tests.servers.s3 import S3Server
-
-    server = S3Server()
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()  # fsspec.open() must not reuse an earlier server's
-    yield server
-    server.stop()
+s3_server = storage_backends.s3_server  # the fixture: moto's S3 server for the module
 
 
 def run_on_fresh_worker(server, name: str, root: Path, max_messages: int = 0) -> list[dict]:

@@ -155,7 +155,7 @@ class MailboxReceiver:
             more = batch is not None and len(plan.fetch) > batch
             for number in plan.delete_known:
                 session.dele(number)  # saved by an earlier run that died before QUIT
-            saved: dict[int, Saved] = {}  # this session's, to delete once verified
+            saved: dict[int, tuple[Saved, ReceivedMail]] = {}  # to delete once verified
             stopped = self._retrieve(session, fetch, listing, saved)
             self._delete_verified(session, listing, saved)
             if plan.delete_known or (self.options.remove_after_read and len(received) > first):

@@ -54,40 +54,39 @@ def short_name(name: str) -> str:
     return f"{LONG_NAMES}/{digest}{suffix if _SUFFIX.fullmatch(suffix) else ''}"
 
 
-def bound_names(staging: Path, folder: str, limit: int, dir_mode: int) -> dict[str, str]:
-    """Move each file of ``staging`` (laid out as the message folder ``folder``) whose name
-    below the save directory would pass ``limit`` bytes to its short name; returns the
-    stored name of each file moved, by its laid-out name."""
+def seal(staging: Path, folder: str, limit: int, identity: dict, *, dir_mode: int,
+         file_mode: int) -> dict[str, str]:
+    """Finish ``staging``, laid out as the message folder ``folder``: move each file whose
+    name below the save directory would pass ``limit`` bytes to its short name, then write
+    the marker (the files under their stored and laid-out names, and the message's
+    ``identity``: id, uidl, head, sha256, size). Returns the stored name of each file moved,
+    by its laid-out name."""
     moved: dict[str, str] = {}
+    files = []
     for name, path in folder_files(staging):
-        if len(f"{folder}/{name}".encode()) <= limit:
-            continue
-        short = short_name(name)
-        (staging / LONG_NAMES).mkdir(mode=dir_mode, exist_ok=True)
-        os.replace(path, staging / short)
-        moved[name] = short
-    emptied = {str(Path(name).parent) for name in moved}
-    for parent in sorted(emptied, key=len, reverse=True):  # deepest first
-        while parent not in ("", "."):
+        if len(f"{folder}/{name}".encode()) > limit:
+            short = short_name(name)
+            (staging / LONG_NAMES).mkdir(mode=dir_mode, exist_ok=True)
+            os.replace(path, staging / short)
+            moved[name], path = short, staging / short
+        files.append({"path": moved.get(name, name), "name": name, "size": path.stat().st_size})
+    _remove_emptied(staging, moved)
+    data = json.dumps({"version": VERSION, **identity, "files": files}).encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(staging / MARKER, flags, file_mode), "wb") as f:
+        f.write(data)
+    return moved
+
+
+def _remove_emptied(staging: Path, moved: dict[str, str]) -> None:
+    """Remove the folders that moving files out of left empty, deepest first."""
+    for parent in sorted({posixpath.dirname(name) for name in moved}, key=len, reverse=True):
+        while parent:
             try:
                 os.rmdir(staging / parent)
             except OSError:
                 break  # not empty: other files stay in it
             parent = posixpath.dirname(parent)
-    return moved
-
-
-def write_marker(staging: Path, identity: dict, moved: dict[str, str], mode: int) -> None:
-    """The marker of the finished folder ``staging``: its files, under their stored and
-    laid-out names, and the message's ``identity`` (id, uidl, head, sha256, size)."""
-    laid_out = {short: name for name, short in moved.items()}
-    files = [{"path": name, "name": laid_out.get(name, name), "size": path.stat().st_size}
-             for name, path in folder_files(staging) if name != MARKER]
-    data = json.dumps({"version": VERSION, **identity, "files": files}).encode()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(staging / MARKER, flags, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def marker_problem(data: bytes | None, uidl: str, head: str) -> str | None:

@@ -52,9 +52,10 @@ PARTS_AT_ONCE = 2
 UPLOAD_BATCH = 4
 #: S3, GCS and Azure keep object names of at most this many bytes.
 KEY_LIMIT = 1024
-#: Appends buffered in a log are flushed once there are this many lines, or once the oldest
-#: is this old: what a crash without deletions can cost is receiving them again.
+#: Appends buffered in a log are flushed once there are this many lines or bytes, or once
+#: the oldest is this old: what a crash without deletions can cost is receiving them again.
 FLUSH_LINES = 256
+FLUSH_BYTES = 1 << 20
 FLUSH_SECONDS = 10.0
 #: A log in more segments than this is rewritten as one at the end of the run.
 MAX_SEGMENTS = 8
@@ -295,7 +296,7 @@ class SegmentLog(StateLog):
 
     @property
     def due(self) -> bool:
-        return self._lines >= FLUSH_LINES or (
+        return self._lines >= FLUSH_LINES or len(self._buffer) >= FLUSH_BYTES or (
             self._lines > 0 and time.monotonic() - self._oldest >= FLUSH_SECONDS)
 
     def read(self) -> bytes:

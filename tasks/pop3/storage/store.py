@@ -296,12 +296,10 @@ class MessageStore:
             with save_errors(staging):
                 os.mkdir(staging, self.dir_mode)
                 lay_out(staging)
-                moved = manifest.bound_names(Path(staging), folder, self.storage.name_limit,
-                                             self.dir_mode)
-                manifest.write_marker(Path(staging), {
+                moved = manifest.seal(Path(staging), folder, self.storage.name_limit, {
                     "id": self.stable_id(uidl, incoming.sha256), "uidl": uidl,
                     "head": incoming.head_digest, "sha256": incoming.sha256,
-                    "size": incoming.size}, moved, self.file_mode)
+                    "size": incoming.size}, dir_mode=self.dir_mode, file_mode=self.file_mode)
             self.storage.publish(staging_name, folder)
         except BaseException:
             self._undo(staging, incoming)
