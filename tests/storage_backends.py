@@ -19,6 +19,8 @@ import pytest
 from tests.servers.sftp import SFTPServer, sftp_unavailable_reason
 
 BACKENDS = ["local", "file", "s3", "sftp"]
+#: Those with folders, modes and links (an object store has none of them).
+FILE_SYSTEMS = ["local", "file", "sftp"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,6 @@ class Backend:
         self._s3 = s3
         #: The longest name below the save directory the storage keeps (bytes).
         self.limit = 1024 - len(b"mail/") if name == "s3" else 4096 - len(bytes(root)) - 1
-        self.has_modes = name != "s3"
 
     def __repr__(self) -> str:
         return self.name
@@ -127,4 +128,10 @@ def make_backend(name: str, request, monkeypatch, tmp_path: Path) -> Backend:
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch, tmp_path) -> Backend:
     """A fresh save directory on each kind of storage."""
+    return make_backend(request.param, request, monkeypatch, tmp_path)
+
+
+@pytest.fixture(params=FILE_SYSTEMS)
+def file_system(request, monkeypatch, tmp_path) -> Backend:
+    """A fresh save directory on each storage that has modes and links."""
     return make_backend(request.param, request, monkeypatch, tmp_path)
