@@ -35,16 +35,20 @@ MAX_MARKER_BYTES = 4 << 20
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,15}")
 
 
-def folder_files(folder: Path) -> list[tuple[str, Path]]:
-    """The regular files under ``folder`` (relative POSIX names), the marker last; links
-    are never followed."""
+def folder_files(folder: str | Path) -> list[tuple[str, str]]:
+    """The regular files under ``folder``: (relative POSIX name, path), the marker last;
+    links are never followed. A walk of directory entries, a stat for none of them."""
     found = []
-    for top, _dirs, names in os.walk(folder, followlinks=False):
-        for name in names:
-            path = Path(top, name)
-            if path.is_file() and not path.is_symlink():
-                found.append((path.relative_to(folder).as_posix(), path))
-    return sorted(found, key=lambda entry: (entry[0] == MARKER, entry[0]))
+    stack = [("", os.fspath(folder))]
+    while stack:  # bounded by the folder's entries: a message has at most MAX_PARTS files
+        prefix, top = stack.pop()
+        with os.scandir(top) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((f"{prefix}{entry.name}/", entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    found.append((prefix + entry.name, entry.path))
+    return sorted(found, key=lambda item: (item[0] == MARKER, item[0]))
 
 
 def short_name(name: str) -> str:
@@ -54,7 +58,7 @@ def short_name(name: str) -> str:
     return f"{LONG_NAMES}/{digest}{suffix if _SUFFIX.fullmatch(suffix) else ''}"
 
 
-def seal(staging: Path, folder: str, limit: int, identity: dict, *, dir_mode: int,
+def seal(staging: str | Path, folder: str, limit: int, identity: dict, *, dir_mode: int,
          file_mode: int) -> dict[str, str]:
     """Finish ``staging``, laid out as the message folder ``folder``: move each file whose
     name below the save directory would pass ``limit`` bytes to its short name, then write
@@ -66,24 +70,29 @@ def seal(staging: Path, folder: str, limit: int, identity: dict, *, dir_mode: in
     for name, path in folder_files(staging):
         if len(f"{folder}/{name}".encode()) > limit:
             short = short_name(name)
-            (staging / LONG_NAMES).mkdir(mode=dir_mode, exist_ok=True)
-            os.replace(path, staging / short)
-            moved[name], path = short, staging / short
-        files.append({"path": moved.get(name, name), "name": name, "size": path.stat().st_size})
+            os.makedirs(os.path.join(staging, LONG_NAMES), mode=dir_mode, exist_ok=True)
+            os.replace(path, os.path.join(staging, short))
+            moved[name], path = short, os.path.join(staging, short)
+        files.append({"path": moved.get(name, name), "name": name, "size": os.stat(path).st_size})
     _remove_emptied(staging, moved)
     data = json.dumps({"version": VERSION, **identity, "files": files}).encode()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(staging / MARKER, flags, file_mode), "wb") as f:
-        f.write(data)
+    fd = os.open(os.path.join(staging, MARKER), flags, file_mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     return moved
 
 
-def _remove_emptied(staging: Path, moved: dict[str, str]) -> None:
+def _remove_emptied(staging: str | Path, moved: dict[str, str]) -> None:
     """Remove the folders that moving files out of left empty, deepest first."""
     for parent in sorted({posixpath.dirname(name) for name in moved}, key=len, reverse=True):
         while parent:
             try:
-                os.rmdir(staging / parent)
+                os.rmdir(os.path.join(staging, parent))
             except OSError:
                 break  # not empty: other files stay in it
             parent = posixpath.dirname(parent)

@@ -296,7 +296,7 @@ class MessageStore:
             with save_errors(staging):
                 os.mkdir(staging, self.dir_mode)
                 lay_out(staging)
-                moved = manifest.seal(Path(staging), folder, self.storage.name_limit, {
+                moved = manifest.seal(staging, folder, self.storage.name_limit, {
                     "id": self.stable_id(uidl, incoming.sha256), "uidl": uidl,
                     "head": incoming.head_digest, "sha256": incoming.sha256,
                     "size": incoming.size}, dir_mode=self.dir_mode, file_mode=self.file_mode)
