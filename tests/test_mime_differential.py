@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.message
 import hashlib
 import os
 import quopri
@@ -23,7 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3.layout import FolderLayout, LayoutOptions
-from prefect_pop3mail.tasks.pop3.mime import Part, parse_file, parse_headers
+from prefect_pop3mail.tasks.pop3.mime import (
+    DECODED_ENCODINGS,
+    UUENCODE,
+    Part,
+    parse_file,
+    parse_headers,
+)
 from tests.test_store_corpus import CASES, CORPUS
 
 # A small fixed budget in CI; POP3MAIL_SOAK=1 for a long run.
@@ -48,8 +55,10 @@ def _walk(msg: Message, visitor, parent: Part | None, index: int, linesep: str) 
             _walk(sub, visitor, part, i, linesep)
         visitor.end_multipart(part)
         return
+    part.undecoded = part.transfer_encoding not in DECODED_ENCODINGS
     sink = visitor.begin_leaf(part)
     if sink is not None:
+        part.undecoded = part.undecoded or _uudecode_fails(msg)
         policy = compat32.clone(linesep=linesep, max_line_length=0)
         if msg.get_content_type() == "message/rfc822" and msg.is_multipart():
             sink.write(msg.get_payload(0).as_bytes(policy=policy))
@@ -61,6 +70,19 @@ def _walk(msg: Message, visitor, parent: Part | None, index: int, linesep: str) 
         else:
             sink.write(msg.get_payload(decode=True) or b"")
     visitor.end_leaf(part, sink)
+
+
+def _uudecode_fails(msg: Message) -> bool:
+    """Whether the email package gives up on a uuencoded body (and keeps it as it came)."""
+    if msg.is_multipart() or msg.get_content_maintype() == "multipart":
+        return False
+    if str(msg.get("content-transfer-encoding", "")).lower() not in UUENCODE:
+        return False
+    try:
+        email.message._decode_uu(msg.get_payload().encode("ascii", "surrogateescape"))
+    except ValueError:
+        return True
+    return False
 
 
 def _same_header_reading(msg: Message) -> Message:
