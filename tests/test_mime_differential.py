@@ -10,6 +10,7 @@ S/MIME is left out on both sides (``verify=None``): it is checked by the corpus 
 from __future__ import annotations
 
 import base64
+import binascii
 import email
 import email.message
 import hashlib
@@ -144,7 +145,8 @@ _BYTES = st.binary(max_size=300)
 def mime_leaf(draw) -> bytes:
     ctype = draw(st.sampled_from(["text/plain", "text/html", "application/octet-stream",
                                   "image/png", "text/csv"]))
-    encoding = draw(st.sampled_from(["7bit", "base64", "quoted-printable", None]))
+    encoding = draw(st.sampled_from(["7bit", "base64", "quoted-printable", None, *sorted(UUENCODE),
+                                     "X-UUENCODE", "x-unknown"]))
     params = ""
     if ctype.startswith("text/"):
         params += "; charset=" + draw(st.sampled_from(["utf-8", "iso-8859-1", "us-ascii"]))
@@ -163,12 +165,27 @@ def mime_leaf(draw) -> bytes:
         # quopri leaves a bare CR as it is; RFC 2045 wants it encoded.
         encoded = quopri.encodestring(payload.replace(b"\r\n", b"\n")).replace(b"\r", b"=0D")
         body = encoded.replace(b"\n", b"\r\n")
+    elif encoding and encoding.lower() in UUENCODE:
+        body = draw(uuencoded(payload))
     else:
         # Raw bytes could hold a line that looks like a boundary; keep them text-like.
         body = payload if ctype.startswith("text/") else payload.hex().encode()
     if encoding:
         headers.append(f"Content-Transfer-Encoding: {encoding}")
     return "\r\n".join(headers).encode() + b"\r\n\r\n" + body
+
+
+@st.composite
+def uuencoded(draw, payload: bytes) -> bytes:
+    """uuencode as senders write it, or broken the ways it breaks: no begin line, no end
+    line, an empty line inside, padding, junk (the email package then keeps it as it is)."""
+    lines = [binascii.b2a_uu(payload[i:i + 45]).rstrip(b"\n") for i in range(0, len(payload), 45)]
+    lines = [draw(st.sampled_from([b"begin 644 a.bin", b"begin 0644 x y", b"", b"begin x a"])),
+             *lines, draw(st.sampled_from([b"`", b" ", b""])), draw(st.sampled_from([b"end", b"end  ", b""]))]
+    for _ in range(draw(st.integers(0, 2))):
+        lines.insert(draw(st.integers(0, len(lines))),
+                     draw(st.sampled_from([b"", b"junk line", b"M" + b"A" * 60 + b"``", b"M!!"])))
+    return b"\r\n".join(lines)
 
 
 def mime_tree(depth: int = 3):

@@ -61,7 +61,7 @@ def pad(data: bytes) -> bytes:
 def prop(kind: int, ident: int, value: bytes | int | str) -> bytes:
     """One single-valued MAPI property as TNEF writes it."""
     if isinstance(value, str):
-        value = value.encode("utf-16-le" if kind == PT_UNICODE else "cp1252") + (
+        value = value.encode("utf-16-le" if kind == PT_UNICODE else "cp1252", "replace") + (
             b"\0\0" if kind == PT_UNICODE else b"\0")
     if kind in (PT_STRING8, PT_UNICODE, PT_BINARY, PT_OBJECT):
         return struct.pack("<HHII", kind, ident, 1, len(value)) + pad(value)
@@ -92,14 +92,17 @@ class File:
     #: (the data above is ignored).
     embedded: list[File] | bytes | None = None
     extra: list[bytes] = field(default_factory=list)
+    #: attAttachData with a checksum that does not match.
+    bad_checksum: bool = False
 
 
 def attachment_attributes(f: File, codec: str = "cp1252") -> bytes:
     out = attribute(ATTACHMENT, ATT_ATTACH_REND_DATA, struct.pack("<HiHHI", 1, -1, 0, 0, 0))
     if f.short is not None:
-        out += attribute(ATTACHMENT, ATT_ATTACH_TITLE, f.short.encode(codec) + b"\0")
+        out += attribute(ATTACHMENT, ATT_ATTACH_TITLE, f.short.encode(codec, "replace") + b"\0")
     if f.embedded is None and f.store == "data":
-        out += attribute(ATTACHMENT, ATT_ATTACH_DATA, f.data)
+        wrong = (checksum(f.data) + 1) & 0xFFFF if f.bad_checksum else None
+        out += attribute(ATTACHMENT, ATT_ATTACH_DATA, f.data, check=wrong)
     props = [prop(PT_LONG, PR_ATTACH_METHOD, 5 if f.embedded is not None else 1)]
     if f.embedded is not None:
         inner = f.embedded if isinstance(f.embedded, bytes) else tnef(f.embedded)
@@ -113,7 +116,7 @@ def attachment_attributes(f: File, codec: str = "cp1252") -> bytes:
             props.append(prop(PT_UNICODE, PR_ATTACH_LONG_FILENAME, f.name))
         else:
             props.append(prop(PT_STRING8, PR_ATTACH_LONG_FILENAME,
-                              f.name.encode(codec) + b"\0"))
+                              f.name.encode(codec, "replace") + b"\0"))
     if f.mime:
         props.append(prop(PT_STRING8, PR_ATTACH_MIME_TAG, f.mime))
     if f.hidden:

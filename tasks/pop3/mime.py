@@ -324,7 +324,8 @@ _UU_DATA = 85
 #: Lines up to this long are read whole; a longer one is summed up as it streams by.
 MAX_UU_LINE = 4096
 _SEARCH, _BODY, _DONE, _FAILED = range(4)
-_OCTAL_RUN = re.compile(rb"[0-7]*(?:_[0-7]+)*")
+# Possessive: a repeated group would otherwise keep a backtracking point per repetition.
+_OCTAL_RUN = re.compile(rb"[0-7]*+(?:_[0-7]++)*+")
 #: The whitespace int() skips that a begin line's mode can hold (no space, no line break).
 _MODE_SPACE = re.compile(rb"[\t\x0b\x0c]*")
 

@@ -35,12 +35,14 @@ from prefect_pop3mail.tasks.pop3.sinks import Sink
 
 SIGNATURE = 0x223E9F78
 #: Attributes, MAPI properties and values read per winmail.dat (embedded ones included).
-#: Outlook writes about 20 attributes and 30 properties per attachment.
-MAX_ITEMS = 50_000
+#: Outlook writes about 6 attributes and 30 properties per attachment: room for 600.
+MAX_ITEMS = 20_000
 #: Embedded messages (Outlook items attached in a rich-text message) opened this deep.
 MAX_DEPTH = 4
 #: Bytes of a name or MIME type read; the rest is skipped (names are cut to 200 bytes).
 MAX_STRING = 2048
+#: Warnings kept per winmail.dat; the rest are counted in a last one.
+MAX_WARNINGS = 10
 BLOCK = 256 * 1024
 
 _LEVEL_MESSAGE, _LEVEL_ATTACHMENT = 1, 2
@@ -120,6 +122,8 @@ def read_tnef(file: BinaryIO, size: int, *, max_files: int = 1000) -> TnefConten
         _Stream(file, 0, size, "", contents, depth=0).read()
     except TnefError as exc:
         contents.warnings.append(str(exc))
+    if contents.unsaid:
+        contents.warnings.append(f"{contents.unsaid} more problems in winmail.dat not listed")
     return TnefContents(contents.files, contents.warnings)
 
 
@@ -143,6 +147,14 @@ class _Contents:
     files: list[TnefFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     items: int = 0
+
+    unsaid: int = 0
+
+    def warn(self, text: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(text)
+        else:
+            self.unsaid += 1
 
     def spend(self, count: int = 1) -> None:
         self.items += count
@@ -210,6 +222,14 @@ class _Stream:
         if _U32.unpack(self._read(self.pos, 6, self.end)[:4])[0] != SIGNATURE:
             raise TnefError("winmail.dat is not TNEF data (wrong signature); kept as it is")
         self.pos += 6  # signature and legacy key
+        try:
+            self._attributes()
+        except _OverBudget:
+            self._finish_attachment(stopping=True)  # what was read of it stands
+            raise
+        self._finish_attachment()
+
+    def _attributes(self) -> None:
         # An attribute is 11 bytes at least: fewer left over is padding, ignored.
         while self.end - self.pos >= 11:  # bounded: each round moves pos on by 11 or more
             self.contents.spend()
@@ -218,7 +238,7 @@ class _Stream:
             if length > self.end - data - 2:
                 # Truncated: what is there is read (Outlook's data may be whole), unchecked.
                 self.truncated = True
-                self.contents.warnings.append(
+                self.contents.warn(
                     f"TNEF attribute {ident:#06x} runs past the end of winmail.dat "
                     "(truncated); read as far as it goes")
                 self.pos = self.end
@@ -226,7 +246,6 @@ class _Stream:
                 break
             self.pos = data + length + 2
             self._attribute(level, ident, data, length, whole=True)
-        self._finish_attachment()
 
     def _attribute(self, level: int, ident: int, data: int, length: int, *, whole: bool) -> None:
         """One attribute; not ``whole`` when the file ends inside it: then only values
@@ -257,7 +276,7 @@ class _Stream:
             except _OverBudget:
                 raise
             except TnefError as exc:  # the attribute's length keeps the stream in step
-                self.contents.warnings.append(
+                self.contents.warn(
                     f"attachment {attachment.number} of winmail.dat: {exc}; its other "
                     "properties are skipped")
 
@@ -269,7 +288,7 @@ class _Stream:
         expected = _U16.unpack(self._read(data + length, 2, self.end))[0]
         if self._checksum(data, length) != expected:
             where = f"attachment {self.current.number}" if self.current else "the message"
-            self.contents.warnings.append(
+            self.contents.warn(
                 f"TNEF attribute {ident:#06x} of {where} has a bad checksum; saved as read")
 
     def _string8(self, offset: int, length: int) -> str:
@@ -278,17 +297,22 @@ class _Stream:
 
     # --- attachments -------------------------------------------------------------------
 
-    def _finish_attachment(self) -> None:
+    def _finish_attachment(self, *, stopping: bool = False) -> None:
+        """List the attachment read last; ``stopping``: the reading ends, what is read of
+        it counts (an Outlook item in it is not opened)."""
         attachment, self.current = self.current, None
         if attachment is None:
             return
         if attachment.embedded is not None:
-            self._open_embedded(attachment)
+            if not stopping:
+                self._open_embedded(attachment)
             return
         if attachment.data is None:
             return  # nothing to save (a link, or an attachment Outlook left empty)
         contents = self.contents
         if len(contents.files) >= contents.max_files:
+            if stopping:
+                return
             raise _OverBudget(f"over {contents.max_files} files in winmail.dat; "
                             "the rest are only in winmail.dat")
         name = (attachment.long_filename or attachment.filename or attachment.title
@@ -299,7 +323,7 @@ class _Stream:
 
     def _open_embedded(self, attachment: _Attachment) -> None:
         if self.depth + 1 >= MAX_DEPTH:
-            self.contents.warnings.append(
+            self.contents.warn(
                 f"Outlook items in winmail.dat nest over {MAX_DEPTH} deep; attachment "
                 f"{attachment.number}'s files are only in winmail.dat")
             return
@@ -311,7 +335,7 @@ class _Stream:
         except _OverBudget:
             raise
         except TnefError as exc:  # the outer stream goes on after the item
-            self.contents.warnings.append(
+            self.contents.warn(
                 f"in the Outlook item that is attachment {attachment.number} of "
                 f"winmail.dat: {exc}")
 
