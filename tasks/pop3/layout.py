@@ -19,12 +19,11 @@ import hashlib
 import io
 import os
 import posixpath
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import unquote
 from mimetypes import MimeTypes
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 from prefect_pop3mail.tasks.pop3 import charsets, htmltext, tnef
 from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
@@ -32,7 +31,7 @@ from prefect_pop3mail.tasks.pop3.headers import MAX_TEXT_CHARS, clip
 from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_headers
 from prefect_pop3mail.tasks.pop3.models import SignatureInfo
-from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink
+from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink, Spool
 
 TEXT_NAME = "text.txt"
 HTML_NAME = "body.html"
@@ -84,40 +83,6 @@ class _Capture(io.BytesIO):
     def write(self, data) -> int:
         room = MAX_SIGNATURE_BYTES - self.tell()
         return super().write(data[: max(room, 0)])
-
-
-class _Spool:
-    """A body kept in memory, spilled to an unnamed temporary file when large. Its bytes
-    can be read more than once (charset detection, then decoding)."""
-
-    def __init__(self, directory: str):
-        self._directory = directory
-        self._memory = bytearray()
-        self._file: BinaryIO | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._file is not None:
-            self._file.write(data)
-            return
-        self._memory += data
-        if len(self._memory) > SPOOL_BYTES:
-            self._file = tempfile.TemporaryFile(dir=self._directory)
-            self._file.write(self._memory)
-            self._memory = bytearray()
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._file is None:
-            if self._memory:
-                yield bytes(self._memory)
-            return
-        self._file.seek(0)
-        while chunk := self._file.read(WRITE_BLOCK):
-            yield chunk
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._memory = bytearray()
 
 
 class _MultiDigest:
@@ -324,7 +289,7 @@ class FolderLayout:
             return self._begin_text(part)
         if kind == "html" and self.options.save_text:
             self._html_taken = True
-            spool = _Spool(self.work)
+            spool = Spool(self.work, SPOOL_BYTES)
             self._roles[id(part)] = _Role(self._end_html, spool)
             return spool
         if kind is None and self.options.save_attachments:
@@ -359,17 +324,17 @@ class FolderLayout:
         if self._text is None:
             self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
             self._text_parent = part.parent
-        spool = _Spool(self.work)
+        spool = Spool(self.work, SPOOL_BYTES)
         self._roles[id(part)] = _Role(self._end_text, spool)
         return spool
 
-    def _decoded(self, part: Part, spool: _Spool) -> tuple[charsets.Decoding, Iterator[str]]:
+    def _decoded(self, part: Part, spool: Spool) -> tuple[charsets.Decoding, Iterator[str]]:
         decoding = charsets.choose(spool, part.param("charset"))
         if decoding.warning:
             self.warn(part, decoding.warning)
         return decoding, charsets.decode_chunks(spool, decoding)
 
-    def _end_text(self, part: Part, spool: _Spool) -> None:
+    def _end_text(self, part: Part, spool: Spool) -> None:
         out = self._text
         assert out is not None
         if not self._text_ends_line:
@@ -380,7 +345,7 @@ class FolderLayout:
             self._text_ends_line = text.endswith("\n")
         spool.close()
 
-    def _end_html(self, part: Part, spool: _Spool) -> None:
+    def _end_html(self, part: Part, spool: Spool) -> None:
         out = FileWriter(os.path.join(self.folder, HTML_NAME), self.options.file_mode)
         decoding, texts = self._decoded(part, spool)
         if not decoding.is_utf8:

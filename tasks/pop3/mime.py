@@ -12,7 +12,6 @@ from __future__ import annotations
 import binascii
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from email.message import Message
 from functools import lru_cache
@@ -27,7 +26,7 @@ from prefect_pop3mail.tasks.pop3.headers import (
     parse_headers,
     split_params,
 )
-from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
+from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink, Spool
 
 __all__ = ["DECODED_ENCODINGS", "MAX_HEADER_BYTES", "Part", "StreamParser", "Visitor", "parse_file",
            "parse_headers"]
@@ -293,28 +292,6 @@ class IdentityDecoder:
         pass
 
 
-class _Held:
-    """Bytes kept until a decoder knows what to do with them: in memory up to a block,
-    then in an unnamed scratch file."""
-
-    def __init__(self, directory: str | None):
-        self._file = tempfile.SpooledTemporaryFile(max_size=BLOCK, dir=directory)
-
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
-
-    def move_to(self, sink: Sink) -> None:
-        """Hand every byte to ``sink`` and let go of them."""
-        file = self._file
-        file.seek(0)
-        while block := file.read(BLOCK):
-            sink.write(block)
-        file.close()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 #: Around "end", what str.strip removes in the email package (it sees no line breaks).
 _UU_BLANKS = b" \t\f"
 #: What binascii.a2b_uu accepts after a line's data.
@@ -475,8 +452,8 @@ class UUDecoder:
         self.problem: str | None = None
         self.undecoded = False
         self._state = _SEARCH
-        self._raw: _Held | None = _Held(scratch)
-        self._out: _Held | None = _Held(scratch)
+        self._raw: Spool | None = Spool(scratch, BLOCK)
+        self._out: Spool | None = Spool(scratch, BLOCK)
         self._pending = b""
         self._long: _LongLine | None = None
         self._cr = False  # the last block ended with CR: a LF next belongs to it
