@@ -1,7 +1,8 @@
 """Hostile messages against ordinary ones: for the worst case of each class in
 tests/hostile.py, the time (median of 5) and peak traced memory of MessageStore.save, as
-ratios to an ordinary message of the same size (text, or HTML for the HTML classes),
-measured in the same run.
+ratios to an ordinary message of the same size (text, HTML for the HTML classes, one plain
+base64 attachment for the uuencode and winmail.dat classes), measured in the same run; then
+the worst winmail.dat and uuencode cases.
 
     .venv/bin/python -m bench hostile                 # every class, 1 MB
     POP3MAIL_BENCH_SIZE=4194304 .venv/bin/python -m bench hostile
@@ -77,6 +78,13 @@ def main(names: list[str] | None = None) -> None:
     print(f"MessageStore.save, hostile vs ordinary of the same size (medians of {REPEAT}; "
           "peak = tracemalloc peak of one save)")
     print(table(rows, ["class", "size", "baseline", "time", "x time", "peak", "x peak"]))
+    for family, what in (("tnef_", "winmail.dat (TNEF)"), ("uuencode_", "uuencode")):
+        mine = [r for r in rows if r["class"].startswith(family)]
+        if mine:
+            slow = max(mine, key=lambda r: float(r["x time"]))
+            big = max(mine, key=lambda r: float(r["x peak"]))
+            print(f"{what} worst case against a plain attachment of the same size: "
+                  f"{slow['x time']}x time ({slow['class']}), {big['x peak']}x peak ({big['class']})")
 
 
 if __name__ == "__main__":

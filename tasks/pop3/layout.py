@@ -6,7 +6,11 @@ a walk over the email package's tree) calls for every part. It writes, into one 
     text.txt            the text body (UTF-8; a rendering of the HTML when there is no text)
     body.html           the HTML body (UTF-8)
     attachments/NAME    every other leaf part; attached messages as NAME.eml, with what they
-                        contain laid out the same way in attachments/NAME/
+                        contain laid out the same way in attachments/NAME/; the files in an
+                        Outlook winmail.dat (TNEF) beside it, under their own names
+
+A part whose transfer encoding is unknown, or whose data does not decode, is saved as it
+came, under its name with ".encoded" added: the bytes are not in the format the name says.
 """
 
 from __future__ import annotations
@@ -15,20 +19,19 @@ import hashlib
 import io
 import os
 import posixpath
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import unquote
 from mimetypes import MimeTypes
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
-from prefect_pop3mail.tasks.pop3 import charsets, htmltext
+from prefect_pop3mail.tasks.pop3 import charsets, htmltext, tnef
 from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
 from prefect_pop3mail.tasks.pop3.headers import MAX_TEXT_CHARS, clip
 from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_headers
 from prefect_pop3mail.tasks.pop3.models import SignatureInfo
-from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink
+from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink, Spool
 
 TEXT_NAME = "text.txt"
 HTML_NAME = "body.html"
@@ -48,6 +51,10 @@ MAX_WARNINGS = 50
 MAX_HTML_RENDER = 4 << 20
 
 _SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+_TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
+_TNEF_NAMES = {"winmail.dat", "win.dat"}
+#: Added to the name of an attachment saved still transfer-encoded.
+ENCODED_SUFFIX = ".encoded"
 _EXTENSIONS = {
     "text/plain": ".txt",
     "text/html": ".html",
@@ -76,40 +83,6 @@ class _Capture(io.BytesIO):
     def write(self, data) -> int:
         room = MAX_SIGNATURE_BYTES - self.tell()
         return super().write(data[: max(room, 0)])
-
-
-class _Spool:
-    """A body kept in memory, spilled to an unnamed temporary file when large. Its bytes
-    can be read more than once (charset detection, then decoding)."""
-
-    def __init__(self, directory: str):
-        self._directory = directory
-        self._memory = bytearray()
-        self._file: BinaryIO | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._file is not None:
-            self._file.write(data)
-            return
-        self._memory += data
-        if len(self._memory) > SPOOL_BYTES:
-            self._file = tempfile.TemporaryFile(dir=self._directory)
-            self._file.write(self._memory)
-            self._memory = bytearray()
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._file is None:
-            if self._memory:
-                yield bytes(self._memory)
-            return
-        self._file.seek(0)
-        while chunk := self._file.read(WRITE_BLOCK):
-            yield chunk
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._memory = bytearray()
 
 
 class _MultiDigest:
@@ -152,7 +125,8 @@ class FoundAttachment(NamedTuple):
     filename: str
     content_type: str
     inline: bool
-    #: The MIME part number, within ``parent`` (the attached message's .eml) when set.
+    #: The MIME part number, within ``parent`` when set: an attached message's .eml, or
+    #: for a file from a winmail.dat, the winmail.dat (the number of the file in it).
     part: str = ""
     parent: str | None = None
 
@@ -315,7 +289,7 @@ class FolderLayout:
             return self._begin_text(part)
         if kind == "html" and self.options.save_text:
             self._html_taken = True
-            spool = _Spool(self.work)
+            spool = Spool(self.work, SPOOL_BYTES)
             self._roles[id(part)] = _Role(self._end_html, spool)
             return spool
         if kind is None and self.options.save_attachments:
@@ -350,17 +324,17 @@ class FolderLayout:
         if self._text is None:
             self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
             self._text_parent = part.parent
-        spool = _Spool(self.work)
+        spool = Spool(self.work, SPOOL_BYTES)
         self._roles[id(part)] = _Role(self._end_text, spool)
         return spool
 
-    def _decoded(self, part: Part, spool: _Spool) -> tuple[charsets.Decoding, Iterator[str]]:
+    def _decoded(self, part: Part, spool: Spool) -> tuple[charsets.Decoding, Iterator[str]]:
         decoding = charsets.choose(spool, part.param("charset"))
         if decoding.warning:
             self.warn(part, decoding.warning)
         return decoding, charsets.decode_chunks(spool, decoding)
 
-    def _end_text(self, part: Part, spool: _Spool) -> None:
+    def _end_text(self, part: Part, spool: Spool) -> None:
         out = self._text
         assert out is not None
         if not self._text_ends_line:
@@ -371,7 +345,7 @@ class FolderLayout:
             self._text_ends_line = text.endswith("\n")
         spool.close()
 
-    def _end_html(self, part: Part, spool: _Spool) -> None:
+    def _end_html(self, part: Part, spool: Spool) -> None:
         out = FileWriter(os.path.join(self.folder, HTML_NAME), self.options.file_mode)
         decoding, texts = self._decoded(part, spool)
         if not decoding.is_utf8:
@@ -435,11 +409,13 @@ class FolderLayout:
             self._roles[id(part)] = _Role(self._end_message, writer, raw_name)
             return writer
         fallback = f"part-{part.label}{extension_for(part.content_type)}"
-        if part.content_type == "application/ms-tnef" and not raw_name:
+        if part.content_type in _TNEF_TYPES and not raw_name:
             fallback = "winmail.dat"
-        name = self._names.claim(safe_filename(raw_name, fallback))
+        safe = safe_filename(raw_name, fallback)
+        name = self._names.claim(_encoded(safe) if part.undecoded else safe)
         writer = FileWriter(os.path.join(self._attachments(), name), self.options.file_mode)
-        self._roles[id(part)] = _Role(self._end_attachment, writer, name, raw_name or name)
+        self._roles[id(part)] = _Role(self._end_attachment, writer, name, raw_name or name,
+                                      part.undecoded)
         return writer
 
     def _inline(self, part: Part) -> bool:
@@ -454,8 +430,55 @@ class FolderLayout:
         self.findings.attachments.append(FoundAttachment(
             saved, filename, content_type, self._inline(part), part.label, self.within))
 
-    def _end_attachment(self, part: Part, writer: FileWriter, name: str, filename: str) -> None:
+    def _end_attachment(self, part: Part, writer: FileWriter, name: str, filename: str,
+                        named_undecoded: bool) -> None:
+        if part.undecoded and not named_undecoded:  # known only at its end (uuencode)
+            writer.close()
+            encoded = self._names.claim(_encoded(name))
+            folder = self._attachments()
+            os.rename(os.path.join(folder, name), os.path.join(folder, encoded))
+            name = encoded
+        if part.undecoded:
+            self._record(part, writer, name, filename, "application/octet-stream")
+            return
         self._record(part, writer, name, filename, part.content_type)
+        if part.content_type in _TNEF_TYPES or (
+                filename.lower() in _TNEF_NAMES and part.content_type == "application/octet-stream"):
+            self._expand_tnef(part, name)
+
+    def _expand_tnef(self, part: Part, name: str) -> None:
+        """Save the files in a winmail.dat beside it, listed as coming from it."""
+        folder = self._attachments()
+        container = f"{self.prefix}{ATTACHMENTS_DIR}/{name}"
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        with open(os.open(os.path.join(folder, name), flags), "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if file.read(4) != tnef.SIGNATURE.to_bytes(4, "little"):
+                if part.content_type in _TNEF_TYPES:
+                    self.warn(part, f"{part.content_type} is not TNEF data; kept as it is")
+                return
+            room = MAX_PARTS - self._budget.parts  # each file counts as a part
+            if room <= 0:
+                return  # over the part budget (warned)
+            contents = tnef.read_tnef(file, size, max_files=room)
+            self._budget.parts += len(contents.files)
+            stem = posixpath.splitext(name)[0]
+            for found in contents.files:
+                ext = extension_for(found.content_type) if found.content_type else ".bin"
+                saved = self._names.claim(safe_filename(found.name, f"{stem}-{found.number}{ext}"))
+                writer = FileWriter(os.path.join(folder, saved), self.options.file_mode)
+                try:
+                    tnef.copy_file(file, found, writer)
+                finally:
+                    writer.close()
+                content_type = (found.content_type or _MIME_TYPES.guess_type(saved)[0]
+                                or "application/octet-stream")
+                self.findings.attachments.append(FoundAttachment(
+                    self._saved(f"{ATTACHMENTS_DIR}/{saved}", writer),
+                    clip(found.name, MAX_TEXT_CHARS) if found.name else saved, content_type,
+                    found.inline, found.number, container))
+        for warning in contents.warnings:
+            self.warn(part, f"{name}: {warning}")
 
     def _end_message(self, part: Part, writer: FileWriter, raw_name: str | None) -> None:
         """Name an attached message after its subject, then lay out what it contains."""
@@ -503,6 +526,11 @@ class _Budget:
     """Shared by a message's layout and its attached messages' layouts."""
 
     parts: int = 0
+
+
+def _encoded(name: str) -> str:
+    """``name`` with ENCODED_SUFFIX, still within the length a name may have."""
+    return safe_filename(name + ENCODED_SUFFIX, "part" + ENCODED_SUFFIX)
 
 
 def _subject_of(path: str) -> str:

@@ -222,9 +222,11 @@ class SavedAttachment(BaseModel):
     size: int
     sha256: str
     inline: bool = False
-    #: The MIME part number ("2", "1.3"), within ``parent`` when that is set.
+    #: The MIME part number ("2", "1.3"), within ``parent`` when that is set; for a file
+    #: from a winmail.dat, its number in it ("2", or "2.1" inside an Outlook item).
     part: str = ""
-    #: The attached message (.eml) this file was laid out from; None for the message itself.
+    #: The attached message (.eml) or the winmail.dat this file was laid out from; None for
+    #: the message's own parts.
     parent: Path | None = None
     parent_url: str | None = None
 
