@@ -7,6 +7,12 @@ a walk over the email package's tree) calls for every part. It writes, into one 
     body.html           the HTML body (UTF-8)
     attachments/NAME    every other leaf part; attached messages as NAME.eml, with what they
                         contain laid out the same way in attachments/NAME/
+
+Bounded per message, whatever its structure: parts laid out (MAX_PARTS), attached messages
+in attached messages (MAX_NESTED_MESSAGES), multipart/signed parts whose content is hashed
+(MAX_SIGNED_PARTS, with only the digests their micalg names), and bytes written (MAX_WRITE_FACTOR
+times the message, plus MAX_WRITE_SLACK: an attached message in an attached message writes its
+bytes once per level). Past a bound, the rest stays in the original and a warning says so.
 """
 
 from __future__ import annotations
@@ -46,6 +52,18 @@ MAX_PARTS = 1000
 MAX_WARNINGS = 50
 #: Only this much of an HTML body (characters) is rendered into text.txt.
 MAX_HTML_RENDER = 4 << 20
+#: multipart/signed parts per message whose content is hashed for verification (real mail
+#: has one, two for a signed message forwarded signed); each deeper one costs a pass over
+#: the bytes it covers, so more are left unverified.
+MAX_SIGNED_PARTS = 4
+#: Bytes the layout writes per message (text, HTML, attachments, attached messages and their
+#: contents) are at most this many times the message's size, plus MAX_WRITE_SLACK. Ordinary
+#: mail writes about its size again (decoded attachments, a text body); a Latin-1 HTML body
+#: up to four times (HTML and its text rendering, in UTF-8). Past it, the file being written
+#: is dropped (text.txt and body.html are kept cut short) and later parts are only in the
+#: original.
+MAX_WRITE_FACTOR = 4
+MAX_WRITE_SLACK = 1 << 20
 
 _SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
 _EXTENSIONS = {
@@ -113,12 +131,21 @@ class _Spool:
 
 
 class _MultiDigest:
-    """The digests S/MIME signers use, over the same bytes."""
+    """The digests S/MIME signers may use, over the same bytes: those a multipart/signed's
+    micalg names (and SHA-256, the usual one), or all when it names none we know. SHA-1 and
+    MD5 are not computed: a signature made with them is not valid anyway."""
 
-    NAMES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+    NAMES = ("sha224", "sha256", "sha384", "sha512")
+    _BROKEN = {"sha1", "md5", "md2"}
 
-    def __init__(self):
-        self.hashes = {name: hashlib.new(name) for name in self.NAMES}
+    def __init__(self, micalg: str | None = None):
+        declared = {n.strip().lower().replace("-", "") for n in (micalg or "").split(",")}
+        declared.discard("")
+        if not declared or declared - set(self.NAMES) - self._BROKEN:
+            names = set(self.NAMES)
+        else:
+            names = (declared & set(self.NAMES)) | {"sha256"}
+        self.hashes = {name: hashlib.new(name) for name in sorted(names)}
 
     def write(self, data: bytes) -> None:
         for h in self.hashes.values():
@@ -126,6 +153,25 @@ class _MultiDigest:
 
     def digests(self) -> dict[str, bytes]:
         return {name: h.digest() for name, h in self.hashes.items()}
+
+
+class _MeteredWriter(FileWriter):
+    """A file that takes bytes only while the message's write budget lasts; ``cut`` says
+    it lost some."""
+
+    def __init__(self, path: str, mode: int, budget: _Budget):
+        super().__init__(path, mode)
+        self._budget = budget
+        self.cut = False
+
+    def write(self, data: bytes, /) -> None:
+        if self.cut:
+            return
+        room = self._budget.spend(len(data))
+        if room < len(data):
+            self.cut = True
+            data = data[:room]
+        super().write(data)
 
 
 class _Role:
@@ -221,10 +267,12 @@ class FolderLayout:
     def __init__(self, folder: str, options: LayoutOptions, work: str, *,
                  parse: ParseFunction, verify: VerifyFunction | None = None,
                  findings: Findings | None = None, prefix: str = "",
-                 within: str | None = None, depth: int = 0, budget: _Budget | None = None):
+                 within: str | None = None, depth: int = 0, budget: _Budget | None = None,
+                 max_bytes: int | None = None):
         """``folder`` is where files are written; ``prefix`` is its place in the message's
         folder ("" or "attachments/NAME/"), which the recorded paths start with;
-        ``within`` the attached message's .eml (relative) this layout lays out."""
+        ``within`` the attached message's .eml (relative) this layout lays out;
+        ``max_bytes`` what it may write in all (see :func:`write_budget`; None: no cap)."""
         self.folder = os.fspath(folder)
         self.options = options
         self.work = work
@@ -234,7 +282,7 @@ class FolderLayout:
         self.prefix = prefix
         self.within = within
         self.depth = depth
-        self._budget = budget or _Budget()
+        self._budget = budget or _Budget(bytes_left=max_bytes)
         self._unsaid = 0
         self._names = NameAllocator()
         self._attachments_dir: str | None = None
@@ -270,13 +318,41 @@ class FolderLayout:
             self._add_warning(f"over {MAX_PARTS} MIME parts; the rest are only in the original")
         return budget.parts > MAX_PARTS
 
+    def _out_of_bytes(self, part: Part) -> bool:
+        """True once the write budget is spent (warned once): no more files."""
+        budget = self._budget
+        if budget.bytes_left is None or budget.bytes_left > 0 and not budget.cut:
+            return False
+        self._say_cut(part)
+        return True
+
+    def _say_cut(self, part: Part | None) -> None:
+        budget = self._budget
+        if budget.warned:
+            return
+        budget.warned = True
+        where = f" at part {part.label}" if part is not None else ""
+        self._add_warning(f"over the write budget of {MAX_WRITE_FACTOR}x the message's size "
+                          f"plus {MAX_WRITE_SLACK >> 20} MB (MAX_WRITE_FACTOR){where}; the "
+                          "rest is only in the original")
+
+    def _writer(self, path: str) -> _MeteredWriter:
+        return _MeteredWriter(path, self.options.file_mode, self._budget)
+
     def begin_multipart(self, part: Part) -> None:
         self._over_budget()
 
     def raw_tap(self, part: Part) -> Sink | None:
         if part.content_type != "multipart/signed" or self.verify is None:
             return None
-        digest = self._signed[id(part)] = _MultiDigest()
+        budget = self._budget
+        budget.signed += 1
+        if budget.signed > MAX_SIGNED_PARTS:
+            if budget.signed == MAX_SIGNED_PARTS + 1:
+                self.warn(part, f"over {MAX_SIGNED_PARTS} multipart/signed parts "
+                          "(MAX_SIGNED_PARTS); this one and later ones are not verified")
+            return None
+        digest = self._signed[id(part)] = _MultiDigest(part.param("micalg"))
         return digest
 
     def end_multipart(self, part: Part) -> None:
@@ -310,6 +386,8 @@ class FolderLayout:
             return capture
         if part.maintype == "multipart":
             return None  # a broken multipart: the parser has warned
+        if self._out_of_bytes(part):
+            return None
         kind = self._body_kind(part)
         if kind == "text" and self.options.save_text:
             return self._begin_text(part)
@@ -348,7 +426,7 @@ class FolderLayout:
 
     def _begin_text(self, part: Part) -> Sink:
         if self._text is None:
-            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
+            self._text = self._writer(os.path.join(self.folder, TEXT_NAME))
             self._text_parent = part.parent
         spool = _Spool(self.work)
         self._roles[id(part)] = _Role(self._end_text, spool)
@@ -372,7 +450,7 @@ class FolderLayout:
         spool.close()
 
     def _end_html(self, part: Part, spool: _Spool) -> None:
-        out = FileWriter(os.path.join(self.folder, HTML_NAME), self.options.file_mode)
+        out = self._writer(os.path.join(self.folder, HTML_NAME))
         decoding, texts = self._decoded(part, spool)
         if not decoding.is_utf8:
             # Its own <meta charset> would now lie; the first declaration wins.
@@ -384,13 +462,16 @@ class FolderLayout:
 
     def _saved(self, name: str, writer: FileWriter) -> SavedFile:
         sha256 = writer.close()
+        if getattr(writer, "cut", False):  # a body is kept, cut short
+            self._say_cut(None)
+            self._add_warning(f"{self.prefix}{name} is cut short at the write budget")
         return SavedFile(self.prefix + name, sha256, writer.size)
 
     def finish(self) -> Findings:
         """Close the text body, or render it from the HTML when there was none."""
         findings = self.findings
         if self._text is None and findings.html is not None and self.options.save_text:
-            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
+            self._text = self._writer(os.path.join(self.folder, TEXT_NAME))
             renderer = HTMLToText()
             left = MAX_HTML_RENDER
             with open(os.path.join(self.folder, HTML_NAME), encoding="utf-8",
@@ -431,14 +512,14 @@ class FolderLayout:
         raw_name = _filename(part)
         if part.content_type == "message/rfc822":
             temp = os.path.join(self._attachments(), f".message-{part.label}.tmp")
-            writer = FileWriter(temp, self.options.file_mode)
+            writer = self._writer(temp)
             self._roles[id(part)] = _Role(self._end_message, writer, raw_name)
             return writer
         fallback = f"part-{part.label}{extension_for(part.content_type)}"
         if part.content_type == "application/ms-tnef" and not raw_name:
             fallback = "winmail.dat"
         name = self._names.claim(safe_filename(raw_name, fallback))
-        writer = FileWriter(os.path.join(self._attachments(), name), self.options.file_mode)
+        writer = self._writer(os.path.join(self._attachments(), name))
         self._roles[id(part)] = _Role(self._end_attachment, writer, name, raw_name or name)
         return writer
 
@@ -454,11 +535,24 @@ class FolderLayout:
         self.findings.attachments.append(FoundAttachment(
             saved, filename, content_type, self._inline(part), part.label, self.within))
 
-    def _end_attachment(self, part: Part, writer: FileWriter, name: str, filename: str) -> None:
-        self._record(part, writer, name, filename, part.content_type)
+    def _dropped(self, part: Part, writer: _MeteredWriter) -> bool:
+        """A file cut short at the write budget is not kept: it would pass for whole."""
+        if not writer.cut:
+            return False
+        writer.close()
+        os.unlink(writer.path)
+        self._say_cut(part)
+        return True
 
-    def _end_message(self, part: Part, writer: FileWriter, raw_name: str | None) -> None:
+    def _end_attachment(self, part: Part, writer: _MeteredWriter, name: str,
+                        filename: str) -> None:
+        if not self._dropped(part, writer):
+            self._record(part, writer, name, filename, part.content_type)
+
+    def _end_message(self, part: Part, writer: _MeteredWriter, raw_name: str | None) -> None:
         """Name an attached message after its subject, then lay out what it contains."""
+        if self._dropped(part, writer):
+            return
         writer.close()
         temp = writer.path
         subject = _subject_of(temp)
@@ -503,6 +597,29 @@ class _Budget:
     """Shared by a message's layout and its attached messages' layouts."""
 
     parts: int = 0
+    #: multipart/signed parts met.
+    signed: int = 0
+    #: Bytes the files may still take; None: no cap.
+    bytes_left: int | None = None
+    #: A file was cut short or dropped; ``warned`` once.
+    cut: bool = False
+    warned: bool = False
+
+    def spend(self, size: int) -> int:
+        """Take up to ``size`` bytes of the budget; returns how many it had (fewer: the
+        budget is now spent)."""
+        if self.bytes_left is None:
+            return size
+        if size > self.bytes_left:
+            room, self.bytes_left, self.cut = self.bytes_left, 0, True
+            return room
+        self.bytes_left -= size
+        return size
+
+
+def write_budget(size: int) -> int:
+    """What the layout of a message of ``size`` bytes may write in all."""
+    return MAX_WRITE_FACTOR * size + MAX_WRITE_SLACK
 
 
 def _subject_of(path: str) -> str:
