@@ -250,16 +250,18 @@ def _nest(body: bytes, levels: int) -> bytes:
 
 @hostile("nest too deeply")
 def nested_messages(size: int) -> bytes:
-    """Messages attached inside messages, far deeper than the nesting cap."""
-    return _nest(_filler(min(size, 64 * 1024)), 40)
+    """Small messages attached inside messages, far deeper than the nesting cap, beside a
+    large text body."""
+    chain = _nest(b"hello\r\n", 40).split(CRLF + CRLF, 1)[1]
+    return _multipart([b"Content-Type: text/plain\r\n\r\n" + _filler(size),
+                       b"Content-Type: message/rfc822\r\n\r\n" + chain])
 
 
-@hostile("write budget")
+@hostile("MAX_COPY_FACTOR")
 def nested_messages_big(size: int) -> bytes:
     """A large body in attached messages nested just under the nesting cap: each level
-    writes its .eml (the levels under it included), so the bytes written would be eight
-    times the message."""
-    return _nest(_filler(max(size, 512 * 1024)), 7)
+    copies the levels inside it into its .eml (nine times the message's bytes on disk)."""
+    return _nest(_filler(size), 7)
 
 
 def _signed(content: bytes, boundary: str) -> bytes:
@@ -284,13 +286,12 @@ def signed_layers(size: int) -> bytes:
 
 @hostile("MAX_SIGNED_PARTS")
 def signed_attached_messages(size: int) -> bytes:
-    """Attached messages, each signed, each holding the next: the signed parts of attached
-    messages count with the message's own."""
-    data = b"Content-Type: text/plain\r\n\r\n" + _filler(min(size, 64 * 1024))
-    for i in range(7):
-        data = _signed(data, f"s{i}")
-        data = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + data
-    return message(data.split(CRLF + CRLF, 1)[1], content_type="message/rfc822")
+    """Signed messages attached side by side: their signed parts count with the message's
+    own."""
+    n = 12
+    inner = _signed(b"Content-Type: text/plain\r\n\r\n" + _filler(size // n), "s")
+    part = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + inner
+    return _multipart([part] * n)
 
 
 @hostile()

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from prefect_pop3mail.tasks.pop3 import layout, smime
 from prefect_pop3mail.tasks.pop3 import store as store_module
 from prefect_pop3mail.tasks.pop3.layout import (
+    MAX_COPY_FACTOR,
     MAX_SIGNED_PARTS,
     MAX_WRITE_FACTOR,
     MAX_WRITE_SLACK,
@@ -94,6 +95,8 @@ def check_bounded(mail, data: bytes, work: Work) -> int:
         assert hashlib.sha256(a.path.read_bytes()).hexdigest() == a.sha256
     written = sum(p.stat().st_size for p in files if p.name != ORIGINAL_NAME)
     assert written <= write_budget(len(data)), (written, len(data))
+    copies = sum(a.size for a in mail.attachments if a.content_type == "message/rfc822")
+    assert copies <= MAX_COPY_FACTOR * len(data), (copies, len(data))
     assert work.verified <= MAX_SIGNED_PARTS
     # CPU: every byte parsed comes from the message or from what the layout wrote, and
     # every byte hashed from at most MAX_SIGNED_PARTS passes (line ends made CRLF: twice).
@@ -108,14 +111,17 @@ def test_every_hostile_class_stays_within_the_bounds(name, tmp_path, work):
     check_bounded(save(tmp_path, data), data, work)
 
 
-def test_nested_messages_write_within_the_budget_where_they_wrote_nine_times(tmp_path, work):
-    data = CLASSES["nested_messages_big"].build(2 << 20)
+@pytest.mark.parametrize("size", [64 * 1024, 2 << 20])
+def test_nested_messages_are_copied_twice_where_they_were_copied_eight_times(tmp_path, work,
+                                                                           size):
+    data = CLASSES["nested_messages_big"].build(size)
     mail = save(tmp_path, data)
     written = check_bounded(mail, data, work)
-    assert written > 2 * len(data)  # laid out as far as the budget goes
-    assert any("write budget" in w for w in mail.warnings)
+    assert written <= MAX_COPY_FACTOR * len(data)  # eight .eml copies, at the nesting cap
+    assert any("MAX_COPY_FACTOR" in w for w in mail.warnings)
     emls = [a for a in mail.attachments if a.content_type == "message/rfc822"]
-    assert 2 <= len(emls) < 7  # the outer levels laid out, the inner ones in their .eml only
+    assert len(emls) == 2  # two levels laid out; the third and deeper in their .eml only
+    assert work.parsed <= (1 + MAX_COPY_FACTOR) * len(data)
 
 
 def test_deep_signed_layers_hash_only_the_first_few_with_one_digest(tmp_path, work):
@@ -129,19 +135,19 @@ def test_deep_signed_layers_hash_only_the_first_few_with_one_digest(tmp_path, wo
 
 
 def test_a_write_cut_short_keeps_the_body_and_says_so(tmp_path, work):
-    """A Latin-1 text (twice its size in UTF-8) four attached messages deep: the .eml files
-    take four times the message, and the text is where the budget runs out. It is kept cut
-    short, with a warning."""
-    data = b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\n" + "é".encode(
-        "latin-1") * 1_000_000
-    for _ in range(4):
-        data = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + data
-    data = message(data.split(CRLF + CRLF, 1)[1], content_type="message/rfc822")
+    """Past what any body can take: an attached message (its .eml, 1x) whose HTML body is in
+    a charset of 3-byte UTF-8 characters (body.html 3x, and its text rendering 3x). The text
+    is where the budget runs out: kept cut short, with a warning."""
+    size = 2 << 20
+    inner = (b"Subject: Thai\r\nContent-Type: text/html; charset=tis-620\r\n\r\n<p>"
+             + b"\xa1" * size + b"</p>\r\n")
+    data = message(inner, content_type="message/rfc822")
     mail = save(tmp_path, data)
     check_bounded(mail, data, work)
     assert any("text.txt is cut short at the write budget" in w for w in mail.warnings)
     [text] = [a for a in mail.attachments if a.filename == "text.txt"]
-    assert 0 < text.size < 2_000_000
+    [html] = [a for a in mail.attachments if a.filename == "body.html"]
+    assert html.size > 3 * size and 0 < text.size < 3 * size
 
 
 # --- micalg: the digests hashed ------------------------------------------------------------

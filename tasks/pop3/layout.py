@@ -10,9 +10,10 @@ a walk over the email package's tree) calls for every part. It writes, into one 
 
 Bounded per message, whatever its structure: parts laid out (MAX_PARTS), attached messages
 in attached messages (MAX_NESTED_MESSAGES), multipart/signed parts whose content is hashed
-(MAX_SIGNED_PARTS, with only the digests their micalg names), and bytes written (MAX_WRITE_FACTOR
-times the message, plus MAX_WRITE_SLACK: an attached message in an attached message writes its
-bytes once per level). Past a bound, the rest stays in the original and a warning says so.
+(MAX_SIGNED_PARTS, with only the digests their micalg names), the .eml files of attached
+messages (MAX_COPY_FACTOR times the message: each level copies the levels inside it), and
+all bytes written (MAX_WRITE_FACTOR times the message, plus MAX_WRITE_SLACK). Past a bound,
+the rest stays in the original (or in the .eml holding it) and a warning says so.
 """
 
 from __future__ import annotations
@@ -56,13 +57,18 @@ MAX_HTML_RENDER = 4 << 20
 #: has one, two for a signed message forwarded signed); each deeper one costs a pass over
 #: the bytes it covers, so more are left unverified.
 MAX_SIGNED_PARTS = 4
+#: The .eml files of attached messages take at most this many times the message's size in
+#: all: a message forwarded as an attachment, itself holding one, fits; a third level of the
+#: same bytes is kept only in the .eml holding it (it wrote the innermost body once per
+#: level: nine times at the nesting cap).
+MAX_COPY_FACTOR = 2
 #: Bytes the layout writes per message (text, HTML, attachments, attached messages and their
 #: contents) are at most this many times the message's size, plus MAX_WRITE_SLACK. Ordinary
-#: mail writes about its size again (decoded attachments, a text body); a Latin-1 HTML body
-#: up to four times (HTML and its text rendering, in UTF-8). Past it, the file being written
-#: is dropped (text.txt and body.html are kept cut short) and later parts are only in the
-#: original.
-MAX_WRITE_FACTOR = 4
+#: mail writes about its size again (decoded attachments, a text body); the most a body can
+#: take is six times (an HTML body in a charset of 3-byte UTF-8 characters, in body.html and
+#: again in its text rendering). Past it, the file being written is dropped (text.txt and
+#: body.html are kept cut short) and later parts are only in the original.
+MAX_WRITE_FACTOR = 6
 MAX_WRITE_SLACK = 1 << 20
 
 _SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
@@ -156,18 +162,19 @@ class _MultiDigest:
 
 
 class _MeteredWriter(FileWriter):
-    """A file that takes bytes only while the message's write budget lasts; ``cut`` says
-    it lost some."""
+    """A file that takes bytes only while the message's write budget lasts (and its copy
+    budget, for an attached message's .eml); ``cut`` says it lost some."""
 
-    def __init__(self, path: str, mode: int, budget: _Budget):
+    def __init__(self, path: str, mode: int, budget: _Budget, *, copy: bool = False):
         super().__init__(path, mode)
         self._budget = budget
+        self.copy = copy
         self.cut = False
 
     def write(self, data: bytes, /) -> None:
         if self.cut:
             return
-        room = self._budget.spend(len(data))
+        room = self._budget.spend(len(data), copy=self.copy)
         if room < len(data):
             self.cut = True
             data = data[:room]
@@ -268,11 +275,12 @@ class FolderLayout:
                  parse: ParseFunction, verify: VerifyFunction | None = None,
                  findings: Findings | None = None, prefix: str = "",
                  within: str | None = None, depth: int = 0, budget: _Budget | None = None,
-                 max_bytes: int | None = None):
+                 message_size: int | None = None):
         """``folder`` is where files are written; ``prefix`` is its place in the message's
         folder ("" or "attachments/NAME/"), which the recorded paths start with;
         ``within`` the attached message's .eml (relative) this layout lays out;
-        ``max_bytes`` what it may write in all (see :func:`write_budget`; None: no cap)."""
+        ``message_size`` the size of the message, which sets what may be written (None:
+        no cap)."""
         self.folder = os.fspath(folder)
         self.options = options
         self.work = work
@@ -282,7 +290,7 @@ class FolderLayout:
         self.prefix = prefix
         self.within = within
         self.depth = depth
-        self._budget = budget or _Budget(bytes_left=max_bytes)
+        self._budget = budget or _Budget.for_message(message_size)
         self._unsaid = 0
         self._names = NameAllocator()
         self._attachments_dir: str | None = None
@@ -320,24 +328,30 @@ class FolderLayout:
 
     def _out_of_bytes(self, part: Part) -> bool:
         """True once the write budget is spent (warned once): no more files."""
-        budget = self._budget
-        if budget.bytes_left is None or budget.bytes_left > 0 and not budget.cut:
+        if not self._budget.cut:
             return False
         self._say_cut(part)
         return True
 
-    def _say_cut(self, part: Part | None) -> None:
+    def _say_cut(self, part: Part | None, copy: bool = False) -> None:
+        """Warn, once each, that the write budget or the copy budget is spent."""
         budget = self._budget
-        if budget.warned:
+        kind = "copy" if copy and not budget.cut else "write"
+        if kind in budget.warned:
             return
-        budget.warned = True
+        budget.warned.add(kind)
         where = f" at part {part.label}" if part is not None else ""
-        self._add_warning(f"over the write budget of {MAX_WRITE_FACTOR}x the message's size "
-                          f"plus {MAX_WRITE_SLACK >> 20} MB (MAX_WRITE_FACTOR){where}; the "
-                          "rest is only in the original")
+        if kind == "copy":
+            self._add_warning(f"attached messages take over {MAX_COPY_FACTOR}x the message's "
+                              f"size (MAX_COPY_FACTOR){where}; deeper ones are kept only in "
+                              "the .eml that holds them")
+        else:
+            self._add_warning(f"over the write budget of {MAX_WRITE_FACTOR}x the message's "
+                              f"size plus {MAX_WRITE_SLACK >> 20} MB (MAX_WRITE_FACTOR){where}; "
+                              "the rest is only in the original")
 
-    def _writer(self, path: str) -> _MeteredWriter:
-        return _MeteredWriter(path, self.options.file_mode, self._budget)
+    def _writer(self, path: str, *, copy: bool = False) -> _MeteredWriter:
+        return _MeteredWriter(path, self.options.file_mode, self._budget, copy=copy)
 
     def begin_multipart(self, part: Part) -> None:
         self._over_budget()
@@ -512,7 +526,7 @@ class FolderLayout:
         raw_name = _filename(part)
         if part.content_type == "message/rfc822":
             temp = os.path.join(self._attachments(), f".message-{part.label}.tmp")
-            writer = self._writer(temp)
+            writer = self._writer(temp, copy=True)
             self._roles[id(part)] = _Role(self._end_message, writer, raw_name)
             return writer
         fallback = f"part-{part.label}{extension_for(part.content_type)}"
@@ -541,7 +555,7 @@ class FolderLayout:
             return False
         writer.close()
         os.unlink(writer.path)
-        self._say_cut(part)
+        self._say_cut(part, writer.copy)
         return True
 
     def _end_attachment(self, part: Part, writer: _MeteredWriter, name: str,
@@ -599,22 +613,32 @@ class _Budget:
     parts: int = 0
     #: multipart/signed parts met.
     signed: int = 0
-    #: Bytes the files may still take; None: no cap.
+    #: Bytes the files may still take, and the .eml files of attached messages; None: no cap.
     bytes_left: int | None = None
-    #: A file was cut short or dropped; ``warned`` once.
+    copies_left: int | None = None
+    #: The write budget is spent: no more files.
     cut: bool = False
-    warned: bool = False
+    #: The warnings given ("write", "copy").
+    warned: set[str] = field(default_factory=set)
 
-    def spend(self, size: int) -> int:
-        """Take up to ``size`` bytes of the budget; returns how many it had (fewer: the
-        budget is now spent)."""
-        if self.bytes_left is None:
-            return size
-        if size > self.bytes_left:
-            room, self.bytes_left, self.cut = self.bytes_left, 0, True
-            return room
-        self.bytes_left -= size
-        return size
+    @classmethod
+    def for_message(cls, size: int | None) -> _Budget:
+        if size is None:
+            return cls()
+        return cls(bytes_left=write_budget(size), copies_left=MAX_COPY_FACTOR * size)
+
+    def spend(self, size: int, *, copy: bool = False) -> int:
+        """Take up to ``size`` bytes of the budget (and of the copy budget, for a copy);
+        returns how many there were: fewer, and the file is cut."""
+        room = size if self.bytes_left is None else min(size, self.bytes_left)
+        if room < size:
+            self.cut = True
+        if copy and self.copies_left is not None:
+            room = min(room, self.copies_left)
+            self.copies_left -= room
+        if self.bytes_left is not None:
+            self.bytes_left -= room
+        return room
 
 
 def write_budget(size: int) -> int:

@@ -43,7 +43,6 @@ from prefect_pop3mail.tasks.pop3.layout import (
     Findings,
     FolderLayout,
     LayoutOptions,
-    write_budget,
 )
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SavedAttachment, SaveOptions
@@ -270,14 +269,13 @@ class MessageStore:
         try:
             unwrapped = self._unwrap(original, findings, plaintexts, head)
             if unwrapped is not None:
-                budget = write_budget(os.path.getsize(original))
-                self._lay_out(*unwrapped, folder, findings, uidl, budget)
+                self._lay_out(*unwrapped, folder, findings, uidl, os.path.getsize(original))
         finally:
             for path in plaintexts:  # decrypted content lives on only in the saved files
                 path.unlink(missing_ok=True)
 
     def _lay_out(self, source: str | Path, root: Part, folder: str, findings: Findings,
-                 uidl: str, max_bytes: int | None = None) -> None:
+                 uidl: str, message_size: int | None = None) -> None:
         opts = self.options
         layout = FolderLayout(
             folder,
@@ -287,7 +285,7 @@ class MessageStore:
             verify=lambda signature, digests, covers: smime.verify_detached(
                 signature, digests, covers, sender=findings.sender, trust_store=opts.trust_store),
             findings=findings,
-            max_bytes=max_bytes,
+            message_size=message_size,
         )
         warned, signature = len(findings.warnings), findings.signature
         try:
