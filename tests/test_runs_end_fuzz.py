@@ -24,11 +24,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import store as store_module
 from prefect_pop3mail.tasks.pop3.errors import (
     POP3ConnectionError,
     POP3MailError,
@@ -39,11 +37,11 @@ from prefect_pop3mail.tasks.pop3.receiver import MAX_EXTRA_SESSIONS, MailboxRece
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer, delay, drop, reply, trickle
 from tests.test_faults import settings_for
+from tests.test_runs_end import POISON, poison_reader  # noqa: F401
 
 SOAK = os.environ.get("POP3MAIL_SOAK") == "1"
 EXAMPLES = 400 if SOAK else 25
 
-POISON = "Cannot be saved"
 #: Over the header section of "big-head", under the body of "size-lie".
 MAX_SIZE = 1_500_000
 #: Faults that pass: the message must end saved.
@@ -100,19 +98,6 @@ def scenarios(draw):
     return faults, options
 
 
-@pytest.fixture
-def poison_reader(monkeypatch):
-    """Saving fails for the poison messages (an exception not of ours, as a parser bug)."""
-    real = store_module.header_fields
-
-    def failing(message, *args):
-        if POISON in str(message.get("Subject", "")):
-            raise RecursionError("maximum recursion depth exceeded (simulated)")
-        return real(message, *args)
-
-    monkeypatch.setattr(store_module, "header_fields", failing)
-
-
 def saved_originals(root: Path) -> Counter:
     found = [*root.glob("*/message.eml"), *root.glob("quarantine/*/message.eml")]
     return Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in found)
@@ -121,7 +106,7 @@ def saved_originals(root: Path) -> Counter:
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not SOAK,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scenario=scenarios())
-def test_every_run_ends_and_every_message_ends_somewhere(poison_reader, scenario):
+def test_every_run_ends_and_every_message_ends_somewhere(poison_reader, scenario):  # noqa: F811
     faults, options = scenario
     quarantine_after = options["quarantine_after"]
     mail = [build(i, fault) for i, fault in enumerate(faults)]
