@@ -351,3 +351,18 @@ def test_a_message_over_the_top_cap_is_given_up_after_quarantine_after_runs(mail
         receiver.run()
     assert wait_until(lambda: log_sessions(mailbox.server, mailbox.user)[2] == 0)
     assert bytes_sent(mailbox.server, mailbox.user) - before < 10_000
+
+
+def test_counts_are_made_once_per_run_however_many_sessions(tmp_path):
+    """Known, too large and filtered messages are counted once per run, not per session
+    (with commit_every they were counted again in each)."""
+    big = crlf(sample_message(50, body="x" * 5000 + "\n"))
+    other = crlf(sample_message(51, From="someone@elsewhere.test"))
+    with FaultServer([*messages(3), big, other]) as server:
+        run(server, tmp_path, max_messages=3)  # the first three are known from here on
+        server.deliver(*messages(4, start=4))
+        report = run(server, tmp_path, commit_every=2, max_message_size=2000,
+                     filters=HeaderFilter(sender="example.org"))
+        assert len(report.received) == 4 and report.sessions == 2
+        assert report.skipped_known == 3 and report.skipped_filtered == 1
+        assert report.skipped_too_large == [server.uids[3]]

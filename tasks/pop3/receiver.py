@@ -373,7 +373,9 @@ class MailboxReceiver:
         or only ``alone``. Settles what it decides (known, too large, filtered, given up)."""
         plan = _Plan()
         opts = self.options
-        known = 0  # counted here: the report validates every assignment
+        # Counted here (the report validates every assignment); the same in every session
+        # of a run, as known messages are not deleted without removal.
+        known = 0
         sizes = listing.sizes
         numbers = sorted(listing.uidls)
         uidls = list(map(listing.uidls.__getitem__, numbers))
@@ -390,7 +392,6 @@ class MailboxReceiver:
             if (saved is not None and opts.new_messages_only and not opts.remove_after_read
                     and saved.size in (None, size)):
                 known += 1
-                settled.add(uidl)
                 continue
             if self._gives_up_on(number, uidl):
                 continue
@@ -434,8 +435,8 @@ class MailboxReceiver:
                 settled.discard(uidl)  # to be received
                 self._matched.add(uidl)
             plan.fetch.append(number)
-        self.report.skipped_known += known
         if alone is None:
+            self.report.skipped_known = known
             self._alone = plan.alone
         return plan
 

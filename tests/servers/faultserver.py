@@ -26,6 +26,7 @@ API::
         server.cut_output_at = 5000                   # hang up once 5,000 bytes were sent
         server.on("RETR", drop(), message=server.uids[2])  # that message, wherever its number
         server.listed_sizes[server.uids[0]] = 100     # LIST lies about that message's size
+        server.deliver(b"Subject: new\r\n\r\nmail\r\n")  # mail arriving: returns its UIDLs
         ...connect a client...
         server.messages                               # the maildrop now (after QUITs)
         server.commands                               # every command line received, in order
@@ -207,6 +208,7 @@ class FaultServer:
         self._connections: set[Connection] = set()
         self._uid_seed = os.urandom(4).hex()
         self._uids = [f"{self._uid_seed}-{i}" for i in range(len(self.messages))]
+        self._delivered = len(self.messages)  # the next UIDL's number: never one reused
         self._dir: Path | None = None
         self.ca_file: Path | None = None
         self.tls_context: ssl.SSLContext | None = None
@@ -255,6 +257,16 @@ class FaultServer:
         self.stop()
 
     # faults
+
+    def deliver(self, *messages: bytes) -> list[str]:
+        """New mail: ``messages`` join the maildrop (for sessions that log in from now on);
+        returns their UIDLs."""
+        with self._lock:
+            first, self._delivered = self._delivered, self._delivered + len(messages)
+            uids = [f"{self._uid_seed}-{n}" for n in range(first, self._delivered)]
+            self.messages += messages
+            self._uids += uids
+        return uids
 
     @property
     def uids(self) -> list[str]:
