@@ -249,13 +249,57 @@ def nested_multiparts(size: int) -> bytes:
                    content_type='multipart/mixed; boundary="b0"')
 
 
-@hostile("nest too deeply")
-def nested_messages(size: int) -> bytes:
-    """Messages attached inside messages, far deeper than the nesting cap."""
-    data = b"Content-Type: text/plain\r\n\r\n" + _filler(size)
-    for _ in range(40):
+def _nest(body: bytes, levels: int) -> bytes:
+    data = b"Content-Type: text/plain\r\n\r\n" + body
+    for _ in range(levels):
         data = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + data
     return message(data.split(CRLF + CRLF, 1)[1], content_type="message/rfc822")
+
+
+@hostile("nest too deeply")
+def nested_messages(size: int) -> bytes:
+    """Small messages attached inside messages, far deeper than the nesting cap, beside a
+    large text body."""
+    chain = _nest(b"hello\r\n", 40).split(CRLF + CRLF, 1)[1]
+    return _multipart([b"Content-Type: text/plain\r\n\r\n" + _filler(size),
+                       b"Content-Type: message/rfc822\r\n\r\n" + chain])
+
+
+@hostile("MAX_COPY_FACTOR")
+def nested_messages_big(size: int) -> bytes:
+    """A large body in attached messages nested just under the nesting cap: each level
+    copies the levels inside it into its .eml (nine times the message's bytes on disk)."""
+    return _nest(_filler(size), 7)
+
+
+def _signed(content: bytes, boundary: str) -> bytes:
+    signature = base64.encodebytes(b"\x30\x03\x02\x01\x01" * 20).replace(b"\n", CRLF)
+    return (f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+            f'micalg=sha-256; boundary="{boundary}"\r\n\r\n--{boundary}\r\n').encode() + (
+        content + f"\r\n--{boundary}\r\nContent-Type: application/pkcs7-signature; "
+        f'name="smime.p7s"\r\nContent-Transfer-Encoding: base64\r\n\r\n'.encode()
+        + signature + f"--{boundary}--\r\n".encode())
+
+
+@hostile("MAX_SIGNED_PARTS")
+def signed_layers(size: int) -> bytes:
+    """A body in 63 nested multipart/signed layers, each signature a junk one: each layer
+    hashed the bytes under it (86 times the CPU of an attachment of the same size)."""
+    data = b"Content-Type: text/plain\r\n\r\n" + _filler(size)
+    for i in range(63):
+        data = _signed(data, f"s{i}")
+    return message(data.split(CRLF + CRLF, 1)[1],
+                   content_type=data.split(CRLF, 1)[0].split(b": ", 1)[1].decode())
+
+
+@hostile("MAX_SIGNED_PARTS")
+def signed_attached_messages(size: int) -> bytes:
+    """Signed messages attached side by side: their signed parts count with the message's
+    own."""
+    n = 12
+    inner = _signed(b"Content-Type: text/plain\r\n\r\n" + _filler(size // n), "s")
+    part = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + inner
+    return _multipart([part] * n)
 
 
 @hostile()

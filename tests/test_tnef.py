@@ -318,3 +318,33 @@ def test_damaged_winmail_dats_through_the_store_keep_the_promises(stream, tmp_pa
     with watchdog(60):
         mail = check_saved(tmp_path_factory.mktemp("tnef"), tnef_message(stream), "u1", allow_errors=False)
     assert any(a.path.name == "winmail.dat" and a.path.read_bytes() == stream for a in mail.attachments)
+
+
+def test_a_reader_bug_costs_only_the_winmail_dats_contents(tmp_path, monkeypatch):
+    """Anything the reader raises beyond its own warnings fails that part alone."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tnef, "read_tnef", broken)
+    stream = tw.tnef([tw.File("a.txt", b"a")])
+    mail = saved(tmp_path, tnef_message(stream))
+    assert [a.path.name for a in mail.attachments] == ["winmail.dat"]
+    assert mail.text_path is not None and mail.text_path.read_bytes() == b"See attachment.\n"
+    assert any("could not be read (RuntimeError)" in w for w in mail.warnings)
+
+
+def test_files_from_a_winmail_dat_count_against_the_write_budget(tmp_path, monkeypatch):
+    """The files copied out of a winmail.dat are bytes written for the message too: past the
+    budget, the file being copied is dropped and the rest stays in the winmail.dat."""
+    from prefect_pop3mail.tasks.pop3 import layout
+
+    big = os.urandom(300_000)
+    stream = tw.tnef([tw.File("first.bin", big), tw.File("second.bin", big)])
+    data = tnef_message(stream)
+    # Room for the text, the winmail.dat and the first file, not the second.
+    monkeypatch.setattr(layout, "write_budget", lambda size: len(stream) + len(big) + 1000)
+    mail = saved(tmp_path, data)
+    names = [a.path.name for a in mail.attachments]
+    assert names == ["winmail.dat", "first.bin"]
+    assert not (mail.folder / "attachments" / "second.bin").exists()
+    assert any("over the write budget" in w for w in mail.warnings)

@@ -11,6 +11,13 @@ a walk over the email package's tree) calls for every part. It writes, into one 
 
 A part whose transfer encoding is unknown, or whose data does not decode, is saved as it
 came, under its name with ".encoded" added: the bytes are not in the format the name says.
+
+Bounded per message, whatever its structure: parts laid out (MAX_PARTS), attached messages
+in attached messages (MAX_NESTED_MESSAGES), multipart/signed parts whose content is hashed
+(MAX_SIGNED_PARTS, with only the digests their micalg names), the .eml files of attached
+messages (MAX_COPY_FACTOR times the message: each level copies the levels inside it), and
+all bytes written (MAX_WRITE_FACTOR times the message, plus MAX_WRITE_SLACK). Past a bound,
+the rest stays in the original (or in the .eml holding it) and a warning says so.
 """
 
 from __future__ import annotations
@@ -49,6 +56,23 @@ MAX_PARTS = 1000
 MAX_WARNINGS = 50
 #: Only this much of an HTML body (characters) is rendered into text.txt.
 MAX_HTML_RENDER = 4 << 20
+#: multipart/signed parts per message whose content is hashed for verification (real mail
+#: has one, two for a signed message forwarded signed); each deeper one costs a pass over
+#: the bytes it covers, so more are left unverified.
+MAX_SIGNED_PARTS = 4
+#: The .eml files of attached messages take at most this many times the message's size in
+#: all: a message forwarded as an attachment, itself holding one, fits; a third level of the
+#: same bytes is kept only in the .eml holding it (it wrote the innermost body once per
+#: level: nine times at the nesting cap).
+MAX_COPY_FACTOR = 2
+#: Bytes the layout writes per message (text, HTML, attachments, attached messages and their
+#: contents) are at most this many times the message's size, plus MAX_WRITE_SLACK. Ordinary
+#: mail writes about its size again (decoded attachments, a text body); the most a body can
+#: take is six times (an HTML body in a charset of 3-byte UTF-8 characters, in body.html and
+#: again in its text rendering). Past it, the file being written is dropped (text.txt and
+#: body.html are kept cut short) and later parts are only in the original.
+MAX_WRITE_FACTOR = 6
+MAX_WRITE_SLACK = 1 << 20
 
 _SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
 _TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
@@ -86,12 +110,21 @@ class _Capture(io.BytesIO):
 
 
 class _MultiDigest:
-    """The digests S/MIME signers use, over the same bytes."""
+    """The digests S/MIME signers may use, over the same bytes: those a multipart/signed's
+    micalg names (and SHA-256, the usual one), or all when it names none we know. SHA-1 and
+    MD5 are not computed: a signature made with them is not valid anyway."""
 
-    NAMES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+    NAMES = ("sha224", "sha256", "sha384", "sha512")
+    _BROKEN = {"sha1", "md5", "md2"}
 
-    def __init__(self):
-        self.hashes = {name: hashlib.new(name) for name in self.NAMES}
+    def __init__(self, micalg: str | None = None):
+        declared = {n.strip().lower().replace("-", "") for n in (micalg or "").split(",")}
+        declared.discard("")
+        if not declared or declared - set(self.NAMES) - self._BROKEN:
+            names = set(self.NAMES)
+        else:
+            names = (declared & set(self.NAMES)) | {"sha256"}
+        self.hashes = {name: hashlib.new(name) for name in sorted(names)}
 
     def write(self, data: bytes) -> None:
         for h in self.hashes.values():
@@ -99,6 +132,26 @@ class _MultiDigest:
 
     def digests(self) -> dict[str, bytes]:
         return {name: h.digest() for name, h in self.hashes.items()}
+
+
+class _MeteredWriter(FileWriter):
+    """A file that takes bytes only while the message's write budget lasts (and its copy
+    budget, for an attached message's .eml); ``cut`` says it lost some."""
+
+    def __init__(self, path: str, mode: int, budget: _Budget, *, copy: bool = False):
+        super().__init__(path, mode)
+        self._budget = budget
+        self.copy = copy
+        self.cut = False
+
+    def write(self, data: bytes, /) -> None:
+        if self.cut:
+            return
+        room = self._budget.spend(len(data), copy=self.copy)
+        if room < len(data):
+            self.cut = True
+            data = data[:room]
+        super().write(data)
 
 
 class _Role:
@@ -195,10 +248,13 @@ class FolderLayout:
     def __init__(self, folder: str, options: LayoutOptions, work: str, *,
                  parse: ParseFunction, verify: VerifyFunction | None = None,
                  findings: Findings | None = None, prefix: str = "",
-                 within: str | None = None, depth: int = 0, budget: _Budget | None = None):
+                 within: str | None = None, depth: int = 0, budget: _Budget | None = None,
+                 message_size: int | None = None):
         """``folder`` is where files are written; ``prefix`` is its place in the message's
         folder ("" or "attachments/NAME/"), which the recorded paths start with;
-        ``within`` the attached message's .eml (relative) this layout lays out."""
+        ``within`` the attached message's .eml (relative) this layout lays out;
+        ``message_size`` the size of the message, which sets what may be written (None:
+        no cap)."""
         self.folder = os.fspath(folder)
         self.options = options
         self.work = work
@@ -208,7 +264,7 @@ class FolderLayout:
         self.prefix = prefix
         self.within = within
         self.depth = depth
-        self._budget = budget or _Budget()
+        self._budget = budget or _Budget.for_message(message_size)
         self._unsaid = 0
         self._names = NameAllocator()
         self._attachments_dir: str | None = None
@@ -244,13 +300,47 @@ class FolderLayout:
             self._add_warning(f"over {MAX_PARTS} MIME parts; the rest are only in the original")
         return budget.parts > MAX_PARTS
 
+    def _out_of_bytes(self, part: Part) -> bool:
+        """True once the write budget is spent (warned once): no more files."""
+        if not self._budget.cut:
+            return False
+        self._say_cut(part)
+        return True
+
+    def _say_cut(self, part: Part | None, copy: bool = False) -> None:
+        """Warn, once each, that the write budget or the copy budget is spent."""
+        budget = self._budget
+        kind = "copy" if copy and not budget.cut else "write"
+        if kind in budget.warned:
+            return
+        budget.warned.add(kind)
+        where = f" at part {part.label}" if part is not None else ""
+        if kind == "copy":
+            self._add_warning(f"attached messages take over {MAX_COPY_FACTOR}x the message's "
+                              f"size (MAX_COPY_FACTOR){where}; deeper ones are kept only in "
+                              "the .eml that holds them")
+        else:
+            self._add_warning(f"over the write budget of {MAX_WRITE_FACTOR}x the message's "
+                              f"size plus {MAX_WRITE_SLACK >> 20} MB (MAX_WRITE_FACTOR){where}; "
+                              "the rest is only in the original")
+
+    def _writer(self, path: str, *, copy: bool = False) -> _MeteredWriter:
+        return _MeteredWriter(path, self.options.file_mode, self._budget, copy=copy)
+
     def begin_multipart(self, part: Part) -> None:
         self._over_budget()
 
     def raw_tap(self, part: Part) -> Sink | None:
         if part.content_type != "multipart/signed" or self.verify is None:
             return None
-        digest = self._signed[id(part)] = _MultiDigest()
+        budget = self._budget
+        budget.signed += 1
+        if budget.signed > MAX_SIGNED_PARTS:
+            if budget.signed == MAX_SIGNED_PARTS + 1:
+                self.warn(part, f"over {MAX_SIGNED_PARTS} multipart/signed parts "
+                          "(MAX_SIGNED_PARTS); this one and later ones are not verified")
+            return None
+        digest = self._signed[id(part)] = _MultiDigest(part.param("micalg"))
         return digest
 
     def end_multipart(self, part: Part) -> None:
@@ -284,6 +374,8 @@ class FolderLayout:
             return capture
         if part.maintype == "multipart":
             return None  # a broken multipart: the parser has warned
+        if self._out_of_bytes(part):
+            return None
         kind = self._body_kind(part)
         if kind == "text" and self.options.save_text:
             return self._begin_text(part)
@@ -322,7 +414,7 @@ class FolderLayout:
 
     def _begin_text(self, part: Part) -> Sink:
         if self._text is None:
-            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
+            self._text = self._writer(os.path.join(self.folder, TEXT_NAME))
             self._text_parent = part.parent
         spool = Spool(self.work, SPOOL_BYTES)
         self._roles[id(part)] = _Role(self._end_text, spool)
@@ -346,7 +438,7 @@ class FolderLayout:
         spool.close()
 
     def _end_html(self, part: Part, spool: Spool) -> None:
-        out = FileWriter(os.path.join(self.folder, HTML_NAME), self.options.file_mode)
+        out = self._writer(os.path.join(self.folder, HTML_NAME))
         decoding, texts = self._decoded(part, spool)
         if not decoding.is_utf8:
             # Its own <meta charset> would now lie; the first declaration wins.
@@ -358,13 +450,16 @@ class FolderLayout:
 
     def _saved(self, name: str, writer: FileWriter) -> SavedFile:
         sha256 = writer.close()
+        if getattr(writer, "cut", False):  # a body is kept, cut short
+            self._say_cut(None)
+            self._add_warning(f"{self.prefix}{name} is cut short at the write budget")
         return SavedFile(self.prefix + name, sha256, writer.size)
 
     def finish(self) -> Findings:
         """Close the text body, or render it from the HTML when there was none."""
         findings = self.findings
         if self._text is None and findings.html is not None and self.options.save_text:
-            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
+            self._text = self._writer(os.path.join(self.folder, TEXT_NAME))
             renderer = HTMLToText()
             left = MAX_HTML_RENDER
             with open(os.path.join(self.folder, HTML_NAME), encoding="utf-8",
@@ -405,7 +500,7 @@ class FolderLayout:
         raw_name = _filename(part)
         if part.content_type == "message/rfc822":
             temp = os.path.join(self._attachments(), f".message-{part.label}.tmp")
-            writer = FileWriter(temp, self.options.file_mode)
+            writer = self._writer(temp, copy=True)
             self._roles[id(part)] = _Role(self._end_message, writer, raw_name)
             return writer
         fallback = f"part-{part.label}{extension_for(part.content_type)}"
@@ -413,7 +508,7 @@ class FolderLayout:
             fallback = "winmail.dat"
         safe = safe_filename(raw_name, fallback)
         name = self._names.claim(_encoded(safe) if part.undecoded else safe)
-        writer = FileWriter(os.path.join(self._attachments(), name), self.options.file_mode)
+        writer = self._writer(os.path.join(self._attachments(), name))
         self._roles[id(part)] = _Role(self._end_attachment, writer, name, raw_name or name,
                                       part.undecoded)
         return writer
@@ -430,8 +525,18 @@ class FolderLayout:
         self.findings.attachments.append(FoundAttachment(
             saved, filename, content_type, self._inline(part), part.label, self.within))
 
-    def _end_attachment(self, part: Part, writer: FileWriter, name: str, filename: str,
+    def _dropped(self, part: Part, writer: _MeteredWriter) -> bool:
+        """A file cut short at the write budget is not kept: it would pass for whole."""
+        if not writer.cut:
+            return False
+        writer.close()
+        os.unlink(writer.path)
+        self._say_cut(part, writer.copy)
+        return True
+    def _end_attachment(self, part: Part, writer: _MeteredWriter, name: str, filename: str,
                         named_undecoded: bool) -> None:
+        if self._dropped(part, writer):
+            return
         if part.undecoded and not named_undecoded:  # known only at its end (uuencode)
             writer.close()
             encoded = self._names.claim(_encoded(name))
@@ -460,17 +565,24 @@ class FolderLayout:
             room = MAX_PARTS - self._budget.parts  # each file counts as a part
             if room <= 0:
                 return  # over the part budget (warned)
-            contents = tnef.read_tnef(file, size, max_files=room)
+            try:
+                contents = tnef.read_tnef(file, size, max_files=room)
+            except Exception as exc:  # a reader bug costs this part's contents, not the message
+                self.warn(part, f"{name}: could not be read ({type(exc).__name__}); only the "
+                          "winmail.dat is saved")
+                return
             self._budget.parts += len(contents.files)
             stem = posixpath.splitext(name)[0]
             for found in contents.files:
                 ext = extension_for(found.content_type) if found.content_type else ".bin"
                 saved = self._names.claim(safe_filename(found.name, f"{stem}-{found.number}{ext}"))
-                writer = FileWriter(os.path.join(folder, saved), self.options.file_mode)
+                writer = self._writer(os.path.join(folder, saved))
                 try:
                     tnef.copy_file(file, found, writer)
                 finally:
                     writer.close()
+                if self._dropped(part, writer):
+                    break  # the write budget is spent: the rest stays in the winmail.dat
                 content_type = (found.content_type or _MIME_TYPES.guess_type(saved)[0]
                                 or "application/octet-stream")
                 self.findings.attachments.append(FoundAttachment(
@@ -480,8 +592,10 @@ class FolderLayout:
         for warning in contents.warnings:
             self.warn(part, f"{name}: {warning}")
 
-    def _end_message(self, part: Part, writer: FileWriter, raw_name: str | None) -> None:
+    def _end_message(self, part: Part, writer: _MeteredWriter, raw_name: str | None) -> None:
         """Name an attached message after its subject, then lay out what it contains."""
+        if self._dropped(part, writer):
+            return
         writer.close()
         temp = writer.path
         subject = _subject_of(temp)
@@ -526,6 +640,39 @@ class _Budget:
     """Shared by a message's layout and its attached messages' layouts."""
 
     parts: int = 0
+    #: multipart/signed parts met.
+    signed: int = 0
+    #: Bytes the files may still take, and the .eml files of attached messages; None: no cap.
+    bytes_left: int | None = None
+    copies_left: int | None = None
+    #: The write budget is spent: no more files.
+    cut: bool = False
+    #: The warnings given ("write", "copy").
+    warned: set[str] = field(default_factory=set)
+
+    @classmethod
+    def for_message(cls, size: int | None) -> _Budget:
+        if size is None:
+            return cls()
+        return cls(bytes_left=write_budget(size), copies_left=MAX_COPY_FACTOR * size)
+
+    def spend(self, size: int, *, copy: bool = False) -> int:
+        """Take up to ``size`` bytes of the budget (and of the copy budget, for a copy);
+        returns how many there were: fewer, and the file is cut."""
+        room = size if self.bytes_left is None else min(size, self.bytes_left)
+        if room < size:
+            self.cut = True
+        if copy and self.copies_left is not None:
+            room = min(room, self.copies_left)
+            self.copies_left -= room
+        if self.bytes_left is not None:
+            self.bytes_left -= room
+        return room
+
+
+def write_budget(size: int) -> int:
+    """What the layout of a message of ``size`` bytes may write in all."""
+    return MAX_WRITE_FACTOR * size + MAX_WRITE_SLACK
 
 
 def _encoded(name: str) -> str:

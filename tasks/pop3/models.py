@@ -345,6 +345,11 @@ class ReceiveReport(BaseModel):
     listed: list[ListedMessage] = []
     #: Messages still on the server and not saved when the run ended.
     waiting: int = 0
+    #: POP3 sessions the run opened (at most its batches plus receiver.MAX_EXTRA_SESSIONS).
+    sessions: int = 0
+    #: Why the run stopped before it was done (the session cap, a full disk), else None;
+    #: what it did not do waits on the server for the next run.
+    stopped: str | None = None
 
     @property
     def quarantined(self) -> list[ReceivedMail]:
