@@ -16,7 +16,7 @@ from prefect_pop3mail.tasks.activities import (
     mail_receive_all,
     resolve_configuration,
 )
-from prefect_pop3mail.tasks.options import LIST, RECEIVE_ALL, RECEIVE_ONE, takes
+from prefect_pop3mail.tasks.options import LIST, MANY, RECEIVE_ALL, RECEIVE_ONE, CallOptions, takes
 from prefect_pop3mail.tasks.pop3.errors import MailboxesFailedError, POP3MailError
 from prefect_pop3mail.tasks.pop3.models import ConnectionReport, ListedMessage, ReceivedMail
 
@@ -65,8 +65,9 @@ def receive_mail(configuration: Configuration, **options: Any) -> ReceivedMail |
                 print(mail.subject, mail.original_path)
         ```
     """
+    given = CallOptions.of(options, RECEIVE_ONE).pick(RECEIVE_ONE)
     config = _active(configuration)
-    return _timed(mail_receive, config)(_for_tasks(configuration, config), **options)
+    return _timed(mail_receive, config)(_for_tasks(configuration, config), **given)
 
 
 @flow(name="receive-all-mail", log_prints=True)
@@ -96,8 +97,9 @@ def receive_all_mail(configuration: Configuration, **options: Any) -> list[Recei
                 print(mail.sender, [a.path for a in mail.attachments])
         ```
     """
+    given = CallOptions.of(options, RECEIVE_ALL).pick(RECEIVE_ALL)
     config = _active(configuration)
-    return _timed(mail_receive_all, config)(_for_tasks(configuration, config), **options)
+    return _timed(mail_receive_all, config)(_for_tasks(configuration, config), **given)
 
 
 @flow(name="list-mail", log_prints=True)
@@ -122,8 +124,9 @@ def list_mail(configuration: Configuration, **options: Any) -> list[ListedMessag
             return [m.subject for m in list_mail("orders-mailbox")]
         ```
     """
+    given = CallOptions.of(options, LIST).pick(LIST)
     config = _active(configuration)
-    return _timed(mail_list, config)(_for_tasks(configuration, config), **options)
+    return _timed(mail_list, config)(_for_tasks(configuration, config), **given)
 
 
 #: Mailboxes received at once by default: enough to overlap network waits, few enough to
@@ -133,7 +136,7 @@ MAILBOX_WORKERS = 8
 
 @flow(name="receive-from-mailboxes", log_prints=True,
       task_runner=ThreadPoolTaskRunner(max_workers=MAILBOX_WORKERS))
-@takes("max_messages")
+@takes(*MANY)
 def receive_from_mailboxes(configurations: list[Configuration], **options: Any
                            ) -> dict[str, list[ReceivedMail]]:
     """Receive many mailboxes concurrently through the flow's task runner.
@@ -158,6 +161,7 @@ def receive_from_mailboxes(configurations: list[Configuration], **options: Any
             return {name: len(mails) for name, mails in received.items()}
         ```
     """
+    given = CallOptions.of(options, MANY).pick(MANY)
     received: dict[str, list[ReceivedMail]] = {}
     failures: dict[str, str] = {}
     futures = {}
@@ -169,7 +173,7 @@ def receive_from_mailboxes(configurations: list[Configuration], **options: Any
             failures[label] = str(exc)
             continue
         futures[config.configuration_name] = _timed(mail_receive_all, config).submit(
-            _for_tasks(item, config), **options
+            _for_tasks(item, config), **given
         )
     for name, future in futures.items():
         future.wait()

@@ -229,7 +229,7 @@ def mail_receive(configuration: Configuration, **options: Any) -> ReceivedMail |
                 print(mail.subject, mail.original_path)
         ```
     """
-    call = CallOptions.of({**options, "max_messages": 1})
+    call = CallOptions.of(options, RECEIVE_ONE, max_messages=1)
     report = _receive(configuration, call, dry_run=False, progress=False)
     _raise_if_nothing_saved(report)
     return report.received[0] if report.received else None
@@ -261,7 +261,8 @@ def mail_receive_all(configuration: Configuration, **options: Any) -> list[Recei
                 print(mail.subject, [a.path for a in mail.attachments])
         ```
     """
-    report = _receive(configuration, CallOptions.of(options), dry_run=False, progress=True)
+    report = _receive(configuration, CallOptions.of(options, RECEIVE_ALL), dry_run=False,
+                      progress=True)
     _raise_if_nothing_saved(report)
     return report.received
 
@@ -288,7 +289,8 @@ def mail_list(configuration: Configuration, **options: Any) -> list[ListedMessag
             return [m.subject for m in mail_list("orders-mailbox")]
         ```
     """
-    report = _receive(configuration, CallOptions.of(options), dry_run=True, progress=False)
+    report = _receive(configuration, CallOptions.of(options, LIST), dry_run=True,
+                      progress=False)
     return report.listed
 
 

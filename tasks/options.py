@@ -23,7 +23,7 @@ import enum
 import functools
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -143,15 +143,25 @@ class CallOptions(BaseModel):
         return pattern
 
     @classmethod
-    def of(cls, options: Mapping[str, Any]) -> CallOptions:
-        """The options a task or flow was called with (its ``**options``), checked; a wrong
-        value raises a ConfigurationError naming the option."""
+    def of(cls, options: Mapping[str, Any], allowed: Collection[str],
+           **fixed: Any) -> CallOptions:
+        """The options a task or flow was called with (its ``**options``), checked: one it
+        does not take (not in ``allowed``, the names given to :func:`takes`) raises
+        TypeError, as Python does; a wrong value raises a ConfigurationError naming the
+        option. ``fixed``: what the function itself sets (MAIL_RECEIVE takes one message)."""
+        if unknown := sorted(set(options) - set(allowed)):
+            raise TypeError(f"unexpected option(s) {', '.join(unknown)}; this call takes "
+                            f"{', '.join(allowed)}")
         try:
-            return cls.model_validate(dict(options))
+            return cls.model_validate({**options, **fixed})
         except ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             name = ".".join(str(part) for part in first["loc"]) or "options"
             raise ConfigurationError(name, first["msg"].removeprefix("Value error, ")) from None
+
+    def pick(self, names: Collection[str]) -> dict[str, Any]:
+        """The named options, as keyword arguments for a task."""
+        return {name: getattr(self, name) for name in names}
 
     # --- what the configuration's methods take: the merge itself happens there, once -----
 
@@ -179,6 +189,8 @@ OPTION_NAMES = tuple(CallOptions.model_fields)
 RECEIVE_ALL = OPTION_NAMES
 RECEIVE_ONE = tuple(name for name in RECEIVE_ALL if name != "max_messages")
 LIST = ("max_messages", "sender_filter", "recipient_filter", "subject_filter", "pipelining")
+#: The many-mailboxes flow: a limit for each mailbox.
+MANY = ("max_messages",)
 
 
 def _field(name: str) -> FieldInfo:

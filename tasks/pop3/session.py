@@ -92,7 +92,8 @@ _PIPELINING_OFF = "turn the option pipelining off (pop3mail receive --no-pipelin
 GREETING_PATIENCE = 2.0
 
 
-def connect_error(settings: ConnectionSettings, exc: OSError) -> POP3ConnectionError:
+def connect_error(settings: ConnectionSettings, exc: OSError | UnicodeError
+                  ) -> POP3ConnectionError:
     """Why a connection could not be opened, naming the server and what to check. An
     unknown host and a refused connection are not retried; a timeout or an unreachable
     network may pass, and are."""
@@ -101,6 +102,10 @@ def connect_error(settings: ConnectionSettings, exc: OSError) -> POP3ConnectionE
         return POP3TimeoutError(
             f"connecting to {where} timed out after {settings.timeout:g} s: nothing answered "
             "(a firewall, or the wrong POP3 Mail Server or POP3 port?); " + TIMEOUT_HINT)
+    if isinstance(exc, UnicodeError):  # the IDNA codec: an empty or over-long label
+        return POP3HostNotFoundError(
+            f"cannot connect to {where}: {settings.host!r} is not a valid host name ({exc}); "
+            "check 'POP3 Mail Server' (server)")
     if isinstance(exc, socket.gaierror) and exc.errno in _NAME_NOT_FOUND:
         return POP3HostNotFoundError(
             f"cannot connect to {where}: the host name {settings.host!r} is not known "
@@ -177,7 +182,7 @@ class POP3Session:
         source = (s.source_address, 0) if s.source_address else None
         try:
             sock = socket.create_connection((s.host, s.port), s.timeout, source_address=source)
-        except OSError as exc:  # TimeoutError and socket.gaierror included
+        except (OSError, UnicodeError) as exc:  # TimeoutError and socket.gaierror included
             raise connect_error(s, exc) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
