@@ -42,6 +42,15 @@ def _timed(task: Task, config: POP3MailConfiguration) -> Task:
     return task.with_options(timeout_seconds=config.run_timeout or None)
 
 
+def _run(task: Task, names: tuple[str, ...], configuration: Configuration,
+         options: dict[str, Any]) -> Any:
+    """A flow's one task: its options checked first (a wrong one fails before any
+    connection), then the task on the active configuration, within its run timeout."""
+    given = CallOptions.of(options, names).pick(names)
+    config = _active(configuration)
+    return _timed(task, config)(_for_tasks(configuration, config), **given)
+
+
 @flow(name="receive-mail", log_prints=True)
 @takes(*RECEIVE_ONE)
 def receive_mail(configuration: Configuration, **options: Any) -> ReceivedMail | None:
@@ -65,9 +74,7 @@ def receive_mail(configuration: Configuration, **options: Any) -> ReceivedMail |
                 print(mail.subject, mail.original_path)
         ```
     """
-    given = CallOptions.of(options, RECEIVE_ONE).pick(RECEIVE_ONE)
-    config = _active(configuration)
-    return _timed(mail_receive, config)(_for_tasks(configuration, config), **given)
+    return _run(mail_receive, RECEIVE_ONE, configuration, options)
 
 
 @flow(name="receive-all-mail", log_prints=True)
@@ -97,9 +104,7 @@ def receive_all_mail(configuration: Configuration, **options: Any) -> list[Recei
                 print(mail.sender, [a.path for a in mail.attachments])
         ```
     """
-    given = CallOptions.of(options, RECEIVE_ALL).pick(RECEIVE_ALL)
-    config = _active(configuration)
-    return _timed(mail_receive_all, config)(_for_tasks(configuration, config), **given)
+    return _run(mail_receive_all, RECEIVE_ALL, configuration, options)
 
 
 @flow(name="list-mail", log_prints=True)
@@ -124,9 +129,7 @@ def list_mail(configuration: Configuration, **options: Any) -> list[ListedMessag
             return [m.subject for m in list_mail("orders-mailbox")]
         ```
     """
-    given = CallOptions.of(options, LIST).pick(LIST)
-    config = _active(configuration)
-    return _timed(mail_list, config)(_for_tasks(configuration, config), **given)
+    return _run(mail_list, LIST, configuration, options)
 
 
 #: Mailboxes received at once by default: enough to overlap network waits, few enough to

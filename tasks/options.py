@@ -82,6 +82,11 @@ Count = Annotated[int, Field(ge=0), _Default]
 OnOff = Annotated[bool, _Default]
 
 
+def _header_filter(header: str) -> Any:
+    return Field(default="", description=f"Only messages whose {header} matches this regular "
+                 "expression, ignoring case (empty: all).", json_schema_extra={"metavar": "REGEX"})
+
+
 class CallOptions(BaseModel):
     """Per-call options of the receiving tasks and flows (see the module's docstring)."""
 
@@ -109,24 +114,9 @@ class CallOptions(BaseModel):
         "Maximum messages per run, where 0 means no limit).",
         json_schema_extra={"metavar": "N"},
     )
-    sender_filter: Text = Field(
-        default="",
-        description="Only messages whose From matches this regular expression, ignoring "
-        "case (empty: all).",
-        json_schema_extra={"metavar": "REGEX"},
-    )
-    recipient_filter: Text = Field(
-        default="",
-        description="Only messages whose To or Cc matches this regular expression, ignoring "
-        "case (empty: all).",
-        json_schema_extra={"metavar": "REGEX"},
-    )
-    subject_filter: Text = Field(
-        default="",
-        description="Only messages whose Subject matches this regular expression, ignoring "
-        "case (empty: all).",
-        json_schema_extra={"metavar": "REGEX"},
-    )
+    sender_filter: Text = _header_filter("From")
+    recipient_filter: Text = _header_filter("To or Cc")
+    subject_filter: Text = _header_filter("Subject")
     pipelining: OnOff = Field(
         default=True,
         description="Send commands in batches when the server offers PIPELINING (RFC 2449). "

@@ -46,7 +46,6 @@ from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
     POP3ConnectionRefusedError,
     POP3HostNotFoundError,
-    POP3MailError,
     POP3TimeoutError,
 )
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
@@ -55,12 +54,12 @@ from tests.conftest import sample_message
 from tests.servers.dovecot import free_port
 from tests.servers.faultserver import FaultServer, drop, reply
 from tests.servers.prefect_server import PROJECT_ROOT, PrefectServer, shared_prefect_server
+from tests.test_actionable_errors import failed_run  # fails within the first retry's wait
 
 PYPROJECT = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
 README = (PROJECT_ROOT / "README.md").read_text()
 SCRIPT = Path(sys.executable).with_name("pop3mail")
-#: The task retries a retryable failure after 5 s: a failed run shorter than this was not
-#: retried.
+#: The task retries a retryable failure after 5 s.
 FIRST_RETRY = 5
 
 
@@ -253,18 +252,6 @@ def test_the_flow_promises_per_message_events_only_with_their_switch():
 # --- failures that retrying cannot fix end at once ------------------------------------
 
 
-def failed_fast(config) -> POP3MailError:
-    started = time.monotonic()
-    state = receive_all_mail(config, return_state=True)
-    elapsed = time.monotonic() - started
-    assert state.is_failed()
-    with pytest.raises(POP3MailError) as caught:
-        state.result()
-    assert elapsed < FIRST_RETRY, f"{elapsed:.1f} s: retried"
-    assert not caught.value.retryable
-    return caught.value
-
-
 def block_for(tmp_path: Path, **fields) -> POP3MailConfiguration:
     values = dict(server="127.0.0.1", user="u", password="p", security="None",
                   save_directory=str(tmp_path / "mail"), timeout=5)
@@ -273,7 +260,7 @@ def block_for(tmp_path: Path, **fields) -> POP3MailConfiguration:
 
 def test_an_unknown_host_fails_at_once_naming_it(tmp_path):
     # A name with a space: the resolver refuses it without asking the network.
-    error = failed_fast(block_for(tmp_path, server="no such host", port=110))
+    error = failed_run(block_for(tmp_path, server="no such host", port=110))
     assert isinstance(error, POP3HostNotFoundError)
     assert str(error).startswith("cannot connect to no such host:110: the host name "
                                  "'no such host' is not known")
@@ -281,14 +268,14 @@ def test_an_unknown_host_fails_at_once_naming_it(tmp_path):
 
 
 def test_a_malformed_host_name_fails_at_once_naming_it(tmp_path):
-    error = failed_fast(block_for(tmp_path, server="mail..example.org"))
+    error = failed_run(block_for(tmp_path, server="mail..example.org"))
     assert isinstance(error, POP3HostNotFoundError)
     assert "'mail..example.org' is not a valid host name" in str(error)
 
 
 def test_a_refused_connection_fails_at_once_naming_host_and_port(tmp_path):
     port = free_port()  # nothing listens there
-    error = failed_fast(block_for(tmp_path, port=port))
+    error = failed_run(block_for(tmp_path, port=port))
     assert isinstance(error, POP3ConnectionRefusedError)
     assert str(error).startswith(f"cannot connect to 127.0.0.1:{port}: connection refused")
     assert "'POP3 port' (port)" in str(error)
@@ -297,7 +284,7 @@ def test_a_refused_connection_fails_at_once_naming_host_and_port(tmp_path):
 def test_a_missing_ca_file_names_its_path(tmp_path, ca):
     missing = tmp_path / "no-such-ca.pem"
     with FaultServer([sample_message(1)], security="implicit", ca=ca) as server:
-        error = failed_fast(block_for(tmp_path, port=server.port, security="Implicit SSL/TLS",
+        error = failed_run(block_for(tmp_path, port=server.port, security="Implicit SSL/TLS",
                                       tls_ca_file=str(missing)))
     assert isinstance(error, ConfigurationError)
     assert str(error) == (f"tls_ca_file: cannot load the CA file {str(missing)!r}: "

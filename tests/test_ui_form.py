@@ -43,10 +43,13 @@ def _fields_by_kind() -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
 
 TITLES, ENUM_OPTIONS, SECRETS = _fields_by_kind()
 
-# One row per form field: its label (without " (Optional)"), and the control it labels.
-V1_FIELDS_JS = """
-return Array.from(document.querySelectorAll('.schema-form-input')).map(el => {
-  const label = el.querySelector('.p-label__label');
+
+def v1_fields_js(row: str, label: str) -> str:
+    """One row per form field of V1 (``row``, its label ``label``): the label without
+    " (Optional)", and the control it labels."""
+    return """
+return Array.from(document.querySelectorAll('ROW')).map(el => {
+  const label = el.querySelector('LABEL');
   const body = el.querySelector('.p-label__body');
   const control = body && body.querySelector('select, textarea, input');
   return {
@@ -57,22 +60,12 @@ return Array.from(document.querySelectorAll('.schema-form-input')).map(el => {
       ? Array.from(control.options).map(o => o.value) : [],
   };
 });
-"""
+""".replace("ROW", row).replace("LABEL", label)
+
+
+V1_FIELDS_JS = v1_fields_js(".schema-form-input", ".p-label__label")
 # V1's run form lays out a flow's parameters with other classes than its block form.
-V1_RUN_FIELDS_JS = """
-return Array.from(document.querySelectorAll('.schema-form-property')).map(el => {
-  const label = el.querySelector('.schema-form-property__label');
-  const body = el.querySelector('.p-label__body');
-  const control = body && body.querySelector('select, textarea, input');
-  return {
-    title: label ? label.textContent.trim().replace(/ \\(Optional\\)$/, '') : '',
-    tag: control ? control.tagName.toLowerCase() : '',
-    type: control ? (control.getAttribute('type') || '') : '',
-    options: control && control.tagName === 'SELECT'
-      ? Array.from(control.options).map(o => o.value) : [],
-  };
-});
-"""
+V1_RUN_FIELDS_JS = v1_fields_js(".schema-form-property", ".schema-form-property__label")
 V2_FIELDS_JS = """
 return Array.from(document.querySelectorAll('form label[data-slot=label][for]')).map(label => {
   const control = document.getElementById(label.getAttribute('for'));
