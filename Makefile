@@ -13,7 +13,8 @@ MIN_PREFECT := 3.4.10
 MIN_VENV := .venv-minprefect
 MIN_PY := $(MIN_VENV)/bin/python
 MIN_PINS := 'prefect==$(MIN_PREFECT)' 'fastapi<0.116' pillow
-MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tests/test_cli.py
+MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tests/test_cli.py \
+	tests/test_first_contact.py
 # A test of the events client that Prefect 3.4 does not have (the events themselves are sent).
 MIN_DESELECT := --deselect tests/test_flows.py::test_receive_all_results_artifacts_and_events
 

@@ -58,10 +58,11 @@ def _not_saved(name: str) -> str:
 
     api, page = get_current_settings().api.url, POP3MailConfiguration.create_page_url()
     if not api:
-        return (f"no POP3 Mail Configuration named {name!r} is saved in the temporary Prefect "
-                "server this process started (PREFECT_API_URL is not set); start one with "
-                "`prefect server start`, set PREFECT_API_URL to its API and create the "
-                "configuration in its UI")
+        return (f"no POP3 Mail Configuration named {name!r} was found: PREFECT_API_URL is "
+                "not set, so there is no Prefect server to load it from (at most a temporary "
+                "one on this machine's local database); start one with `prefect server "
+                "start`, set PREFECT_API_URL to its API (http://127.0.0.1:4200/api) and create "
+                "the configuration in its UI")
     where = f"create it at {page}" if page else "create it in the Prefect UI"
     return f"no POP3 Mail Configuration named {name!r} is saved in the Prefect API at {api}; {where}"
 
@@ -138,6 +139,7 @@ def receive_report(configuration: Configuration, call: CallOptions = CallOptions
     Example:
         ```python
         from prefect_pop3mail.tasks.activities import receive_report
+        from prefect_pop3mail.tasks.options import CallOptions
 
         report = receive_report("orders-mailbox", CallOptions(max_messages=10))
         for failure in report.failed:

@@ -218,6 +218,8 @@ def takes(*names: str) -> Callable[[F], F]:
                                    default=_field(name).default, annotation=annotation(name))
                  for name in ordered]
         fn.__signature__ = signature.replace(parameters=fixed + added)  # type: ignore[attr-defined]
+        # Older Prefect (3.4) checks a flow with pydantic.v1, which reads the annotations.
+        fn.__annotations__.update({p.name: p.annotation for p in added})
         fn.__doc__ = _with_args(inspect.getdoc(fn) or "", ordered)
         return fn
 

@@ -14,6 +14,7 @@ import sys
 import time
 import tomllib
 import unicodedata
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -374,14 +375,20 @@ def test_a_wrong_password_is_one_line_naming_the_configuration(prefect_server, m
 
 
 def test_an_unknown_configuration_points_at_the_current_uis_form(prefect_server):
+    import prefect
+
+    # Prefect 3.9 serves its current UI under /v2 (the old one at the root); 3.4, one UI.
+    current = "/v2" if hasattr(prefect, "__ui_v2_static_path__") else ""
     done = command(prefect_server, "check", "no-such-configuration")
     stderr = done.stderr.decode()
     assert done.returncode == 1 and not _noise(stderr)
+    page = f"{prefect_server.url}{current}/blocks/catalog/pop3-mail-configuration/create"
     assert stderr.splitlines() == [
         "pop3mail check no-such-configuration: configuration: no POP3 Mail Configuration "
         f"named 'no-such-configuration' is saved in the Prefect API at "
-        f"{prefect_server.api_url}; create it at "
-        f"{prefect_server.url}/v2/blocks/catalog/pop3-mail-configuration/create"]
+        f"{prefect_server.api_url}; create it at {page}"]
+    with urllib.request.urlopen(page, timeout=30) as reply:  # the page is there
+        assert reply.status == 200 and b"<html" in reply.read().lower()
 
 
 HOSTILE = "\x1b[2J\x1b]0;owned\x07\u202eevil\r"
@@ -517,3 +524,18 @@ def test_the_readme_starts_a_server_and_links_the_current_ui():
 def test_the_deployment_file_registers_by_the_top_package():
     text = (PROJECT_ROOT / "deployments" / "prefect.yaml").read_text()
     assert "prefect block register -m prefect_pop3mail " in text
+
+
+def test_without_a_prefect_server_the_command_says_what_to_start(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # No temporary server either: the command must say what is missing, not wait for one.
+    env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="false")
+    done = subprocess.run([str(SCRIPT), "check", "orders"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    note, error = done.stderr.splitlines()[-2:]
+    assert note.startswith("pop3mail: PREFECT_API_URL is not set") and "prefect server start" \
+        in note and "PREFECT_API_URL=http://127.0.0.1:4200/api" in note
+    assert error.startswith("pop3mail check orders: configuration: no POP3 Mail Configuration "
+                            "named 'orders' was found: PREFECT_API_URL is not set")
+    assert not _noise(done.stderr)
