@@ -394,7 +394,8 @@ def test_an_unknown_configuration_points_at_the_current_uis_form(prefect_server)
         "pop3mail check no-such-configuration: configuration: no POP3 Mail Configuration "
         f"named 'no-such-configuration' is saved in the Prefect API at "
         f"{prefect_server.api_url}; create it at {page}"]
-    with urllib.request.urlopen(page, timeout=30) as reply:  # the page is there
+    opening = urllib.request.Request(page, headers={"Accept": "text/html"})  # a browser's
+    with urllib.request.urlopen(opening, timeout=30) as reply:  # the page is there
         assert reply.status == 200 and b"<html" in reply.read().lower()
 
 
