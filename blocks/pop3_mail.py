@@ -390,7 +390,7 @@ class POP3MailConfiguration(Block):
     @classmethod
     def create_page_url(cls) -> str | None:
         """The Prefect UI's form that creates a configuration, on the server this process
-        uses; None without PREFECT_API_URL (a temporary server serves no UI). It is the
+        uses; None without PREFECT_API_URL (no lasting server to link to). It is the
         current UI's form: the link `prefect block register` prints opens the older UI (V1
         in Prefect 3.9), which shows the secrets in clear."""
         import prefect
