@@ -127,9 +127,10 @@ class Stack:
     users: dict[str, str] = field(default_factory=dict)
     deliveries: dict[str, list[bytes]] = field(default_factory=dict)
 
-    def add_mailboxes(self, count: int, prefix: str, **fields) -> list[str]:
-        """``count`` Dovecot users, each with a saved configuration that saves into its own
-        folder under ``top``; returns the configurations' names.
+    def add_mailboxes(self, count: int, prefix: str, users: Sequence[str] = (),
+                      **fields) -> list[str]:
+        """``count`` Dovecot users (or the ``users`` given), each with a saved configuration
+        that saves into its own folder under ``top``; returns the configurations' names.
 
         The first is saved with ``Block.asave`` (which registers the block type and schema);
         the others as the UI saves a form, one POST of the document each: Prefect 3.9's
@@ -139,8 +140,12 @@ class Stack:
 
         names = [f"{prefix}-{index:03d}" for index in range(count)]
         documents = {}
-        for name in names:
-            user, password = self.dovecot.add_user()
+        for index, name in enumerate(names):
+            if users:
+                user = users[index]
+                password = self.dovecot.users[user]
+            else:
+                user, password = self.dovecot.add_user()
             self.users[name], self.deliveries[name] = user, []
             values = dict(server="localhost", port=self.dovecot.pop3s_port,
                           security="Implicit SSL/TLS", user=user, password=password,
