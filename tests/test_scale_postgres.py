@@ -6,9 +6,10 @@ The mailboxes are received by two deployments of ``receive_from_mailboxes`` (one
 flow run per shard, its mailboxes on the flow's thread task runner), not by one deployment
 run per mailbox: a flow run on a process worker is a new Python process (about 1 s of CPU
 and 100 MB before it does anything), so 200 runs per schedule tick would cost the workers
-far more than the mail does. The two shards share their first ``SHARED`` mailboxes, so at
-every tick both workers reach for the same mailboxes at the same moment: the per-mailbox
-lock, not the layout, has to keep their sessions apart.
+far more than the mail does. The two shards share their first ``SHARED`` mailboxes and
+start together on the two workers at every tick; at the first tick another holder keeps
+those mailboxes until the threads of both runs queue on them. The per-mailbox lock, not
+the layout, has to keep their sessions apart.
 
 One scenario runs once for the module (``scenario``); each test checks one promise in its
 facts: every message saved exactly once, never two sessions of one mailbox at once, the
@@ -53,7 +54,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.dovecot, pytest.mark.slow,
               pytest.mark.timeout(1200)]
 
 MAILBOXES = 200
-#: The first mailboxes of both shards: each tick, both workers want them at once.
+#: The first mailboxes of both shards: at each tick both runs start with them.
 SHARED = 20
 #: Seconds between two scheduled runs of each shard.
 EVERY = 30
@@ -249,6 +250,10 @@ def run_scenario(stack: Stack, work: Path) -> Facts:
          f"sessions (peak {peak_concurrent(facts.sessions)} at once), "
          f"{len(facts.flow_runs)} flow runs, {len(facts.contended)} shared mailboxes "
          f"contended, {len(cut)} sessions cut by the kill")
+    for session in cut:
+        later = [s.start for s in facts.sessions if s.user == session.user and s.start > session.start]
+        note(f"{session.user}: cut by the kill; next session {later[0] - facts.killed_at:.1f} s "
+             "after the kill" if later else f"{session.user}: cut, no session since")
     print("\n".join(facts.timeline))  # shown with -s or -rP
     return facts
 
