@@ -67,17 +67,27 @@ def _epoch(stamp: str) -> float:
 
 def sessions(log: str, users: set[str] | None = None) -> list[Session]:
     """Every POP3 session in Dovecot's log (of ``users``), from its Login line to its
-    Disconnected line; ``end`` None while it is still open."""
+    Disconnected line; ``end`` None while it is still open. The two lines come from two
+    processes: a session with nothing to do can be logged out before its login is logged,
+    and then ends when it starts."""
     found: dict[str, Session] = {}
+    gone: dict[str, tuple[float, str]] = {}  # Disconnected lines seen before their Login
     out: list[Session] = []
     for line in log.splitlines():
         if (m := _LOGIN.match(line)) and (users is None or m["user"] in users):
-            found[m["id"]] = session = Session(m["user"], _epoch(m["at"]), int(m["port"]),
-                                                id=m["id"])
+            session = Session(m["user"], _epoch(m["at"]), int(m["port"]), id=m["id"])
             out.append(session)
-        elif (m := _LOGOUT.match(line)) and m["id"] in found:
-            session = found.pop(m["id"])
-            session.end, session.reason = _epoch(m["at"]), m["reason"]
+            if m["id"] in gone:
+                end, session.reason = gone.pop(m["id"])
+                session.end = max(end, session.start)
+            else:
+                found[m["id"]] = session
+        elif m := _LOGOUT.match(line):
+            if m["id"] in found:
+                session = found.pop(m["id"])
+                session.end, session.reason = _epoch(m["at"]), m["reason"]
+            elif users is None or m["user"] in users:
+                gone[m["id"]] = (_epoch(m["at"]), m["reason"])
     return out
 
 
