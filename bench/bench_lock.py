@@ -66,12 +66,12 @@ def concurrency_cached(name: str) -> Iterator[None]:
 
 
 def _variants() -> dict[str, Callable[[str], contextlib.AbstractContextManager]]:
-    from prefect_pop3mail.tasks.publish import mailbox_lock
+    from prefect_pop3mail.tasks.lock import mailbox_lock
 
     return {
         "before: read limit + concurrency(strict)": before,
         "concurrency(strict), limit cached": concurrency_cached,
-        "now: publish.mailbox_lock (client lease)": mailbox_lock,
+        "now: lock.mailbox_lock (client lease)": mailbox_lock,
     }
 
 

@@ -13,13 +13,14 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from prefect_pop3mail.flows import receive_all_mail
-from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.publish import (
+from prefect_pop3mail.tasks.automations import quiet_mailbox_automation
+from prefect_pop3mail.tasks.events import (
+    EVENT_MAILBOX_FAILED,
     EVENT_MAILBOX_RECEIVED,
     MAIL_FETCHED_LABEL,
     mailbox_resource_id,
-    quiet_mailbox_automation,
 )
+from prefect_pop3mail.tasks.pop3.models import Security
 from tests.conftest import sample_message
 
 
@@ -31,7 +32,8 @@ def test_the_automation_is_created_through_the_api_and_watches_fetching_runs():
         trigger = stored.trigger
         assert stored.name == f"pop3mail: no mail fetched from {name} for 30 minutes"
         assert trigger.posture == "Proactive"
-        assert trigger.expect == {EVENT_MAILBOX_RECEIVED}
+        # A run that stopped early after handing mail on sends a failed event instead.
+        assert trigger.expect == {EVENT_MAILBOX_RECEIVED, EVENT_MAILBOX_FAILED}
         assert trigger.within == timedelta(minutes=30)
         assert trigger.threshold == 1
         assert dict(trigger.match.items()) == {  # the server stores each value as a list

@@ -46,7 +46,12 @@ from prefect_pop3mail.tasks.pop3.layout import (
 )
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SavedAttachment, SaveOptions
-from prefect_pop3mail.tasks.pop3.statedir import QUARANTINE_DIR, StateFolder, open_private_dir
+from prefect_pop3mail.tasks.pop3.statedir import (
+    QUARANTINE_DIR,
+    StateFolder,
+    open_private_dir,
+    shown,
+)
 
 log = logging.getLogger("pop3mail.store")
 
@@ -419,6 +424,7 @@ def _save_errors(path: str | Path) -> Iterator[None]:
     except SaveError:
         raise
     except OSError as exc:
+        path = shown(path)  # as configured, not the /proc/self/fd path it was reached by
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"no space left to save in {path}") from exc
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
