@@ -54,8 +54,8 @@ import httpx
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from prefect_pop3mail.tasks.pop3.errors import POP3MailError
+from prefect_pop3mail.tasks.prefect_api import api_url, no_retries
 from prefect_pop3mail.tasks.prefect_api import client as api_client
-from prefect_pop3mail.tasks.prefect_api import no_retries
 
 log = logging.getLogger("pop3mail.lock")
 
@@ -105,6 +105,13 @@ def record_name(configuration: str) -> str:
 
 class MailboxBusyError(POP3MailError):
     """Another run held the mailbox's lock for longer than this run would wait."""
+
+    retryable = True
+
+
+class LockUnavailableError(POP3MailError):
+    """The Prefect API did not answer while this run waited to take the mailbox's lock
+    (for as long as it would wait for another run); no session was opened."""
 
     retryable = True
 
@@ -381,17 +388,34 @@ def _acquire(client, configuration: str, timeout_seconds: float | None) -> Mailb
     name = lock_name(configuration)
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     watch = _OrphanWatch(client, configuration)
-    created = False
+    created = widened = False
+    unanswered: BaseException | None = None
     while True:
         try:
             response = _increment(client, name, SLOTS)
-        except httpx.HTTPStatusError as exc:
-            status = exc.response.status_code
-            if status == 422:  # a limit below SLOTS: one made by an earlier version
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
+            if status == 422 and not widened:  # a limit below SLOTS: an earlier version's
                 _widen(client, name)
+                widened = True
                 continue
-            if status != 423:  # 423 Locked: another run holds it
+            if status != 423 and not (status >= 500 or status == 0):
                 raise
+            if status != 423:  # Prefect away (a restart?): wait for it as for a holder
+                if unanswered is None:
+                    log.warning("%s: the Prefect API at %s did not answer while taking the "
+                                "mailbox lock (%s: %s); trying again", name, api_url(),
+                                type(exc).__name__, exc)
+                unanswered = exc
+                wait = 2.0
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise LockUnavailableError(
+                        f"{configuration}: the Prefect API at {api_url()} (PREFECT_API_URL) "
+                        f"did not answer while taking the mailbox lock, for "
+                        f"{timeout_seconds:g} s ({type(exc).__name__}: {exc}); no session "
+                        "was opened") from exc
+                time.sleep(wait)
+                continue
             if watch.look():
                 continue  # slots no lease would ever free were given back: try at once
             wait = min(float(exc.response.headers.get("Retry-After") or 1), MAX_LOCK_POLL)
