@@ -51,11 +51,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectAlreadyExists
 
 from prefect_pop3mail.tasks.pop3.errors import POP3MailError
 from prefect_pop3mail.tasks.prefect_api import api_url, no_retries
-from prefect_pop3mail.tasks.prefect_api import client as api_client
 
 log = logging.getLogger("pop3mail.lock")
 
@@ -135,34 +135,23 @@ class HolderRecord:
 
     @classmethod
     def read(cls, client, configuration: str) -> HolderRecord | None:
-        variable = client.read_variable_by_name(record_name(configuration))
-        value = getattr(variable, "value", None)
+        response = _call(client, "GET", f"/variables/name/{record_name(configuration)}",
+                         missing_ok=True)
+        value = response.json().get("value") if response is not None else None
         if not isinstance(value, dict) or "lease" not in value:
             return None
         return cls(str(value["lease"]), int(value.get("slots") or SLOTS),
                    str(value.get("holder") or ""))
 
     def write(self, client, configuration: str) -> None:
-        from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-
         name = record_name(configuration)
         value = {"lease": self.lease, "slots": self.slots, "holder": self.holder,
                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        try:
-            client.update_variable(VariableUpdate(name=name, value=value))
-        except ObjectNotFound:
-            created = False
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 404:
-                raise
-            created = False
-        else:
-            created = True
-        if not created:
-            try:
-                client.create_variable(VariableCreate(name=name, value=value))
-            except ObjectAlreadyExists:  # another run made it first: ours is newer
-                client.update_variable(VariableUpdate(name=name, value=value))
+        path = f"/variables/name/{name}"
+        if _call(client, "PATCH", path, json={"value": value}, missing_ok=True) is None:
+            if _call(client, "POST", "/variables/", json={"name": name, "value": value},
+                     exists_ok=True) is None:  # another run made it first: ours is newer
+                _call(client, "PATCH", path, json={"value": value})
 
 
 def _holder_label() -> str:
@@ -244,8 +233,7 @@ class MailboxLock:
         new one. Each step is recorded, so a failure part way resumes on the next try."""
         if self.lease is not None:
             try:
-                self._client.renew_concurrency_lease(lease_id=self.lease,
-                                                     lease_duration=LEASE_SECONDS)
+                _renew(self._client, self.lease)
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code not in _GONE:
                     raise
@@ -313,8 +301,7 @@ class MailboxLock:
     def _release(self) -> None:
         if self.lease is not None:
             try:
-                self._client.renew_concurrency_lease(lease_id=self.lease,
-                                                     lease_duration=LEASE_SECONDS)
+                _renew(self._client, self.lease)
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code not in _GONE:
                     raise
@@ -328,7 +315,8 @@ class MailboxLock:
                                 "name", self.name)
                 self.lease, self.slots, self.loose, self._marker = None, 0, 0, None
                 return
-            self._client.release_concurrency_slots_with_lease(self.lease)
+            _call(self._client, "POST", "/v2/concurrency_limits/decrement-with-lease",
+                  json={"lease_id": str(self.lease)})
             self.lease, self.slots = None, 0
         if self.loose:
             _give_back(self._client, self.name, self.loose)
@@ -339,8 +327,30 @@ class MailboxLock:
 
 
 def _give_back(client, name: str, slots: int) -> None:
+    """Free ``slots`` of the limit by name (with no lease: Prefect's decrement)."""
     if slots > 0:
-        client.release_concurrency_slots(names=[name], slots=slots, occupancy_seconds=1.0)
+        _call(client, "POST", "/v2/concurrency_limits/decrement",
+              json={"names": [name], "slots": slots, "occupancy_seconds": 1.0})
+
+
+def _renew(client, lease: uuid.UUID) -> None:
+    _call(client, "POST", f"/v2/concurrency_limits/leases/{lease}/renew",
+          json={"lease_duration": LEASE_SECONDS})
+
+
+def _call(client, method: str, path: str, *, missing_ok: bool = False, exists_ok: bool = False,
+          **kwargs) -> httpx.Response | None:
+    """One request of the lock's, through Prefect's client, with the lock's own deadline
+    and no retries (Prefect's client would try again for about a minute). None for a 404
+    with ``missing_ok`` or a 409 with ``exists_ok``."""
+    try:
+        with no_retries():
+            return client.request(method, path, timeout=CALL_TIMEOUT, **kwargs)
+    except httpx.HTTPStatusError as exc:
+        status = exc.response.status_code
+        if (missing_ok and status == 404) or (exists_ok and status == 409):
+            return None
+        raise
 
 
 class _Marker:
@@ -352,17 +362,11 @@ class _Marker:
         self.name = f"{record_name(configuration)}-lost-{lease}-{index}"
 
     def create(self) -> bool:
-        from prefect.client.schemas.actions import VariableCreate
-
-        try:
-            self._client.create_variable(VariableCreate(name=self.name, value=_holder_label()))
-        except ObjectAlreadyExists:
-            return False
-        return True
+        return _call(self._client, "POST", "/variables/", exists_ok=True,
+                     json={"name": self.name, "value": _holder_label()}) is not None
 
     def delete(self) -> None:
-        with contextlib.suppress(ObjectNotFound):
-            self._client.delete_variable_by_name(self.name)
+        _call(self._client, "DELETE", f"/variables/name/{self.name}", missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -375,7 +379,7 @@ def mailbox_lock(configuration: str, timeout_seconds: float | None = 600) -> Ite
     created by the first run that finds it missing. Yields the ``MailboxLock``: call its
     ``check()`` between messages. Leaving never raises for the lock's sake.
     """
-    with api_client(CALL_TIMEOUT) as client:
+    with get_client(sync_client=True) as client:  # a task run's own, when there is one
         lock = _acquire(client, configuration, timeout_seconds)
         lock.start()
         try:
@@ -508,7 +512,8 @@ class _OrphanWatch:
             marker.delete()  # the holder moved on meanwhile: nothing is orphaned
             self._suspect = None
             return False
-        held = self._client.read_global_concurrency_limit_by_name(name).active_slots
+        held = int(_call(self._client, "GET", f"/v2/concurrency_limits/{name}").json()
+                   ["active_slots"])
         freed = min(record.slots if record else held, held)
         _give_back(self._client, name, freed)
         self._won = marker
@@ -532,7 +537,7 @@ def _lease_alive(client, lease: str) -> bool:
     """Whether the server knows the lease (a renewal: it cannot revive one that lapsed,
     because a waiter looks only after ``PROBE_AFTER``)."""
     try:
-        client.renew_concurrency_lease(lease_id=uuid.UUID(lease), lease_duration=LEASE_SECONDS)
+        _renew(client, uuid.UUID(lease))
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code in _GONE:
             return False
@@ -543,9 +548,7 @@ def _lease_alive(client, lease: str) -> bool:
 
 
 def _widen(client, name: str) -> None:
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-
-    client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=SLOTS))
+    _call(client, "PATCH", f"/v2/concurrency_limits/{name}", json={"limit": SLOTS})
 
 
 def _increment(client, name: str, slots: int) -> httpx.Response:
