@@ -194,19 +194,24 @@ def failed_event(configuration: str, error: BaseException, message: str, attempt
     )
 
 
+def size_bytes(event: Event) -> int:
+    """The event's JSON size, as Prefect measures it (``Event.size_bytes`` in 3.5+)."""
+    return len(event.model_dump_json().encode())
+
+
 def fitted(event: Event) -> Event:
     """The event as it is when it fits the size limit of Prefect's settings, else reduced
     to its ids and counts (and ``reduced``: True)."""
     from prefect.settings import get_current_settings
 
     limit = get_current_settings().server.events.maximum_size_bytes
-    if event.size_bytes <= limit:
+    if size_bytes(event) <= limit:
         return event
     small = {k: v for k, v in event.payload.items()
              if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 100)}
     small["reduced"] = True
     reduced = event.model_copy(update={"payload": small})
-    if reduced.size_bytes <= limit:
+    if size_bytes(reduced) <= limit:
         return reduced
     return event.model_copy(update={"payload": {"reduced": True}})
 

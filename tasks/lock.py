@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import logging
 import os
 import random
@@ -84,6 +85,8 @@ MAX_LOCK_POLL = 5.0
 BUSY_RETRIES = 30
 #: Quick tries after the connection dropped, within those.
 DROPPED_RETRIES = 3
+#: Quick tries of the lock's other calls while the server answers "busy" (503).
+BUSY_CALL_RETRIES = 5
 #: Marker variables tried per lost lease: a marker whose creator died is passed over after
 #: ``GRACE``.
 MAX_MARKERS = 8
@@ -231,20 +234,15 @@ class MailboxLock:
     def _renew_or_replace(self) -> None:
         """Renew the lease; when the server no longer knows it, keep the mailbox under a
         new one. Each step is recorded, so a failure part way resumes on the next try."""
-        if self.lease is not None:
-            try:
-                _renew(self._client, self.lease)
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code not in _GONE:
-                    raise
-                marker = _Marker(self._client, self.configuration, str(self.lease), 0)
-                if not marker.create():
-                    self.lease, self.slots = None, 0  # the reclaimer gives them back
-                    self._lose("Prefect lost this run's lease on the mailbox lock, and "
-                               "another run reclaimed the lock; the run stopped")
-                    return
-                self._marker = marker
-                self.lease, self.loose, self.slots = None, self.loose + self.slots, 0
+        if self.lease is not None and not _lease_alive(self._client, str(self.lease)):
+            marker = _Marker(self._client, self.configuration, str(self.lease), 0)
+            if not marker.create():
+                self.lease, self.slots = None, 0  # the reclaimer gives them back
+                self._lose("Prefect lost this run's lease on the mailbox lock, and another "
+                           "run reclaimed the lock; the run stopped")
+                return
+            self._marker = marker
+            self.lease, self.loose, self.slots = None, self.loose + self.slots, 0
         if self.lease is None:
             if self.loose > 1:  # keep one slot taken while a new lease takes the other
                 _give_back(self._client, self.name, self.loose - 1)
@@ -264,12 +262,7 @@ class MailboxLock:
             HolderRecord(str(self.lease), self.slots + self.loose, self.holder).write(
                 self._client, self.configuration)
             self._record_due = False
-        if self.loose:
-            _give_back(self._client, self.name, self.loose)
-            self.loose = 0
-        if self._marker is not None:
-            self._marker.delete()
-            self._marker = None
+        if self._settle():
             self.recovered += 1
             log.warning("%s: Prefect no longer knew this run's lease on the mailbox lock (a "
                         "restart of the Prefect server empties its in-memory lease storage); "
@@ -300,30 +293,32 @@ class MailboxLock:
 
     def _release(self) -> None:
         if self.lease is not None:
-            try:
-                _renew(self._client, self.lease)
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code not in _GONE:
-                    raise
-                marker = self._marker or _Marker(self._client, self.configuration,
-                                                 str(self.lease), 0)
-                if marker is self._marker or marker.create():
+            if not _lease_alive(self._client, str(self.lease)):
+                marker = _Marker(self._client, self.configuration, str(self.lease), 0)
+                if marker.create():  # else a waiter reclaimed them already
                     _give_back(self._client, self.name, self.slots + self.loose)
                     marker.delete()
                     log.warning("%s: Prefect no longer knew this run's lease (the Prefect "
                                 "server restarted?); the mailbox lock was given back by "
                                 "name", self.name)
-                self.lease, self.slots, self.loose, self._marker = None, 0, 0, None
-                return
-            _call(self._client, "POST", "/v2/concurrency_limits/decrement-with-lease",
-                  json={"lease_id": str(self.lease)})
-            self.lease, self.slots = None, 0
+                self.lease, self.slots, self.loose = None, 0, 0
+            else:
+                _call(self._client, "POST", "/v2/concurrency_limits/decrement-with-lease",
+                      json={"lease_id": str(self.lease)})
+                self.lease, self.slots = None, 0
+        self._settle()
+
+    def _settle(self) -> bool:
+        """Give back the slots held with no lease, and drop the marker won for a lost lease
+        (whether there was one)."""
         if self.loose:
             _give_back(self._client, self.name, self.loose)
             self.loose = 0
-        if self._marker is not None:
-            self._marker.delete()
-            self._marker = None
+        if self._marker is None:
+            return False
+        self._marker.delete()
+        self._marker = None
+        return True
 
 
 def _give_back(client, name: str, slots: int) -> None:
@@ -341,16 +336,21 @@ def _renew(client, lease: uuid.UUID) -> None:
 def _call(client, method: str, path: str, *, missing_ok: bool = False, exists_ok: bool = False,
           **kwargs) -> httpx.Response | None:
     """One request of the lock's, through Prefect's client, with the lock's own deadline
-    and no retries (Prefect's client would try again for about a minute). None for a 404
-    with ``missing_ok`` or a 409 with ``exists_ok``."""
-    try:
-        with no_retries():
-            return client.request(method, path, timeout=CALL_TIMEOUT, **kwargs)
-    except httpx.HTTPStatusError as exc:
-        status = exc.response.status_code
-        if (missing_ok and status == 404) or (exists_ok and status == 409):
-            return None
-        raise
+    and none of the client's retries (it would try again for about a minute); a "busy"
+    answer (503: SQLite locked) is tried again within a second or so. None for a 404 with
+    ``missing_ok`` or a 409 with ``exists_ok``."""
+    for attempt in itertools.count():
+        try:
+            with no_retries():
+                return client.request(method, path, timeout=CALL_TIMEOUT, **kwargs)
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if (missing_ok and status == 404) or (exists_ok and status == 409):
+                return None
+            if status != 503 or attempt >= BUSY_CALL_RETRIES:
+                raise
+            time.sleep(random.uniform(0.02, 0.1) * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 class _Marker:

@@ -410,7 +410,6 @@ def test_the_api_killed_mid_run_with_removal_on(prefect, mailbox, tmp_path):
     assert "PrefectUnavailableError" in log and "(PREFECT_API_URL)" in log, log[-4000:]
     assert ("Saved 300 message(s); deleted 300 from the server; 300 to be announced by the "
             "next run") in log
-    assert "Connection refused" not in outcome["message"] or outcome["state"] == "EXCEPTION"
     assert mailbox.count() == 0  # QUIT went out: the deletions of saved mail took effect
     assert ledger.deleted_unsaved() == 0 and ledger.duplicated() == 0
 

@@ -193,11 +193,12 @@ class PrefectServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def restart(self, timeout: float = 90.0) -> PrefectServer:
-        """Stop the server (SIGTERM, as an upgrade would) and start it again on the same
-        port and database. Its default lease storage is in memory: leases are gone."""
+    def restart(self, timeout: float = 90.0, grace: float = 5.0) -> PrefectServer:
+        """Stop the server (SIGTERM, as an upgrade would; SIGKILL after ``grace`` seconds,
+        as it waits for open websockets) and start it again on the same port and
+        database. Its default lease storage is in memory: leases are gone."""
         if self.process is not None:
-            _stop_group(self.process, grace=15.0)
+            _stop_group(self.process, grace=grace)
         return self.start(timeout)
 
 
