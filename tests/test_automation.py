@@ -9,8 +9,6 @@ from datetime import timedelta
 
 import pytest
 from prefect.automations import Automation
-from prefect.client.orchestration import get_client
-from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from prefect_pop3mail.flows import receive_all_mail
 from prefect_pop3mail.tasks.automations import quiet_mailbox_automation
@@ -43,18 +41,17 @@ def test_the_automation_is_created_through_the_api_and_watches_fetching_runs():
 
 
 def summaries(configuration: str, count: int, timeout: float = 20.0) -> list:
-    from prefect.events.worker import EventsWorker
+    from prefect.events.schemas.events import ReceivedEvent
 
-    EventsWorker.drain_all()
-    wanted = EventFilter(event=EventNameFilter(name=[EVENT_MAILBOX_RECEIVED]),
-                         resource=EventResourceFilter(id=[mailbox_resource_id(configuration)]))
+    from tests.test_failed_runs import stored_events
+
     deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            events = client.read_events(filter=wanted, limit=50).events
-            if len(events) >= count or time.monotonic() > deadline:
-                return sorted(events, key=lambda e: e.occurred)
-            time.sleep(0.3)
+    while True:  # through the REST API: Prefect 3.4's client has no read_events
+        events = stored_events([EVENT_MAILBOX_RECEIVED], mailbox_resource_id(configuration))
+        if len(events) >= count or time.monotonic() > deadline:
+            return sorted((ReceivedEvent.model_validate(e) for e in events),
+                          key=lambda e: e.occurred)
+        time.sleep(0.3)
 
 
 @pytest.mark.dovecot
