@@ -13,17 +13,27 @@ MIN_PREFECT := 3.4.10
 MIN_VENV := .venv-minprefect
 MIN_PY := $(MIN_VENV)/bin/python
 MIN_PINS := 'prefect==$(MIN_PREFECT)' 'fastapi<0.116' pillow
-MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tests/test_cli.py
+MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tests/test_cli.py \
+	tests/test_first_contact.py
 # A test of the events client that Prefect 3.4 does not have (the events themselves are sent).
 MIN_DESELECT := --deselect tests/test_flows.py::test_receive_all_results_artifacts_and_events
 
 .PHONY: demo test test-suite test-min venv venv-min packages bench lint
 
-$(VENV)/.installed: pyproject.toml
+# $(call install,EXTRA): .venv with the project editable and the packages of EXTRA.
+define install
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$(1)]'
 	touch $@
+endef
+
+$(VENV)/.installed: pyproject.toml
+	$(call install,test)
+
+# The demo needs a throwaway CA (trustme) and Dovecot, none of the test tools.
+$(VENV)/.demo-installed: pyproject.toml
+	$(call install,demo)
 
 $(MIN_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(MIN_VENV)
@@ -39,7 +49,8 @@ packages:
 	bash tests/setup/debian-packages.sh
 	bash tests/setup/pop3-servers.sh
 
-demo: venv packages
+demo: $(VENV)/.demo-installed
+	bash tests/setup/debian-packages.sh demo
 	$(PY) -m prefect_pop3mail.flows.demo
 
 test:

@@ -46,6 +46,18 @@ def _dropdown(enum_type: type) -> WithJsonSchema:
     return WithJsonSchema({"type": "string", "enum": [m.value for m in enum_type]})
 
 
+def _project_url(label: str) -> str | None:
+    """A ``[project.urls]`` entry of pyproject.toml, from the installed package's metadata."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        entries = metadata("prefect-pop3mail").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return None
+    return next((url for name, _, url in (e.partition(", ") for e in entries)
+                 if name == label), None)
+
+
 def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
 
@@ -122,8 +134,10 @@ class POP3MailConfiguration(Block):
 
     _block_type_name = "POP3 Mail Configuration"
     _block_type_slug = "pop3-mail-configuration"
-    _logo_url = "https://cdn.jsdelivr.net/gh/twitter/twemoji@14.0.2/assets/72x72/1f4e8.png"  # type: ignore[assignment]
-    _documentation_url = "https://github.com/pop3mail/pop3mail-prefect#readme"  # type: ignore[assignment]
+    # No logo: Prefect takes only a web address, which breaks offline (the UIs then show
+    # their own block icon, which always works).
+    _logo_url = None
+    _documentation_url = _project_url("Documentation")  # type: ignore[assignment]
 
     # --- the configuration's own fields, in the original product's order --------------------------------------------
     description: str = Field(
@@ -142,13 +156,13 @@ class POP3MailConfiguration(Block):
     )
     user: str = Field(
         default="",
-        title="POP3 MailServer user profile",
+        title="POP3 Mail Server user profile",
         description="User profile (usually the mailbox address) to log in with. If empty, "
         "POP3MAIL_USER is used.",
     )
     password: SecretStr = Field(
         default=SecretStr(""),
-        title="POP3 MailServer password",
+        title="POP3 Mail Server password",
         description="Password for the user profile. If empty, POP3MAIL_PASSWORD is used. "
         "Not used with OAUTH2.",
     )
@@ -373,6 +387,24 @@ class POP3MailConfiguration(Block):
         error.field = first
         raise error
 
+    @classmethod
+    def create_page_url(cls) -> str | None:
+        """The Prefect UI's form that creates a configuration, on the server this process
+        uses; None without PREFECT_API_URL (no lasting server to link to). It is the
+        current UI's form: the link `prefect block register` prints opens the older UI (V1
+        in Prefect 3.9), which shows the secrets in clear."""
+        import prefect
+        from prefect.settings import get_current_settings
+
+        settings = get_current_settings()
+        if not (settings.api.url and settings.ui_url):
+            return None
+        page = f"blocks/catalog/{cls._block_type_slug}/create"
+        if settings.api.url.startswith(settings.cloud.api_url):
+            return f"{settings.ui_url}/settings/{page}"
+        current = "/v2" if hasattr(prefect, "__ui_v2_static_path__") else ""
+        return f"{settings.ui_url}{current}/{page}"
+
     # --- pickling (Dask and other task runners that send the block to other processes) ---
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickle without secrets: the other side loads them from the saved document.
@@ -506,7 +538,10 @@ class POP3MailConfiguration(Block):
         dry_run: bool = False,
         remove_from_server_after_read: bool | None = None,
         new_messages_only: bool | None = None,
+        pipelining: bool = True,
     ) -> ReceiveOptions:
+        """How to receive, with optional per-call overrides. ``pipelining`` False never
+        pipelines; True pipelines when the server offers it (RFC 2449 allows no more)."""
         remove = (
             self.remove_from_server_after_read
             if remove_from_server_after_read is None
@@ -522,6 +557,7 @@ class POP3MailConfiguration(Block):
             dry_run=dry_run,
             commit_every=(self.commit_every or None) if remove else None,
             quarantine_after=self.quarantine_after,
+            pipelining=None if pipelining else False,
         )
 
 

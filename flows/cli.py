@@ -5,13 +5,21 @@ log in; ``pop3mail receive NAME`` receives its mail once (or, with ``--dry-run``
 would be received). Both load the configuration from the Prefect API the current profile
 points at (``PREFECT_API_URL``). Exit status: 0 ok, 1 failed (also when any message could
 not be received), 2 wrong usage.
+
+What it prints goes through :func:`say`, which shows control characters escaped: greetings,
+replies, subjects and senders come from the server and the senders, and must not drive the
+terminal. Prefect is imported only once the arguments are parsed, so ``--help`` is quick.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 from collections.abc import Sequence
+
+from prefect_pop3mail.tasks.options import LIST, RECEIVE_ALL, CallOptions, cli_flag
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -19,19 +27,27 @@ _EPILOG = """\
 NAME is the name a POP3 Mail Configuration was saved under (Prefect UI: Blocks, or
 POP3MailConfiguration(...).save(NAME)). The configuration is loaded from the Prefect API
 of the current profile (PREFECT_API_URL); register the block type first with
-  prefect block register -m prefect_pop3mail.blocks
+  prefect block register -m prefect_pop3mail
+and create a configuration in the UI at
+  <Prefect UI>/v2/blocks/catalog/pop3-mail-configuration/create
+(the link `prefect block register` prints opens the older UI, which shows passwords).
 Exit status: 0 ok, 1 failed, 2 wrong usage. A run where a message could not be received
 (it stays on the server) counts as failed."""
 
+# C0 and C1 controls, DEL, line and paragraph separators, and the bidirectional overrides
+# and isolates that reorder what a terminal shows (CVE-2021-42574).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
+
+def shown(text: str) -> str:
+    """``text`` with every control character escaped (``\\x1b``, ``\\n``, ``\\u202e``)."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or repr(m[0])[1:-1], text)
+
+
+def say(text: str = "", *, error: bool = False) -> None:
+    """Print one line of the command's output (stderr with ``error``), escaped."""
+    print(shown(text), file=sys.stderr if error else sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,16 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
         "receive",
         help="receive the mailbox's messages once (MAIL_RECEIVEALL)",
         description="Receive every message once, as the MAIL_RECEIVEALL task does, and list "
-        "what was saved where. Deletes from the server only when the configuration says so.",
+        "what was saved where. Deletes from the server only when the configuration says so. "
+        "The options are those of the receive-all-mail flow.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     receive.add_argument("name", metavar="NAME", help="the saved configuration's name")
     receive.add_argument("--dry-run", action="store_true",
                          help="list the messages that would be received; retrieve nothing")
-    receive.add_argument("--max-messages", type=_positive, metavar="N",
-                         help="receive at most N messages")
+    for name in RECEIVE_ALL:
+        flag, keywords = cli_flag(name)
+        receive.add_argument(flag, **keywords)
+    receive.set_defaults(subparser=receive)
     return parser
+
+
+def _given(args: argparse.Namespace) -> CallOptions:
+    """The per-call options given on the command line (argparse checked each value)."""
+    given = {name: getattr(args, name) for name in RECEIVE_ALL
+             if getattr(args, name, None) is not None}
+    if args.dry_run and (moot := [name for name in given if name not in LIST]):
+        flags = ", ".join(cli_flag(name)[0] for name in moot)
+        args.subparser.error(f"{flags}: nothing is saved with --dry-run")
+    return CallOptions(**given)
 
 
 def _check(name: str) -> int:
@@ -96,16 +125,17 @@ def _check(name: str) -> int:
         rows.append(("Waiting", f"{report.messages_waiting} message(s){size}"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+        say(f"{label:<{width}}  {value}")
     for hint in report.hints:
-        print(f"Hint: {hint}")
+        say(f"Hint: {hint}")
     if not report.login_ok:
         return FAILED
-    print(f"\n{report.configuration} is ready: `pop3mail receive {name}` receives its mail.")
+    say()
+    say(f"{report.configuration} is ready: `pop3mail receive {name}` receives its mail.")
     return OK
 
 
-def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
+def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
     from prefect import task
     from prefect.cache_policies import NO_CACHE
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
@@ -118,47 +148,99 @@ def _receive(name: str, dry_run: bool, max_messages: int | None) -> int:
     run = task(receive_report, name="POP3_LIST" if dry_run else "MAIL_RECEIVEALL",
                cache_policy=NO_CACHE, retries=0, timeout_seconds=TASK_TIMEOUT_SECONDS)
     with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
-        report = run(name, max_messages=max_messages, dry_run=dry_run)
+        report = run(name, call, dry_run=dry_run)
     if dry_run:
-        print(f"{len(report.listed)} message(s) would be received:")
+        say(f"{len(report.listed)} message(s) would be received:")
         for listed in report.listed:
-            print(f"  #{listed.number}  {listed.size:>10,} bytes  {listed.sender}  "
-                  f"{listed.subject!r}")
+            say(f"  #{listed.number}  {listed.size:>10,} bytes  {listed.sender}  "
+                f"{listed.subject!r}")
     else:
-        print(f"{len(report.received)} message(s) received:")
+        say(f"{len(report.received)} message(s) received:")
         for mail in report.received:
             deleted = ", deleted from the server" if mail.deleted else ""
-            print(f"  {mail.subject!r} from {mail.sender}{deleted}")
+            say(f"  {mail.subject!r} from {mail.sender}{deleted}")
             for path in mail.saved_paths or mail.saved_urls:  # URLs when saved to storage
-                print(f"    {path}")
+                say(f"    {path}")
     if not report.failed:
         return OK
     done = "listed" if dry_run else "received"
-    print(f"pop3mail receive: {len(report.failed)} message(s) could not be {done} and stay "
-          "on the server:", file=sys.stderr)
+    say(f"pop3mail receive {name}: {len(report.failed)} message(s) could not be {done} and "
+        "stay on the server:", error=True)
     for failure in report.failed:
-        print(f"  {failure.uidl} (attempt {failure.attempts}): {failure.error_type}: "
-              f"{failure.error}", file=sys.stderr)
+        say(f"  {failure.uidl} (attempt {failure.attempts}): {failure.error_type}: "
+            f"{failure.error}", error=True)
     return FAILED
+
+
+class _NotTheEngineFailure(logging.Filter):
+    """Keeps Prefect's own report of a failed task run (its traceback, "Finished in state
+    Failed") off the terminal: the command prints the one line that matters itself. The
+    run's logs in the Prefect API keep it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and record.pathname.endswith(("task_engine.py", "flow_engine.py")))
+
+
+class _Escaped(logging.Formatter):
+    """Prefect's console format, with control characters escaped (engine logs quote server
+    replies and message headers)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(self.inner.format(record))
+
+
+def _quiet_console() -> None:
+    """Prefect's console logging, fit for a command's output (see the two classes above)."""
+    import prefect.main  # noqa: F401  (configures Prefect's logging: its console handler)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter,
+                                                                          _Escaped):
+            handler.addFilter(_NotTheEngineFailure())
+            handler.setFormatter(_Escaped(handler.formatter))
+    # Prefect's events worker warns at every exit that it is still sending the event of the
+    # configuration's loading ("Still processing items"); it is sent all the same.
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
+
+
+def _api_note() -> str | None:
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None
+    return ("pop3mail: PREFECT_API_URL is not set, so Prefect starts a temporary server for "
+            "this command (half a minute). Start one that lasts with `prefect server start` "
+            "and `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    call = _given(args) if args.command == "receive" else None
     import httpx
     from prefect.settings import PREFECT_API_URL
 
     from prefect_pop3mail.tasks.pop3.errors import POP3MailError
 
+    _quiet_console()
+    if note := _api_note():
+        say(note, error=True)
+    what = f"pop3mail {args.command} {args.name}"
     try:
         if args.command == "check":
             return _check(args.name)
-        return _receive(args.name, args.dry_run, args.max_messages)
+        return _receive(args.name, call or CallOptions(), args.dry_run)
     except POP3MailError as exc:  # the error names the field or the server's reply
-        print(f"pop3mail {args.command}: {exc}", file=sys.stderr)
+        say(f"{what}: {exc}", error=True)
     except httpx.HTTPError as exc:  # the Prefect API, where configurations are saved
-        print(f"pop3mail {args.command}: cannot use the Prefect API at "
-              f"{PREFECT_API_URL.value() or '(none set)'}: {exc or type(exc).__name__}. "
-              "Start it (prefect server start) or set PREFECT_API_URL.", file=sys.stderr)
+        say(f"{what}: cannot use the Prefect API at {PREFECT_API_URL.value() or '(none set)'}"
+            f": {exc or type(exc).__name__}. Start it (prefect server start) or set "
+            "PREFECT_API_URL.", error=True)
     return FAILED
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import Task, flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -14,6 +16,7 @@ from prefect_pop3mail.tasks.activities import (
     mail_receive_all,
     resolve_configuration,
 )
+from prefect_pop3mail.tasks.options import LIST, MANY, RECEIVE_ALL, RECEIVE_ONE, CallOptions, takes
 from prefect_pop3mail.tasks.pop3.errors import MailboxesFailedError, POP3MailError
 from prefect_pop3mail.tasks.pop3.models import ConnectionReport, ListedMessage, ReceivedMail
 
@@ -39,20 +42,22 @@ def _timed(task: Task, config: POP3MailConfiguration) -> Task:
     return task.with_options(timeout_seconds=config.run_timeout or None)
 
 
+def _run(task: Task, names: tuple[str, ...], configuration: Configuration,
+         options: dict[str, Any]) -> Any:
+    """A flow's one task: its options checked first (a wrong one fails before any
+    connection), then the task on the active configuration, within its run timeout."""
+    given = CallOptions.of(options, names).pick(names)
+    config = _active(configuration)
+    return _timed(task, config)(_for_tasks(configuration, config), **given)
+
+
 @flow(name="receive-mail", log_prints=True)
-def receive_mail(
-    configuration: Configuration,
-    save_mail_text: bool | None = None,
-    save_mail_attachments: bool | None = None,
-    save_directory: str | None = None,
-) -> ReceivedMail | None:
+@takes(*RECEIVE_ONE)
+def receive_mail(configuration: Configuration, **options: Any) -> ReceivedMail | None:
     """Receive one message (MAIL_RECEIVE): the first one not received yet.
 
     Args:
         configuration: The name of a saved POP3 Mail Configuration (Blocks in the UI).
-        save_mail_text: Save the text and HTML bodies (empty: as the configuration says).
-        save_mail_attachments: Save the attachments (empty: as the configuration says).
-        save_directory: Save under this folder instead of the configuration's.
 
     Returns:
         The received message, with the paths of its saved files; None when none is waiting.
@@ -69,40 +74,20 @@ def receive_mail(
                 print(mail.subject, mail.original_path)
         ```
     """
-    config = _active(configuration)
-    return _timed(mail_receive, config)(
-        _for_tasks(configuration, config),
-        save_mail_text=save_mail_text,
-        save_mail_attachments=save_mail_attachments,
-        save_directory=save_directory,
-    )
+    return _run(mail_receive, RECEIVE_ONE, configuration, options)
 
 
 @flow(name="receive-all-mail", log_prints=True)
-def receive_all_mail(
-    configuration: Configuration,
-    save_mail_text: bool | None = None,
-    save_mail_attachments: bool | None = None,
-    save_directory: str | None = None,
-    max_messages: int | None = None,
-    sender_filter: str | None = None,
-    recipient_filter: str | None = None,
-    subject_filter: str | None = None,
-) -> list[ReceivedMail]:
+@takes(*RECEIVE_ALL)
+def receive_all_mail(configuration: Configuration, **options: Any) -> list[ReceivedMail]:
     """Receive every message of a mailbox (MAIL_RECEIVEALL) and hand the saved files on.
 
-    Each message is also announced as a `pop3mail.message.received` event, and the run as
-    one `pop3mail.mailbox.received` event, for automations and downstream deployments.
+    Each run is announced as one `pop3mail.mailbox.received` event, for automations and
+    downstream deployments; with the configuration's "An event per message" on, each saved
+    message also as a `pop3mail.message.received` event.
 
     Args:
         configuration: The name of a saved POP3 Mail Configuration (Blocks in the UI).
-        save_mail_text: Save the text and HTML bodies (empty: as the configuration says).
-        save_mail_attachments: Save the attachments (empty: as the configuration says).
-        save_directory: Save under this folder instead of the configuration's.
-        max_messages: Receive at most this many messages (empty: the configuration's limit).
-        sender_filter: Only messages whose From matches this regular expression.
-        recipient_filter: Only messages whose To or Cc matches this regular expression.
-        subject_filter: Only messages whose Subject matches this regular expression.
 
     Returns:
         The received messages, with the paths of their saved original, bodies and
@@ -119,36 +104,17 @@ def receive_all_mail(
                 print(mail.sender, [a.path for a in mail.attachments])
         ```
     """
-    config = _active(configuration)
-    return _timed(mail_receive_all, config)(
-        _for_tasks(configuration, config),
-        save_mail_text=save_mail_text,
-        save_mail_attachments=save_mail_attachments,
-        save_directory=save_directory,
-        max_messages=max_messages,
-        sender_filter=sender_filter,
-        recipient_filter=recipient_filter,
-        subject_filter=subject_filter,
-    )
+    return _run(mail_receive_all, RECEIVE_ALL, configuration, options)
 
 
 @flow(name="list-mail", log_prints=True)
-def list_mail(
-    configuration: Configuration,
-    max_messages: int | None = None,
-    sender_filter: str | None = None,
-    recipient_filter: str | None = None,
-    subject_filter: str | None = None,
-) -> list[ListedMessage]:
+@takes(*LIST)
+def list_mail(configuration: Configuration, **options: Any) -> list[ListedMessage]:
     """List what receive-all-mail would receive (a dry run): retrieves, saves and deletes
     nothing.
 
     Args:
         configuration: The name of a saved POP3 Mail Configuration (Blocks in the UI).
-        max_messages: List at most this many messages.
-        sender_filter: Only messages whose From matches this regular expression.
-        recipient_filter: Only messages whose To or Cc matches this regular expression.
-        subject_filter: Only messages whose Subject matches this regular expression.
 
     Returns:
         Number, UIDL, size, sender and subject of each message that would be received.
@@ -163,14 +129,7 @@ def list_mail(
             return [m.subject for m in list_mail("orders-mailbox")]
         ```
     """
-    config = _active(configuration)
-    return _timed(mail_list, config)(
-        _for_tasks(configuration, config),
-        max_messages=max_messages,
-        sender_filter=sender_filter,
-        recipient_filter=recipient_filter,
-        subject_filter=subject_filter,
-    )
+    return _run(mail_list, LIST, configuration, options)
 
 
 #: Mailboxes received at once by default: enough to overlap network waits, few enough to
@@ -180,10 +139,9 @@ MAILBOX_WORKERS = 8
 
 @flow(name="receive-from-mailboxes", log_prints=True,
       task_runner=ThreadPoolTaskRunner(max_workers=MAILBOX_WORKERS))
-def receive_from_mailboxes(
-    configurations: list[Configuration],
-    max_messages: int | None = None,
-) -> dict[str, list[ReceivedMail]]:
+@takes(*MANY)
+def receive_from_mailboxes(configurations: list[Configuration], **options: Any
+                           ) -> dict[str, list[ReceivedMail]]:
     """Receive many mailboxes concurrently through the flow's task runner.
 
     Every mailbox runs even when others fail; the flow then ends Failed with a
@@ -191,7 +149,6 @@ def receive_from_mailboxes(
 
     Args:
         configurations: Names of saved POP3 Mail Configurations.
-        max_messages: Receive at most this many messages from each mailbox.
 
     Returns:
         The received messages, by configuration name.
@@ -207,6 +164,7 @@ def receive_from_mailboxes(
             return {name: len(mails) for name, mails in received.items()}
         ```
     """
+    given = CallOptions.of(options, MANY).pick(MANY)
     received: dict[str, list[ReceivedMail]] = {}
     failures: dict[str, str] = {}
     futures = {}
@@ -218,7 +176,7 @@ def receive_from_mailboxes(
             failures[label] = str(exc)
             continue
         futures[config.configuration_name] = _timed(mail_receive_all, config).submit(
-            _for_tasks(item, config), max_messages=max_messages
+            _for_tasks(item, config), **given
         )
     for name, future in futures.items():
         future.wait()

@@ -7,16 +7,18 @@ connection), hold the mailbox's lock, run the engine, publish the results.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
+from pydantic import WithJsonSchema
 
 from prefect_pop3mail.blocks import POP3MailConfiguration, POP3MailServiceSettings
 from prefect_pop3mail.tasks.artifacts import ProgressArtifact, publish_artifacts
 from prefect_pop3mail.tasks.events import announce, announce_failure
 from prefect_pop3mail.tasks.lock import MailboxLock, mailbox_lock
+from prefect_pop3mail.tasks.options import LIST, RECEIVE_ALL, RECEIVE_ONE, CallOptions, takes
 from prefect_pop3mail.tasks.outcomes import (
     PrefectUnavailableError,
     RunStoppedEarlyError,
@@ -32,7 +34,6 @@ from prefect_pop3mail.tasks.pop3.errors import (
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionReport,
     ConnectionSettings,
-    HeaderFilter,
     ListedMessage,
     ReceivedMail,
     ReceiveReport,
@@ -41,7 +42,9 @@ from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
 from prefect_pop3mail.tasks.prefect_api import Reporter
 from prefect_pop3mail.tasks.run_logs import engine_logs_to_run
 
-Configuration = POP3MailConfiguration | str
+#: A saved configuration's name, or the block itself. Prefect's run form shows a text field
+#: for the name (the way to pass it: a name carries no secret); Python may pass the block.
+Configuration = Annotated[POP3MailConfiguration | str, WithJsonSchema({"type": "string"})]
 
 
 def resolve_configuration(configuration: Configuration) -> POP3MailConfiguration:
@@ -55,9 +58,22 @@ def resolve_configuration(configuration: Configuration) -> POP3MailConfiguration
     except ConfigurationError:  # saved, but with settings that cannot work: names them
         raise
     except ValueError as exc:
-        raise ConfigurationError(
-            "configuration", f"no POP3 Mail Configuration named {configuration!r} is saved"
-        ) from exc
+        raise ConfigurationError("configuration", _not_saved(configuration.strip())) from exc
+
+
+def _not_saved(name: str) -> str:
+    """Where the configuration was looked for, and where to create it."""
+    from prefect.settings import get_current_settings
+
+    api, page = get_current_settings().api.url, POP3MailConfiguration.create_page_url()
+    if not api:
+        return (f"no POP3 Mail Configuration named {name!r} was found: PREFECT_API_URL is "
+                "not set, so there is no Prefect server to load it from (at most a temporary "
+                "one on this machine's local database); start one with `prefect server "
+                "start`, set PREFECT_API_URL to its API (http://127.0.0.1:4200/api) and create "
+                "the configuration in its UI")
+    where = f"create it at {page}" if page else "create it in the Prefect UI"
+    return f"no POP3 Mail Configuration named {name!r} is saved in the Prefect API at {api}; {where}"
 
 
 def connection_for(config: POP3MailConfiguration) -> ConnectionSettings:
@@ -85,12 +101,8 @@ def _retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def _receive(
     configuration: Configuration,
+    call: CallOptions,
     *,
-    max_messages: int | None,
-    save_mail_text: bool | None,
-    save_mail_attachments: bool | None,
-    save_directory: str | None,
-    filters: HeaderFilter | None,
     dry_run: bool,
     progress: bool,
     stop_fails: bool = True,
@@ -105,14 +117,8 @@ def _receive(
         connection = config.connection_settings(service)
         secrets = [connection.password, config.client_secret, config.public_key_password]
         # Per-call overrides merge into the options here, once; the engine reads options only.
-        save = config.save_options(
-            service,
-            save_mail_text=save_mail_text,
-            save_mail_attachments=save_mail_attachments,
-            save_directory=save_directory,
-        )
-        options = config.receive_options(max_messages=max_messages, filters=filters,
-                                         dry_run=dry_run)
+        save = config.save_options(service, **call.save_overrides())
+        options = config.receive_options(**call.receive_overrides(), dry_run=dry_run)
         return _run(config, connection, save, options, progress=progress and not dry_run,
                     stop_fails=stop_fails)
     except Exception as exc:
@@ -157,7 +163,10 @@ def _run(config: POP3MailConfiguration, connection: ConnectionSettings, save, op
                 publish_artifacts(report, reporter)
     finally:
         reporter.close()
-    _log_summary(logger, report, options.remove_after_read)
+    if options.dry_run:
+        _log_listing(logger, report)
+    else:
+        _log_summary(logger, report, options.remove_after_read)
     if unannounced is not None:
         raise PrefectUnavailableError(report, "announcing the saved mail", unannounced,
                                       options.remove_after_read,
@@ -181,7 +190,7 @@ class _BetweenMessages:
             self.tracker(done, total)
 
 
-def receive_report(configuration: Configuration, *, max_messages: int | None = None,
+def receive_report(configuration: Configuration, call: CallOptions = CallOptions(), *,
                    dry_run: bool = False) -> ReceiveReport:
     """Receive as MAIL_RECEIVEALL does (or, with ``dry_run``, list as POP3_LIST does) and
     return the whole report: received, failed (left on the server), quarantined, waiting.
@@ -194,15 +203,15 @@ def receive_report(configuration: Configuration, *, max_messages: int | None = N
     Example:
         ```python
         from prefect_pop3mail.tasks.activities import receive_report
+        from prefect_pop3mail.tasks.options import CallOptions
 
-        report = receive_report("orders-mailbox", max_messages=10)
+        report = receive_report("orders-mailbox", CallOptions(max_messages=10))
         for failure in report.failed:
             print(failure.uidl, failure.error)
         ```
     """
-    return _receive(configuration, max_messages=max_messages, save_mail_text=None,
-                    save_mail_attachments=None, save_directory=None, filters=HeaderFilter(),
-                    dry_run=dry_run, progress=not dry_run, stop_fails=False)
+    return _receive(configuration, call, dry_run=dry_run, progress=not dry_run,
+                    stop_fails=False)
 
 
 def _announce(receiver: MailboxReceiver, report: ReceiveReport,
@@ -256,8 +265,17 @@ def _log_summary(logger, report: ReceiveReport, removed: bool) -> None:
                      failure.attempts, failure.error)
 
 
-def _filters(sender: str | None, recipient: str | None, subject: str | None) -> HeaderFilter:
-    return HeaderFilter(sender=sender, recipient=recipient, subject=subject)
+def _log_listing(logger, report: ReceiveReport) -> None:
+    logger.info(
+        "%s: dry run: %d message(s) would be received, %d could not be listed, %d already "
+        "saved, %d too large, %d filtered out; nothing was retrieved, saved or deleted",
+        report.configuration,
+        len(report.listed),
+        len(report.failed),
+        report.skipped_known,
+        len(report.skipped_too_large),
+        report.skipped_filtered,
+    )
 
 
 #: A backstop for a hung worker: each command has its own deadline, so a run outlives this
@@ -275,25 +293,12 @@ _RECEIVING = dict(
 
 
 @task(name="MAIL_RECEIVE", **_RECEIVING)
-def mail_receive(
-    configuration: Configuration,
-    save_mail_text: bool | None = None,
-    save_mail_attachments: bool | None = None,
-    save_directory: str | None = None,
-    sender_filter: str | None = None,
-    recipient_filter: str | None = None,
-    subject_filter: str | None = None,
-) -> ReceivedMail | None:
+@takes(*RECEIVE_ONE)
+def mail_receive(configuration: Configuration, **options: Any) -> ReceivedMail | None:
     """MAIL_RECEIVE: receive the first message not received yet.
 
     Args:
         configuration: The name a POP3 Mail Configuration was saved under, or the block.
-        save_mail_text: Override the configuration's "Save mail text" for this call.
-        save_mail_attachments: Override "Save mail attachments" for this call.
-        save_directory: Override the save directory for this call.
-        sender_filter: Only a message whose From matches this regular expression.
-        recipient_filter: Only a message whose To or Cc matches this regular expression.
-        subject_filter: Only a message whose Subject matches this regular expression.
 
     Returns:
         The received message (paths of its saved files, headers, hashes), or None when no
@@ -311,31 +316,15 @@ def mail_receive(
                 print(mail.subject, mail.original_path)
         ```
     """
-    report = _receive(
-        configuration,
-        max_messages=1,
-        save_mail_text=save_mail_text,
-        save_mail_attachments=save_mail_attachments,
-        save_directory=save_directory,
-        filters=_filters(sender_filter, recipient_filter, subject_filter),
-        dry_run=False,
-        progress=False,
-    )
+    call = CallOptions.of(options, RECEIVE_ONE, max_messages=1)
+    report = _receive(configuration, call, dry_run=False, progress=False)
     _raise_if_nothing_saved(report)
     return report.received[0] if report.received else None
 
 
 @task(name="MAIL_RECEIVEALL", **_RECEIVING)
-def mail_receive_all(
-    configuration: Configuration,
-    save_mail_text: bool | None = None,
-    save_mail_attachments: bool | None = None,
-    save_directory: str | None = None,
-    max_messages: int | None = None,
-    sender_filter: str | None = None,
-    recipient_filter: str | None = None,
-    subject_filter: str | None = None,
-) -> list[ReceivedMail]:
+@takes(*RECEIVE_ALL)
+def mail_receive_all(configuration: Configuration, **options: Any) -> list[ReceivedMail]:
     """MAIL_RECEIVEALL: receive every message in the mailbox, in one POP3 session.
 
     A message that cannot be saved stays on the server and is reported (log, failures
@@ -344,13 +333,6 @@ def mail_receive_all(
 
     Args:
         configuration: The name a POP3 Mail Configuration was saved under, or the block.
-        save_mail_text: Override the configuration's "Save mail text" for this call.
-        save_mail_attachments: Override "Save mail attachments" for this call.
-        save_directory: Override the save directory for this call.
-        max_messages: Receive at most this many messages (empty: the configuration's limit).
-        sender_filter: Only messages whose From matches this regular expression.
-        recipient_filter: Only messages whose To or Cc matches this regular expression.
-        subject_filter: Only messages whose Subject matches this regular expression.
 
     Returns:
         The received messages, in server order, with the paths of their saved files.
@@ -366,37 +348,20 @@ def mail_receive_all(
                 print(mail.subject, [a.path for a in mail.attachments])
         ```
     """
-    report = _receive(
-        configuration,
-        max_messages=max_messages,
-        save_mail_text=save_mail_text,
-        save_mail_attachments=save_mail_attachments,
-        save_directory=save_directory,
-        filters=_filters(sender_filter, recipient_filter, subject_filter),
-        dry_run=False,
-        progress=True,
-    )
+    report = _receive(configuration, CallOptions.of(options, RECEIVE_ALL), dry_run=False,
+                      progress=True)
     _raise_if_nothing_saved(report)
     return report.received
 
 
 @task(name="POP3_LIST", **_RECEIVING)
-def mail_list(
-    configuration: Configuration,
-    max_messages: int | None = None,
-    sender_filter: str | None = None,
-    recipient_filter: str | None = None,
-    subject_filter: str | None = None,
-) -> list[ListedMessage]:
+@takes(*LIST)
+def mail_list(configuration: Configuration, **options: Any) -> list[ListedMessage]:
     """List the messages MAIL_RECEIVEALL would receive: a dry run. Reads their headers
     (TOP), retrieves, saves and deletes nothing.
 
     Args:
         configuration: The name a POP3 Mail Configuration was saved under, or the block.
-        max_messages: List at most this many messages.
-        sender_filter: Only messages whose From matches this regular expression.
-        recipient_filter: Only messages whose To or Cc matches this regular expression.
-        subject_filter: Only messages whose Subject matches this regular expression.
 
     Returns:
         Number, UIDL, size, sender and subject of each message that would be received.
@@ -411,16 +376,8 @@ def mail_list(
             return [m.subject for m in mail_list("orders-mailbox")]
         ```
     """
-    report = _receive(
-        configuration,
-        max_messages=max_messages,
-        save_mail_text=None,
-        save_mail_attachments=None,
-        save_directory=None,
-        filters=_filters(sender_filter, recipient_filter, subject_filter),
-        dry_run=True,
-        progress=False,
-    )
+    report = _receive(configuration, CallOptions.of(options, LIST), dry_run=True,
+                      progress=False)
     return report.listed
 
 

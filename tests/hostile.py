@@ -13,10 +13,14 @@ and bench/bench_hostile.py (time and memory against an ordinary message of the s
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from tests import tnef_writer as tw
 
 CRLF = b"\r\n"
 
@@ -27,7 +31,8 @@ class Hostile:
     build: Callable[[int], bytes]
     #: A substring one of the saved message's warnings must contain, or None.
     warning: str | None
-    #: The ordinary message of the same size to compare with: "text" or "html".
+    #: The ordinary message of the same size to compare with: "text", "html", or
+    #: "attachment" (a short text and one base64 attachment, for attachment classes).
     baseline: str = "text"
 
 
@@ -77,13 +82,16 @@ def ordinary(size: int, kind: str = "text") -> bytes:
     """An ordinary message of about ``size`` bytes: a text (or HTML) body and a base64
     attachment, as mail clients send them."""
     half = max(size // 2, 64)
+    if kind == "attachment":  # nearly all of it one plain attachment
+        half, size = 64, size - 64
     if kind == "html":
         body = _lines(b"<p>The quick <b>brown</b> fox <a href='https://example.org/'>jumps"
                       b"</a> over the lazy dog.</p>\r\n", half)
         first = b"Content-Type: text/html; charset=utf-8\r\n\r\n" + body
     else:
         first = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + _filler(half)
-    blob = hashlib.sha256(b"x").digest() * (half * 3 // 4 // 32 + 1)
+    rest = size - half if kind == "attachment" else half
+    blob = hashlib.sha256(b"x").digest() * (rest * 3 // 4 // 32 + 1)
     attachment = (b'Content-Type: application/pdf; name="report.pdf"\r\n'
                   b"Content-Transfer-Encoding: base64\r\n"
                   b'Content-Disposition: attachment; filename="report.pdf"\r\n\r\n'
@@ -241,13 +249,57 @@ def nested_multiparts(size: int) -> bytes:
                    content_type='multipart/mixed; boundary="b0"')
 
 
-@hostile("nest too deeply")
-def nested_messages(size: int) -> bytes:
-    """Messages attached inside messages, far deeper than the nesting cap."""
-    data = b"Content-Type: text/plain\r\n\r\n" + _filler(size)
-    for _ in range(40):
+def _nest(body: bytes, levels: int) -> bytes:
+    data = b"Content-Type: text/plain\r\n\r\n" + body
+    for _ in range(levels):
         data = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + data
     return message(data.split(CRLF + CRLF, 1)[1], content_type="message/rfc822")
+
+
+@hostile("nest too deeply")
+def nested_messages(size: int) -> bytes:
+    """Small messages attached inside messages, far deeper than the nesting cap, beside a
+    large text body."""
+    chain = _nest(b"hello\r\n", 40).split(CRLF + CRLF, 1)[1]
+    return _multipart([b"Content-Type: text/plain\r\n\r\n" + _filler(size),
+                       b"Content-Type: message/rfc822\r\n\r\n" + chain])
+
+
+@hostile("MAX_COPY_FACTOR")
+def nested_messages_big(size: int) -> bytes:
+    """A large body in attached messages nested just under the nesting cap: each level
+    copies the levels inside it into its .eml (nine times the message's bytes on disk)."""
+    return _nest(_filler(size), 7)
+
+
+def _signed(content: bytes, boundary: str) -> bytes:
+    signature = base64.encodebytes(b"\x30\x03\x02\x01\x01" * 20).replace(b"\n", CRLF)
+    return (f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+            f'micalg=sha-256; boundary="{boundary}"\r\n\r\n--{boundary}\r\n').encode() + (
+        content + f"\r\n--{boundary}\r\nContent-Type: application/pkcs7-signature; "
+        f'name="smime.p7s"\r\nContent-Transfer-Encoding: base64\r\n\r\n'.encode()
+        + signature + f"--{boundary}--\r\n".encode())
+
+
+@hostile("MAX_SIGNED_PARTS")
+def signed_layers(size: int) -> bytes:
+    """A body in 63 nested multipart/signed layers, each signature a junk one: each layer
+    hashed the bytes under it (86 times the CPU of an attachment of the same size)."""
+    data = b"Content-Type: text/plain\r\n\r\n" + _filler(size)
+    for i in range(63):
+        data = _signed(data, f"s{i}")
+    return message(data.split(CRLF + CRLF, 1)[1],
+                   content_type=data.split(CRLF, 1)[0].split(b": ", 1)[1].decode())
+
+
+@hostile("MAX_SIGNED_PARTS")
+def signed_attached_messages(size: int) -> bytes:
+    """Signed messages attached side by side: their signed parts count with the message's
+    own."""
+    n = 12
+    inner = _signed(b"Content-Type: text/plain\r\n\r\n" + _filler(size // n), "s")
+    part = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + inner
+    return _multipart([part] * n)
 
 
 @hostile()
@@ -290,6 +342,106 @@ def base64_padding_junk(size: int) -> bytes:
     """Base64 where '=' appears everywhere it cannot pad, and junk between."""
     return message(_lines(b"AAAA=!", size), "Content-Transfer-Encoding: base64",
                    content_type="application/octet-stream")
+
+
+# --- attachments: uuencode, winmail.dat (TNEF) -----------------------------------------------
+
+
+def _blob(size: int) -> bytes:
+    return hashlib.sha256(b"blob").digest() * (max(size, 32) // 32)
+
+
+def _attachment(body: bytes, encoding: str, name: str, content_type: str = "application/zip") -> bytes:
+    return _multipart([b"Content-Type: text/plain\r\n\r\nSee attachment.",
+                       f'Content-Type: {content_type}; name="{name}"\r\n'
+                       f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode() + body])
+
+
+@hostile(baseline="attachment")
+def uuencode_attachment(size: int) -> bytes:
+    """An ordinary uuencoded attachment: held until its end line, then decoded."""
+    data = _blob(size * 3 // 4 - 200)
+    lines = [binascii.b2a_uu(data[i:i + 45]).rstrip(b"\n") for i in range(0, len(data), 45)]
+    return _attachment(CRLF.join([b"begin 644 big.zip", *lines, b"`", b"end"]), "x-uuencode", "big.zip")
+
+
+@hostile("saved undecoded", baseline="attachment")
+def uuencode_long_lines_undecodable(size: int) -> bytes:
+    """uuencode whose lines are megabytes of padding, and an empty line before its end:
+    held, then kept as it came."""
+    line = b"M" + b"A" * 60 + b"`" * max(size // 4, 1)
+    return _attachment(CRLF.join([b"begin 644 x.zip", line, line, line, b"", b"end"]), "uuencode", "x.zip")
+
+
+@hostile("no begin line", baseline="attachment")
+def uuencode_without_begin(size: int) -> bytes:
+    """A body labelled uuencode that has no begin line: all of it held, then kept."""
+    return _attachment(_lines(b"M" + b"A" * 60 + CRLF, size), "x-uue", "nothing.zip")
+
+
+def _winmail(stream: bytes) -> bytes:
+    return _attachment(base64.encodebytes(stream).replace(b"\n", CRLF), "base64", "winmail.dat",
+                       "application/ms-tnef")
+
+
+def _tnef_room(size: int) -> int:
+    """TNEF bytes that make a message of about ``size`` once in base64."""
+    return max(size * 3 // 4 - 400, 64)
+
+
+@hostile(baseline="attachment")
+def tnef_one_big_file(size: int) -> bytes:
+    """An ordinary winmail.dat: one file, kept and saved beside it (read twice: checksum, copy)."""
+    return _winmail(tw.tnef([tw.File("big.pdf", _blob(_tnef_room(size) - 400))]))
+
+
+@hostile("over 20000 TNEF attributes", baseline="attachment")
+def tnef_tiny_attributes(size: int) -> bytes:
+    """A file, then empty attributes to the end: the reader stops at its budget."""
+    one = tw.attribute(tw.MESSAGE, (0x8004, 0x0001), b"")
+    head = tw.tnef([tw.File("first.txt", b"first")])
+    return _winmail(head + one * max((_tnef_room(size) - len(head)) // len(one), 20_100))
+
+
+@hostile("files in winmail.dat", baseline="attachment")
+def tnef_many_files(size: int) -> bytes:
+    """Thousands of tiny files in one winmail.dat: each counts against the part cap."""
+    one = tw.attachment_attributes(tw.File("a.txt", b"x"))
+    count = max(_tnef_room(size) // len(one), 1100)
+    return _winmail(tw.tnef([]) + one * count)
+
+
+@hostile("count is larger than its data", baseline="attachment")
+def tnef_huge_counts(size: int) -> bytes:
+    """A file, then properties that claim 2**31 values in a few bytes, again and again."""
+    bad = tw.attribute(tw.ATTACHMENT, tw.ATT_ATTACHMENT, tw.properties(
+        struct.pack("<HHI", tw.PT_SHORT | tw.MV, 0x1234, 0x7FFFFFFF)))
+    head = tw.tnef([tw.File("first.bin", _blob(_tnef_room(size) // 2))])
+    return _winmail(head + bad * ((_tnef_room(size) - len(head)) // len(bad)))
+
+
+@hostile("nest over", baseline="attachment")
+def tnef_nested_items(size: int) -> bytes:
+    """Outlook items in Outlook items, twenty deep, a big file at the bottom."""
+    inner = tw.tnef([tw.File("deep.bin", _blob(_tnef_room(size) - 4000))])
+    for _ in range(20):
+        inner = tw.tnef([tw.File("item", embedded=inner)])
+    return _winmail(inner)
+
+
+@hostile("bad checksum", baseline="attachment")
+def tnef_bad_checksums(size: int) -> bytes:
+    """One big file whose checksum is wrong: a warning, the bytes kept."""
+    return _winmail(tw.tnef([tw.File("bad.bin", _blob(_tnef_room(size) - 400), bad_checksum=True)]))
+
+
+@hostile("runs past the end of winmail.dat", baseline="attachment")
+def tnef_truncated(size: int) -> bytes:
+    """A winmail.dat whose last file's data says it is 4 GB."""
+    head = tw.tnef([tw.File("first.txt", b"first")])
+    cut = tw.attribute(tw.ATTACHMENT, tw.ATT_ATTACH_DATA, _blob(_tnef_room(size) - len(head)),
+                       length=0xFFFFFF00)
+    return _winmail(head + tw.attachment_attributes(tw.File(None)) + cut)
 
 
 # --- HTML -------------------------------------------------------------------------------------

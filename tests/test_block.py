@@ -30,7 +30,8 @@ class TestBlockStandards(BlockStandardTestSuite):
         return POP3MailConfiguration
 
     def test_has_a_valid_image(self, block):
-        pytest.skip("downloading the logo needs the internet")
+        assert block._logo_url is None  # a web address breaks offline: the UI's own icon
+        pytest.skip("no logo on purpose: Prefect takes only a web address, broken offline")
 
 
 def make(**fields) -> POP3MailConfiguration:

@@ -39,7 +39,8 @@ def test_help_explains_both_commands_and_the_exit_status(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == OK
     assert "check" in out and "receive" in out
-    assert "prefect block register -m prefect_pop3mail.blocks" in out
+    assert "prefect block register -m prefect_pop3mail\n" in out
+    assert "/v2/blocks/catalog/pop3-mail-configuration/create" in out
     assert "0 ok, 1 failed, 2 wrong usage" in out
 
     code, out, _ = run(capsys, "receive", "--help")
@@ -53,8 +54,11 @@ def test_help_explains_both_commands_and_the_exit_status(capsys):
         ((), "COMMAND"),
         (("check",), "NAME"),
         (("fetch", "box"), "invalid choice"),
-        (("receive", "box", "--max-messages", "0"), "must be 1 or more"),
-        (("receive", "box", "--max-messages", "many"), "not a whole number"),
+        (("receive", "box", "--max-messages", "-1"), "greater than or equal to 0"),
+        (("receive", "box", "--max-messages", "many"), "a valid integer"),
+        (("receive", "box", "--subject-filter", "(unclosed"), "not a regular expression"),
+        (("receive", "box", "--save-mail-text", "maybe"), "invalid choice"),
+        (("receive", "box", "--dry-run", "--save-directory", "/x"), "nothing is saved"),
         (("receive", "box", "--delete"), "unrecognized arguments"),
     ],
 )
@@ -88,7 +92,7 @@ def test_an_unreachable_prefect_api_is_named_not_a_traceback(tmp_path):
     assert done.returncode == FAILED
     # The last line: old Prefect releases print a pydantic-settings warning before it.
     assert done.stderr.splitlines()[-1].startswith(
-        f"pop3mail check: cannot use the Prefect API at {api}: ")
+        f"pop3mail check orders: cannot use the Prefect API at {api}: ")
     assert "Traceback" not in done.stderr
 
 
@@ -165,7 +169,7 @@ def test_check_of_an_unreachable_server_fails_naming_it(capsys, mailbox, tmp_pat
     code, out, err = run(capsys, "check", name)
     assert code == FAILED
     assert out == ""
-    assert "pop3mail check: " in err and str(port) in err
+    assert f"pop3mail check {name}: " in err and str(port) in err
     assert mailbox.password not in err
 
 
@@ -224,7 +228,7 @@ def test_receive_fails_at_once_when_the_server_is_unreachable(capsys, mailbox, t
     name = saved(mailbox, tmp_path, port=port, timeout=5)
     code, out, err = run(capsys, "receive", name)
     assert code == FAILED
-    assert "pop3mail receive: " in err and str(port) in err
+    assert f"pop3mail receive {name}: " in err and str(port) in err
     assert "received:" not in out
 
 
@@ -254,7 +258,7 @@ def test_a_dry_run_that_could_not_list_a_message_exits_1_and_names_it(capsys, mo
     from prefect_pop3mail.tasks import activities
     from prefect_pop3mail.tasks.pop3.models import ListedMessage, MessageFailure, ReceiveReport
 
-    def listed_with_a_failure(configuration, *, max_messages, dry_run):
+    def listed_with_a_failure(configuration, call, *, dry_run):
         assert dry_run and configuration == "box"
         return ReceiveReport(
             configuration=configuration,

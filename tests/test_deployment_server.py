@@ -83,7 +83,7 @@ def test_deployment_runs_on_a_process_worker_and_triggers_downstream(
     prefect_server: PrefectServer, mailbox, tmp_path: Path
 ):
     server = prefect_server
-    server.cli("block", "register", "-m", "prefect_pop3mail.blocks")
+    server.cli("block", "register", "-m", "prefect_pop3mail")
     save_dir = tmp_path / "mail"
     config = mailbox.block(save_dir, remove_from_server_after_read=True,
                            emit_message_events=True)  # the downstream deployment's trigger

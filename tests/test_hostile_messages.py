@@ -25,6 +25,7 @@ from prefect_pop3mail.tasks.pop3.headers import (
     split_addresses,
     split_params,
 )
+from prefect_pop3mail.tasks.pop3.sinks import Spool
 from tests.hostile import CLASSES, message, ordinary
 from tests.test_store_hostile import check_saved
 
@@ -228,7 +229,7 @@ def test_only_text_codecs_decode(label):
 
 
 def test_decoding_a_large_body_keeps_memory_flat(tmp_path):
-    spool = layout._Spool(tmp_path)
+    spool = Spool(tmp_path)
     for _ in range(20):
         spool.write("Grüße aus Köln\r\n".encode("latin-1") * 65536)  # 20 x ~1 MB
     tracemalloc.start()

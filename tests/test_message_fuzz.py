@@ -1,6 +1,7 @@
 """Fuzzing whole messages through MessageStore.save: hostile headers (addresses, dates,
-parameters, encoded words), MIME structure, S/MIME containers of random bytes, and random
-damage on top. The promise: no exception escapes, every example ends (a watchdog fails a
+parameters, encoded words), MIME structure (uuencoded and unknown transfer encodings among
+them), S/MIME containers of random bytes, winmail.dat (TNEF) streams broken every way, and
+random damage on top. The promise: no exception escapes, every example ends (a watchdog fails a
 hang), and nothing is written outside the save directory.
 
 A small fixed budget by default; POP3MAIL_SOAK=1 for a long run.
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3.headers import header_fields, parse_headers
+from tests import tnef_writer as tw
 from tests.hostile import CLASSES
 from tests.test_mime_differential import mime_leaf, mime_tree
 from tests.test_store_hostile import check_saved
@@ -131,6 +133,45 @@ def smime_container(draw) -> bytes:
 
 
 @st.composite
+def tnef_streams(draw) -> bytes:
+    """winmail.dat: files of every kind (names, data in attAttachData or in MAPI
+    properties, OLE objects, an Outlook item), then bytes cut, overwritten or inserted,
+    favouring what breaks readers: lengths and counts of 2**32-1 and 2**31-1, zeros."""
+    files = draw(st.lists(st.builds(
+        tw.File, name=st.one_of(st.none(), st.text(max_size=30)), data=st.binary(max_size=200),
+        short=st.one_of(st.none(), st.text(max_size=12)),
+        store=st.sampled_from(["data", "binary", "object", "none"]), unicode=st.booleans(),
+        mime=st.one_of(st.none(), st.text(max_size=20)), hidden=st.booleans(),
+        bad_checksum=st.booleans()), max_size=4))
+    if files and draw(st.booleans()):
+        files[0].embedded = [tw.File("inner", b"i"), tw.File("item", embedded=[tw.File("x", b"x")])]
+    data = bytearray(tw.tnef(files))
+    for _ in range(draw(st.integers(0, 6))):
+        at = draw(st.integers(0, len(data)))
+        junk = draw(st.one_of(st.binary(max_size=8), st.sampled_from(
+            [b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f", b"\0\0\0\0", tw.SIGNATURE, tw.IID_IMESSAGE])))
+        data[at:at + draw(st.integers(0, 8))] = junk
+    if draw(st.booleans()):
+        data = data[:draw(st.integers(0, len(data)))]
+    return bytes(data)
+
+
+@st.composite
+def tnef_part(draw) -> bytes:
+    """A winmail.dat among other parts, as Outlook sends it (or by name only)."""
+    ctype, name = draw(st.sampled_from([("application/ms-tnef", "winmail.dat"),
+                                        ("application/octet-stream", "WINMAIL.DAT"),
+                                        ("application/vnd.ms-tnef", "x.dat")]))
+    body = base64.encodebytes(draw(tnef_streams())).replace(b"\n", b"\r\n")
+    winmail = (f'Content-Type: {ctype}; name="{name}"\r\nContent-Transfer-Encoding: base64\r\n'
+               f'Content-Disposition: attachment; filename="{name}"\r\n\r\n').encode() + body
+    others = draw(st.lists(mime_leaf(), max_size=2))
+    parts = [*others, winmail] if draw(st.booleans()) else [winmail, *others]
+    return (b'Content-Type: multipart/mixed; boundary="tnef-b"\r\n\r\n'
+            + b"".join(b"--tnef-b\r\n" + p + b"\r\n" for p in parts) + b"--tnef-b--\r\n")
+
+
+@st.composite
 def whole_message(draw) -> bytes:
     fields = {
         "From": draw(addresses),
@@ -145,6 +186,7 @@ def whole_message(draw) -> bytes:
     content = draw(st.one_of(
         mime_tree(depth=2),
         smime_container(),
+        tnef_part(),
         st.builds(lambda ct, params, body: f"Content-Type: {ct}; {_header_text(params)}\r\n"
                   f"Content-Disposition: attachment; {_header_text(params)}\r\n\r\n".encode() + body,
                   st.sampled_from(["text/plain", "text/html", "application/pdf", "message/rfc822",

@@ -10,7 +10,9 @@ S/MIME is left out on both sides (``verify=None``): it is checked by the corpus 
 from __future__ import annotations
 
 import base64
+import binascii
 import email
+import email.message
 import hashlib
 import os
 import quopri
@@ -23,7 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3.layout import FolderLayout, LayoutOptions
-from prefect_pop3mail.tasks.pop3.mime import Part, parse_file, parse_headers
+from prefect_pop3mail.tasks.pop3.mime import (
+    DECODED_ENCODINGS,
+    UUENCODE,
+    Part,
+    parse_file,
+    parse_headers,
+)
 from tests.test_store_corpus import CASES, CORPUS
 
 # A small fixed budget in CI; POP3MAIL_SOAK=1 for a long run.
@@ -48,8 +56,10 @@ def _walk(msg: Message, visitor, parent: Part | None, index: int, linesep: str) 
             _walk(sub, visitor, part, i, linesep)
         visitor.end_multipart(part)
         return
+    part.undecoded = part.transfer_encoding not in DECODED_ENCODINGS
     sink = visitor.begin_leaf(part)
     if sink is not None:
+        part.undecoded = part.undecoded or _uudecode_fails(msg)
         policy = compat32.clone(linesep=linesep, max_line_length=0)
         if msg.get_content_type() == "message/rfc822" and msg.is_multipart():
             sink.write(msg.get_payload(0).as_bytes(policy=policy))
@@ -61,6 +71,19 @@ def _walk(msg: Message, visitor, parent: Part | None, index: int, linesep: str) 
         else:
             sink.write(msg.get_payload(decode=True) or b"")
     visitor.end_leaf(part, sink)
+
+
+def _uudecode_fails(msg: Message) -> bool:
+    """Whether the email package gives up on a uuencoded body (and keeps it as it came)."""
+    if msg.is_multipart() or msg.get_content_maintype() == "multipart":
+        return False
+    if str(msg.get("content-transfer-encoding", "")).lower() not in UUENCODE:
+        return False
+    try:
+        email.message._decode_uu(msg.get_payload().encode("ascii", "surrogateescape"))
+    except ValueError:
+        return True
+    return False
 
 
 def _same_header_reading(msg: Message) -> Message:
@@ -122,7 +145,8 @@ _BYTES = st.binary(max_size=300)
 def mime_leaf(draw) -> bytes:
     ctype = draw(st.sampled_from(["text/plain", "text/html", "application/octet-stream",
                                   "image/png", "text/csv"]))
-    encoding = draw(st.sampled_from(["7bit", "base64", "quoted-printable", None]))
+    encoding = draw(st.sampled_from(["7bit", "base64", "quoted-printable", None, *sorted(UUENCODE),
+                                     "X-UUENCODE", "x-unknown"]))
     params = ""
     if ctype.startswith("text/"):
         params += "; charset=" + draw(st.sampled_from(["utf-8", "iso-8859-1", "us-ascii"]))
@@ -141,12 +165,27 @@ def mime_leaf(draw) -> bytes:
         # quopri leaves a bare CR as it is; RFC 2045 wants it encoded.
         encoded = quopri.encodestring(payload.replace(b"\r\n", b"\n")).replace(b"\r", b"=0D")
         body = encoded.replace(b"\n", b"\r\n")
+    elif encoding and encoding.lower() in UUENCODE:
+        body = draw(uuencoded(payload))
     else:
         # Raw bytes could hold a line that looks like a boundary; keep them text-like.
         body = payload if ctype.startswith("text/") else payload.hex().encode()
     if encoding:
         headers.append(f"Content-Transfer-Encoding: {encoding}")
     return "\r\n".join(headers).encode() + b"\r\n\r\n" + body
+
+
+@st.composite
+def uuencoded(draw, payload: bytes) -> bytes:
+    """uuencode as senders write it, or broken the ways it breaks: no begin line, no end
+    line, an empty line inside, padding, junk (the email package then keeps it as it is)."""
+    lines = [binascii.b2a_uu(payload[i:i + 45]).rstrip(b"\n") for i in range(0, len(payload), 45)]
+    lines = [draw(st.sampled_from([b"begin 644 a.bin", b"begin 0644 x y", b"", b"begin x a"])),
+             *lines, draw(st.sampled_from([b"`", b" ", b""])), draw(st.sampled_from([b"end", b"end  ", b""]))]
+    for _ in range(draw(st.integers(0, 2))):
+        lines.insert(draw(st.integers(0, len(lines))),
+                     draw(st.sampled_from([b"", b"junk line", b"M" + b"A" * 60 + b"``", b"M!!"])))
+    return b"\r\n".join(lines)
 
 
 def mime_tree(depth: int = 3):

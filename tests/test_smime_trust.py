@@ -42,11 +42,17 @@ class Identity:
 
 def issue(common_name: str, issuer: Identity | None = None, *, ca: bool = False,
           email: str | None = None, eku=(ExtendedKeyUsageOID.EMAIL_PROTECTION,),
-          key=None) -> Identity:
+          key=None, subject_email: str | None = None,
+          constraints: x509.NameConstraints | None = None) -> Identity:
     """A certificate as a real S/MIME CA issues it (key identifiers, key usage, SAN, EKU);
-    self-signed when there is no issuer. An EC key unless ``key`` is given."""
+    self-signed when there is no issuer. An EC key unless ``key`` is given;
+    ``subject_email`` an emailAddress in the subject, ``constraints`` a CA's name
+    constraints."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    names = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if subject_email:
+        names.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, subject_email))
+    subject = x509.Name(names)
     signer = issuer or Identity(key, None)
     builder = (
         x509.CertificateBuilder().subject_name(subject)
@@ -68,6 +74,8 @@ def issue(common_name: str, issuer: Identity | None = None, *, ca: bool = False,
                                         critical=False)
     if eku:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
+    if constraints:
+        builder = builder.add_extension(constraints, critical=True)
     return Identity(key, builder.sign(signer.key, hashes.SHA256()))
 
 

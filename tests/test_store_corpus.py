@@ -85,6 +85,13 @@ def test_corpus_case(name, tmp_path):
     assert listed == {ORIGINAL_NAME: original["sha256"]} | {
         path: entry["sha256"] for path, entry in expected["files"].items()}
 
+    # What the result says of an attachment: its name, type, and where it came from.
+    for path, facts in expected.get("attachments", {}).items():
+        [found] = [a for a in mail.attachments if a.path.relative_to(mail.folder).as_posix() == path]
+        parent = found.parent and found.parent.relative_to(mail.folder).as_posix()
+        for fact, value in facts.items():
+            assert (parent if fact == "parent" else getattr(found, fact)) == value, (path, fact)
+
     assert len(mail.warnings) == len(expected["warnings"]), mail.warnings
     for wanted, got in zip(sorted(expected["warnings"]), sorted(mail.warnings), strict=True):
         assert wanted in got, mail.warnings

@@ -1,8 +1,9 @@
-"""The block's create form in the real Prefect UI, in headless Chromium (Debian's chromium and
-chromium-driver; no browser is downloaded). Prefect 3.9 serves two UIs: V2 (React), where the
-server's root redirects, and V1 (Vue) at the un-prefixed paths that `prefect block register`
-links to. Both must show every field by its title, in the seed's order, with dropdowns for the
-enums and no "type / null" switch."""
+"""The block's create form and the deployment's run form in the real Prefect UI, in headless
+Chromium (Debian's chromium and chromium-driver; no browser is downloaded). Prefect 3.9 serves
+two UIs: V2 (React), where the server's root redirects, and V1 (Vue) at the un-prefixed paths
+that `prefect block register` links to. Both must show every block field by its title, in the
+seed's order, with dropdowns for the enums and no "type / null" switch; and every parameter
+of the receive-all deployment with its help, plain defaults and no type switch either."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FORM = "blocks/catalog/pop3-mail-configuration/create"
-SCREENSHOT = Path("/tmp/pop3mail-form.png")  # the V1 form, the one the CLI links to
+SCREENSHOT = Path("/tmp/pop3mail-form.png")  # the V1 block form; the others beside it
+RUN_FORM = "deployments/deployment/{id}/run"
 
 
 def _fields_by_kind() -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
@@ -41,10 +43,13 @@ def _fields_by_kind() -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
 
 TITLES, ENUM_OPTIONS, SECRETS = _fields_by_kind()
 
-# One row per form field: its label (without " (Optional)"), and the control it labels.
-V1_FIELDS_JS = """
-return Array.from(document.querySelectorAll('.schema-form-input')).map(el => {
-  const label = el.querySelector('.p-label__label');
+
+def v1_fields_js(row: str, label: str) -> str:
+    """One row per form field of V1 (``row``, its label ``label``): the label without
+    " (Optional)", and the control it labels."""
+    return """
+return Array.from(document.querySelectorAll('ROW')).map(el => {
+  const label = el.querySelector('LABEL');
   const body = el.querySelector('.p-label__body');
   const control = body && body.querySelector('select, textarea, input');
   return {
@@ -55,7 +60,12 @@ return Array.from(document.querySelectorAll('.schema-form-input')).map(el => {
       ? Array.from(control.options).map(o => o.value) : [],
   };
 });
-"""
+""".replace("ROW", row).replace("LABEL", label)
+
+
+V1_FIELDS_JS = v1_fields_js(".schema-form-input", ".p-label__label")
+# V1's run form lays out a flow's parameters with other classes than its block form.
+V1_RUN_FIELDS_JS = v1_fields_js(".schema-form-property", ".schema-form-property__label")
 V2_FIELDS_JS = """
 return Array.from(document.querySelectorAll('form label[data-slot=label][for]')).map(label => {
   const control = document.getElementById(label.getAttribute('for'));
@@ -90,8 +100,21 @@ def prefect_server(request) -> PrefectServer:
 
 @pytest.fixture(scope="module")
 def registered(prefect_server: PrefectServer) -> PrefectServer:
-    prefect_server.cli("block", "register", "-m", "prefect_pop3mail.blocks")
+    prefect_server.cli("block", "register", "-m", "prefect_pop3mail")
     return prefect_server
+
+
+@pytest.fixture(scope="module")
+def deployed(registered: PrefectServer) -> dict:
+    """The receive-all deployment of deployments/prefect.yaml, deployed as the README says."""
+    from tests.test_deployment_server import stop_schedules
+
+    registered.cli("work-pool", "create", "pop3mail", "--type", "process", "--overwrite")
+    registered.cli("deploy", "--prefect-file", "deployments/prefect.yaml",
+                   "--name", "every-5-minutes")
+    deployment = registered.api("GET", "/deployments/name/receive-all-mail/every-5-minutes")
+    stop_schedules(registered, deployment["id"])
+    return deployment
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +147,13 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def open_form(browser, url: str, script: str) -> list[dict]:
-    """Load the form and wait until every field of the block is rendered."""
+def open_form(browser, url: str, script: str, fields: int = len(TITLES)) -> list[dict]:
+    """Load the form and wait until its ``fields`` (every field of the block) are rendered."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(url)
     WebDriverWait(browser, 45, poll_frequency=0.25).until(
-        lambda b: len(b.execute_script(script)) >= len(TITLES)
+        lambda b: len(b.execute_script(script)) >= fields
     )
     return browser.execute_script(script)
 
@@ -207,3 +230,44 @@ def test_v1_form_masks_secrets(registered, browser):
     by_title = {row["title"]: row for row in rows}
     for title in SECRETS:
         assert (by_title[title]["tag"], by_title[title]["type"]) == ("input", "password")
+
+
+# V2's run page has a tablist of its own, "Start: Now / Later"; a parameter's has types.
+V2_PARAMETER_SWITCHES_JS = """
+return Array.from(document.querySelectorAll('form [role=tablist]'))
+  .map(t => t.textContent.trim()).filter(text => !/^Now\\s*Later$/.test(text));
+"""
+
+
+@pytest.mark.parametrize("ui", ["v2", "v1"])
+def test_the_run_form_shows_each_parameter_plainly_with_its_help(deployed, registered,
+                                                                 browser, tmp_path, ui):
+    """What "Run > Custom run" shows: the configuration's name, then each per-call option
+    with its help and a plain default ("as configured", "", 0), no "X or None" switch."""
+    schema = deployed["parameter_openapi_schema"]["properties"]
+    prefix = "/v2" if ui == "v2" else ""
+    url = f"{registered.url}{prefix}/{RUN_FORM.format(id=deployed['id'])}"
+    script = V2_FIELDS_JS if ui == "v2" else V1_RUN_FIELDS_JS
+    rows = open_form(browser, url, script, fields=len(schema))
+    full_page_screenshot(browser, tmp_path / f"run-{ui}.png",
+                         SCREENSHOT.with_name(f"pop3mail-run-form-{ui}.png"))
+
+    by_title = {row["title"]: row for row in rows if row["title"] in schema}
+    assert list(by_title) == list(schema), [row["title"] for row in rows]
+    text = browser.execute_script("return document.body.innerText")
+    assert "Property is type" not in text
+    for name, spec in schema.items():
+        assert spec["description"] in text, name
+    if ui == "v2":
+        assert browser.execute_script(V2_PARAMETER_SWITCHES_JS) == []
+    else:
+        assert not browser.find_elements("css selector", TYPE_SWITCH["v1"])
+    for name, spec in schema.items():
+        if "enum" not in spec:
+            continue
+        row = by_title[name]
+        if ui == "v2":
+            assert (row["tag"], row["popup"]) == ("button", "listbox"), row
+            assert v2_options(browser, row["id"]) == spec["enum"]
+        else:
+            assert (row["tag"], row["options"]) == ("select", spec["enum"]), row

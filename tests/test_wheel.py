@@ -110,6 +110,9 @@ def test_the_wheel_holds_the_plugin_and_nothing_of_the_checkout(wheel_venv):
     for package in SUBPACKAGES:
         assert f"prefect_pop3mail/{package}/py.typed" in names
         assert f"prefect_pop3mail/{package}/__init__.py" in names
+    # The top package's own __init__ (flows/package-root/ in the checkout), once.
+    assert "prefect_pop3mail/__init__.py" in names and "prefect_pop3mail/py.typed" in names
+    assert not [n for n in names if "package-root" in n]
     assert "prefect_pop3mail/flows/cli.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
@@ -159,7 +162,10 @@ import prefect_pop3mail
 from prefect_pop3mail.blocks import POP3MailConfiguration
 from prefect_pop3mail.flows import receive_all_mail
 from prefect_pop3mail.tasks import mail_receive_all
+import prefect_pop3mail as top
 print(json.dumps({
+    "top": [top.POP3MailConfiguration is POP3MailConfiguration,
+            top.receive_all_mail is receive_all_mail, top.mail_receive_all is mail_receive_all],
     "user": {name: list(sys.modules[name].__path__) for name in ("blocks", "flows", "tasks")},
     "user_modules": [m.__file__ for m in (blocks.team, flows.my_flow, tasks.bookkeeping)],
     "plugin_path": list(prefect_pop3mail.__path__),
@@ -205,6 +211,7 @@ def test_user_packages_and_the_plugin_import_side_by_side(wheel_venv, tmp_path, 
     assert found["user"] == {name: [str(project / name)] for name in ("blocks", "flows", "tasks")}
     assert all(inside(path, project) for path in found["user_modules"])
     assert found["plugin_path"] == [str(wheel_venv.site_packages / "prefect_pop3mail")]
+    assert found["top"] == [True, True, True]
     assert all(inside(path, wheel_venv.site_packages) for path in found["plugin_modules"])
     assert found["collections"] == ["prefect_pop3mail.blocks"]
     assert not found["demo"] and not found["tests"]
@@ -266,7 +273,7 @@ def test_a_deployment_of_the_users_project_runs_on_a_process_worker(
     (project / "prefect.yaml").write_text(PREFECT_YAML.format(
         project=project, configuration=configuration, report=report))
 
-    server.cli("block", "register", "-m", "prefect_pop3mail.blocks", cwd=project,
+    server.cli("block", "register", "-m", "prefect_pop3mail", cwd=project,
                prefect=prefect)
     fields = {  # what a user types, saved through the wheel's block
         "server": "localhost", "port": mailbox.server.pop3s_port, "security": "Implicit SSL/TLS",

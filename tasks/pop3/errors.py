@@ -37,6 +37,9 @@ class InactiveConfigurationError(POP3MailError):
 
 # --- transport -----------------------------------------------------------------------
 
+#: How a timeout error names the setting that changes it (the block's title and field).
+TIMEOUT_HINT = "if the server is only slow, raise 'Timeout (seconds)' (timeout)"
+
 
 class POP3ConnectionError(POP3MailError):
     """The server could not be reached, or the connection broke."""
@@ -45,7 +48,21 @@ class POP3ConnectionError(POP3MailError):
 
 
 class POP3TimeoutError(POP3ConnectionError):
-    """The server did not answer within the timeout."""
+    """The server did not answer within the timeout. The message names the server, the
+    phase (connecting, TLS, the greeting, a command's reply) and the Timeout field."""
+
+
+class POP3HostNotFoundError(POP3ConnectionError):
+    """The server's host name is not known (DNS says so). Not retried: it will not appear
+    within a run; a name server that is down (try again later) is retried instead."""
+
+    retryable = False
+
+
+class POP3ConnectionRefusedError(POP3ConnectionError):
+    """The host refused the connection: nothing listens on that port. Not retried."""
+
+    retryable = False
 
 
 class POP3TLSError(POP3ConnectionError):

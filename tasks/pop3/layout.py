@@ -6,7 +6,18 @@ a walk over the email package's tree) calls for every part. It writes, into one 
     text.txt            the text body (UTF-8; a rendering of the HTML when there is no text)
     body.html           the HTML body (UTF-8)
     attachments/NAME    every other leaf part; attached messages as NAME.eml, with what they
-                        contain laid out the same way in attachments/NAME/
+                        contain laid out the same way in attachments/NAME/; the files in an
+                        Outlook winmail.dat (TNEF) beside it, under their own names
+
+A part whose transfer encoding is unknown, or whose data does not decode, is saved as it
+came, under its name with ".encoded" added: the bytes are not in the format the name says.
+
+Bounded per message, whatever its structure: parts laid out (MAX_PARTS), attached messages
+in attached messages (MAX_NESTED_MESSAGES), multipart/signed parts whose content is hashed
+(MAX_SIGNED_PARTS, with only the digests their micalg names), the .eml files of attached
+messages (MAX_COPY_FACTOR times the message: each level copies the levels inside it), and
+all bytes written (MAX_WRITE_FACTOR times the message, plus MAX_WRITE_SLACK). Past a bound,
+the rest stays in the original (or in the .eml holding it) and a warning says so.
 """
 
 from __future__ import annotations
@@ -15,20 +26,19 @@ import hashlib
 import io
 import os
 import posixpath
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import unquote
 from mimetypes import MimeTypes
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
-from prefect_pop3mail.tasks.pop3 import charsets, htmltext
+from prefect_pop3mail.tasks.pop3 import charsets, htmltext, tnef
 from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
 from prefect_pop3mail.tasks.pop3.headers import MAX_TEXT_CHARS, clip
 from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_headers
 from prefect_pop3mail.tasks.pop3.models import SignatureInfo
-from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink
+from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink, Spool
 
 TEXT_NAME = "text.txt"
 HTML_NAME = "body.html"
@@ -46,8 +56,29 @@ MAX_PARTS = 1000
 MAX_WARNINGS = 50
 #: Only this much of an HTML body (characters) is rendered into text.txt.
 MAX_HTML_RENDER = 4 << 20
+#: multipart/signed parts per message whose content is hashed for verification (real mail
+#: has one, two for a signed message forwarded signed); each deeper one costs a pass over
+#: the bytes it covers, so more are left unverified.
+MAX_SIGNED_PARTS = 4
+#: The .eml files of attached messages take at most this many times the message's size in
+#: all: a message forwarded as an attachment, itself holding one, fits; a third level of the
+#: same bytes is kept only in the .eml holding it (it wrote the innermost body once per
+#: level: nine times at the nesting cap).
+MAX_COPY_FACTOR = 2
+#: Bytes the layout writes per message (text, HTML, attachments, attached messages and their
+#: contents) are at most this many times the message's size, plus MAX_WRITE_SLACK. Ordinary
+#: mail writes about its size again (decoded attachments, a text body); the most a body can
+#: take is six times (an HTML body in a charset of 3-byte UTF-8 characters, in body.html and
+#: again in its text rendering). Past it, the file being written is dropped (text.txt and
+#: body.html are kept cut short) and later parts are only in the original.
+MAX_WRITE_FACTOR = 6
+MAX_WRITE_SLACK = 1 << 20
 
 _SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+_TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
+_TNEF_NAMES = {"winmail.dat", "win.dat"}
+#: Added to the name of an attachment saved still transfer-encoded.
+ENCODED_SUFFIX = ".encoded"
 _EXTENSIONS = {
     "text/plain": ".txt",
     "text/html": ".html",
@@ -78,47 +109,22 @@ class _Capture(io.BytesIO):
         return super().write(data[: max(room, 0)])
 
 
-class _Spool:
-    """A body kept in memory, spilled to an unnamed temporary file when large. Its bytes
-    can be read more than once (charset detection, then decoding)."""
-
-    def __init__(self, directory: str):
-        self._directory = directory
-        self._memory = bytearray()
-        self._file: BinaryIO | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._file is not None:
-            self._file.write(data)
-            return
-        self._memory += data
-        if len(self._memory) > SPOOL_BYTES:
-            self._file = tempfile.TemporaryFile(dir=self._directory)
-            self._file.write(self._memory)
-            self._memory = bytearray()
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._file is None:
-            if self._memory:
-                yield bytes(self._memory)
-            return
-        self._file.seek(0)
-        while chunk := self._file.read(WRITE_BLOCK):
-            yield chunk
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._memory = bytearray()
-
-
 class _MultiDigest:
-    """The digests S/MIME signers use, over the same bytes."""
+    """The digests S/MIME signers may use, over the same bytes: those a multipart/signed's
+    micalg names (and SHA-256, the usual one), or all when it names none we know. SHA-1 and
+    MD5 are not computed: a signature made with them is not valid anyway."""
 
-    NAMES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+    NAMES = ("sha224", "sha256", "sha384", "sha512")
+    _BROKEN = {"sha1", "md5", "md2"}
 
-    def __init__(self):
-        self.hashes = {name: hashlib.new(name) for name in self.NAMES}
+    def __init__(self, micalg: str | None = None):
+        declared = {n.strip().lower().replace("-", "") for n in (micalg or "").split(",")}
+        declared.discard("")
+        if not declared or declared - set(self.NAMES) - self._BROKEN:
+            names = set(self.NAMES)
+        else:
+            names = (declared & set(self.NAMES)) | {"sha256"}
+        self.hashes = {name: hashlib.new(name) for name in sorted(names)}
 
     def write(self, data: bytes) -> None:
         for h in self.hashes.values():
@@ -126,6 +132,26 @@ class _MultiDigest:
 
     def digests(self) -> dict[str, bytes]:
         return {name: h.digest() for name, h in self.hashes.items()}
+
+
+class _MeteredWriter(FileWriter):
+    """A file that takes bytes only while the message's write budget lasts (and its copy
+    budget, for an attached message's .eml); ``cut`` says it lost some."""
+
+    def __init__(self, path: str, mode: int, budget: _Budget, *, copy: bool = False):
+        super().__init__(path, mode)
+        self._budget = budget
+        self.copy = copy
+        self.cut = False
+
+    def write(self, data: bytes, /) -> None:
+        if self.cut:
+            return
+        room = self._budget.spend(len(data), copy=self.copy)
+        if room < len(data):
+            self.cut = True
+            data = data[:room]
+        super().write(data)
 
 
 class _Role:
@@ -152,7 +178,8 @@ class FoundAttachment(NamedTuple):
     filename: str
     content_type: str
     inline: bool
-    #: The MIME part number, within ``parent`` (the attached message's .eml) when set.
+    #: The MIME part number, within ``parent`` when set: an attached message's .eml, or
+    #: for a file from a winmail.dat, the winmail.dat (the number of the file in it).
     part: str = ""
     parent: str | None = None
 
@@ -221,10 +248,13 @@ class FolderLayout:
     def __init__(self, folder: str, options: LayoutOptions, work: str, *,
                  parse: ParseFunction, verify: VerifyFunction | None = None,
                  findings: Findings | None = None, prefix: str = "",
-                 within: str | None = None, depth: int = 0, budget: _Budget | None = None):
+                 within: str | None = None, depth: int = 0, budget: _Budget | None = None,
+                 message_size: int | None = None):
         """``folder`` is where files are written; ``prefix`` is its place in the message's
         folder ("" or "attachments/NAME/"), which the recorded paths start with;
-        ``within`` the attached message's .eml (relative) this layout lays out."""
+        ``within`` the attached message's .eml (relative) this layout lays out;
+        ``message_size`` the size of the message, which sets what may be written (None:
+        no cap)."""
         self.folder = os.fspath(folder)
         self.options = options
         self.work = work
@@ -234,7 +264,7 @@ class FolderLayout:
         self.prefix = prefix
         self.within = within
         self.depth = depth
-        self._budget = budget or _Budget()
+        self._budget = budget or _Budget.for_message(message_size)
         self._unsaid = 0
         self._names = NameAllocator()
         self._attachments_dir: str | None = None
@@ -270,13 +300,47 @@ class FolderLayout:
             self._add_warning(f"over {MAX_PARTS} MIME parts; the rest are only in the original")
         return budget.parts > MAX_PARTS
 
+    def _out_of_bytes(self, part: Part) -> bool:
+        """True once the write budget is spent (warned once): no more files."""
+        if not self._budget.cut:
+            return False
+        self._say_cut(part)
+        return True
+
+    def _say_cut(self, part: Part | None, copy: bool = False) -> None:
+        """Warn, once each, that the write budget or the copy budget is spent."""
+        budget = self._budget
+        kind = "copy" if copy and not budget.cut else "write"
+        if kind in budget.warned:
+            return
+        budget.warned.add(kind)
+        where = f" at part {part.label}" if part is not None else ""
+        if kind == "copy":
+            self._add_warning(f"attached messages take over {MAX_COPY_FACTOR}x the message's "
+                              f"size (MAX_COPY_FACTOR){where}; deeper ones are kept only in "
+                              "the .eml that holds them")
+        else:
+            self._add_warning(f"over the write budget of {MAX_WRITE_FACTOR}x the message's "
+                              f"size plus {MAX_WRITE_SLACK >> 20} MB (MAX_WRITE_FACTOR){where}; "
+                              "the rest is only in the original")
+
+    def _writer(self, path: str, *, copy: bool = False) -> _MeteredWriter:
+        return _MeteredWriter(path, self.options.file_mode, self._budget, copy=copy)
+
     def begin_multipart(self, part: Part) -> None:
         self._over_budget()
 
     def raw_tap(self, part: Part) -> Sink | None:
         if part.content_type != "multipart/signed" or self.verify is None:
             return None
-        digest = self._signed[id(part)] = _MultiDigest()
+        budget = self._budget
+        budget.signed += 1
+        if budget.signed > MAX_SIGNED_PARTS:
+            if budget.signed == MAX_SIGNED_PARTS + 1:
+                self.warn(part, f"over {MAX_SIGNED_PARTS} multipart/signed parts "
+                          "(MAX_SIGNED_PARTS); this one and later ones are not verified")
+            return None
+        digest = self._signed[id(part)] = _MultiDigest(part.param("micalg"))
         return digest
 
     def end_multipart(self, part: Part) -> None:
@@ -310,12 +374,14 @@ class FolderLayout:
             return capture
         if part.maintype == "multipart":
             return None  # a broken multipart: the parser has warned
+        if self._out_of_bytes(part):
+            return None
         kind = self._body_kind(part)
         if kind == "text" and self.options.save_text:
             return self._begin_text(part)
         if kind == "html" and self.options.save_text:
             self._html_taken = True
-            spool = _Spool(self.work)
+            spool = Spool(self.work, SPOOL_BYTES)
             self._roles[id(part)] = _Role(self._end_html, spool)
             return spool
         if kind is None and self.options.save_attachments:
@@ -348,19 +414,19 @@ class FolderLayout:
 
     def _begin_text(self, part: Part) -> Sink:
         if self._text is None:
-            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
+            self._text = self._writer(os.path.join(self.folder, TEXT_NAME))
             self._text_parent = part.parent
-        spool = _Spool(self.work)
+        spool = Spool(self.work, SPOOL_BYTES)
         self._roles[id(part)] = _Role(self._end_text, spool)
         return spool
 
-    def _decoded(self, part: Part, spool: _Spool) -> tuple[charsets.Decoding, Iterator[str]]:
+    def _decoded(self, part: Part, spool: Spool) -> tuple[charsets.Decoding, Iterator[str]]:
         decoding = charsets.choose(spool, part.param("charset"))
         if decoding.warning:
             self.warn(part, decoding.warning)
         return decoding, charsets.decode_chunks(spool, decoding)
 
-    def _end_text(self, part: Part, spool: _Spool) -> None:
+    def _end_text(self, part: Part, spool: Spool) -> None:
         out = self._text
         assert out is not None
         if not self._text_ends_line:
@@ -371,8 +437,8 @@ class FolderLayout:
             self._text_ends_line = text.endswith("\n")
         spool.close()
 
-    def _end_html(self, part: Part, spool: _Spool) -> None:
-        out = FileWriter(os.path.join(self.folder, HTML_NAME), self.options.file_mode)
+    def _end_html(self, part: Part, spool: Spool) -> None:
+        out = self._writer(os.path.join(self.folder, HTML_NAME))
         decoding, texts = self._decoded(part, spool)
         if not decoding.is_utf8:
             # Its own <meta charset> would now lie; the first declaration wins.
@@ -384,13 +450,16 @@ class FolderLayout:
 
     def _saved(self, name: str, writer: FileWriter) -> SavedFile:
         sha256 = writer.close()
+        if getattr(writer, "cut", False):  # a body is kept, cut short
+            self._say_cut(None)
+            self._add_warning(f"{self.prefix}{name} is cut short at the write budget")
         return SavedFile(self.prefix + name, sha256, writer.size)
 
     def finish(self) -> Findings:
         """Close the text body, or render it from the HTML when there was none."""
         findings = self.findings
         if self._text is None and findings.html is not None and self.options.save_text:
-            self._text = FileWriter(os.path.join(self.folder, TEXT_NAME), self.options.file_mode)
+            self._text = self._writer(os.path.join(self.folder, TEXT_NAME))
             renderer = HTMLToText()
             left = MAX_HTML_RENDER
             with open(os.path.join(self.folder, HTML_NAME), encoding="utf-8",
@@ -431,15 +500,17 @@ class FolderLayout:
         raw_name = _filename(part)
         if part.content_type == "message/rfc822":
             temp = os.path.join(self._attachments(), f".message-{part.label}.tmp")
-            writer = FileWriter(temp, self.options.file_mode)
+            writer = self._writer(temp, copy=True)
             self._roles[id(part)] = _Role(self._end_message, writer, raw_name)
             return writer
         fallback = f"part-{part.label}{extension_for(part.content_type)}"
-        if part.content_type == "application/ms-tnef" and not raw_name:
+        if part.content_type in _TNEF_TYPES and not raw_name:
             fallback = "winmail.dat"
-        name = self._names.claim(safe_filename(raw_name, fallback))
-        writer = FileWriter(os.path.join(self._attachments(), name), self.options.file_mode)
-        self._roles[id(part)] = _Role(self._end_attachment, writer, name, raw_name or name)
+        safe = safe_filename(raw_name, fallback)
+        name = self._names.claim(_encoded(safe) if part.undecoded else safe)
+        writer = self._writer(os.path.join(self._attachments(), name))
+        self._roles[id(part)] = _Role(self._end_attachment, writer, name, raw_name or name,
+                                      part.undecoded)
         return writer
 
     def _inline(self, part: Part) -> bool:
@@ -454,11 +525,77 @@ class FolderLayout:
         self.findings.attachments.append(FoundAttachment(
             saved, filename, content_type, self._inline(part), part.label, self.within))
 
-    def _end_attachment(self, part: Part, writer: FileWriter, name: str, filename: str) -> None:
+    def _dropped(self, part: Part, writer: _MeteredWriter) -> bool:
+        """A file cut short at the write budget is not kept: it would pass for whole."""
+        if not writer.cut:
+            return False
+        writer.close()
+        os.unlink(writer.path)
+        self._say_cut(part, writer.copy)
+        return True
+    def _end_attachment(self, part: Part, writer: _MeteredWriter, name: str, filename: str,
+                        named_undecoded: bool) -> None:
+        if self._dropped(part, writer):
+            return
+        if part.undecoded and not named_undecoded:  # known only at its end (uuencode)
+            writer.close()
+            encoded = self._names.claim(_encoded(name))
+            folder = self._attachments()
+            os.rename(os.path.join(folder, name), os.path.join(folder, encoded))
+            name = encoded
+        if part.undecoded:
+            self._record(part, writer, name, filename, "application/octet-stream")
+            return
         self._record(part, writer, name, filename, part.content_type)
+        if part.content_type in _TNEF_TYPES or (
+                filename.lower() in _TNEF_NAMES and part.content_type == "application/octet-stream"):
+            self._expand_tnef(part, name)
 
-    def _end_message(self, part: Part, writer: FileWriter, raw_name: str | None) -> None:
+    def _expand_tnef(self, part: Part, name: str) -> None:
+        """Save the files in a winmail.dat beside it, listed as coming from it."""
+        folder = self._attachments()
+        container = f"{self.prefix}{ATTACHMENTS_DIR}/{name}"
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        with open(os.open(os.path.join(folder, name), flags), "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if file.read(4) != tnef.SIGNATURE.to_bytes(4, "little"):
+                if part.content_type in _TNEF_TYPES:
+                    self.warn(part, f"{part.content_type} is not TNEF data; kept as it is")
+                return
+            room = MAX_PARTS - self._budget.parts  # each file counts as a part
+            if room <= 0:
+                return  # over the part budget (warned)
+            try:
+                contents = tnef.read_tnef(file, size, max_files=room)
+            except Exception as exc:  # a reader bug costs this part's contents, not the message
+                self.warn(part, f"{name}: could not be read ({type(exc).__name__}); only the "
+                          "winmail.dat is saved")
+                return
+            self._budget.parts += len(contents.files)
+            stem = posixpath.splitext(name)[0]
+            for found in contents.files:
+                ext = extension_for(found.content_type) if found.content_type else ".bin"
+                saved = self._names.claim(safe_filename(found.name, f"{stem}-{found.number}{ext}"))
+                writer = self._writer(os.path.join(folder, saved))
+                try:
+                    tnef.copy_file(file, found, writer)
+                finally:
+                    writer.close()
+                if self._dropped(part, writer):
+                    break  # the write budget is spent: the rest stays in the winmail.dat
+                content_type = (found.content_type or _MIME_TYPES.guess_type(saved)[0]
+                                or "application/octet-stream")
+                self.findings.attachments.append(FoundAttachment(
+                    self._saved(f"{ATTACHMENTS_DIR}/{saved}", writer),
+                    clip(found.name, MAX_TEXT_CHARS) if found.name else saved, content_type,
+                    found.inline, found.number, container))
+        for warning in contents.warnings:
+            self.warn(part, f"{name}: {warning}")
+
+    def _end_message(self, part: Part, writer: _MeteredWriter, raw_name: str | None) -> None:
         """Name an attached message after its subject, then lay out what it contains."""
+        if self._dropped(part, writer):
+            return
         writer.close()
         temp = writer.path
         subject = _subject_of(temp)
@@ -503,6 +640,44 @@ class _Budget:
     """Shared by a message's layout and its attached messages' layouts."""
 
     parts: int = 0
+    #: multipart/signed parts met.
+    signed: int = 0
+    #: Bytes the files may still take, and the .eml files of attached messages; None: no cap.
+    bytes_left: int | None = None
+    copies_left: int | None = None
+    #: The write budget is spent: no more files.
+    cut: bool = False
+    #: The warnings given ("write", "copy").
+    warned: set[str] = field(default_factory=set)
+
+    @classmethod
+    def for_message(cls, size: int | None) -> _Budget:
+        if size is None:
+            return cls()
+        return cls(bytes_left=write_budget(size), copies_left=MAX_COPY_FACTOR * size)
+
+    def spend(self, size: int, *, copy: bool = False) -> int:
+        """Take up to ``size`` bytes of the budget (and of the copy budget, for a copy);
+        returns how many there were: fewer, and the file is cut."""
+        room = size if self.bytes_left is None else min(size, self.bytes_left)
+        if room < size:
+            self.cut = True
+        if copy and self.copies_left is not None:
+            room = min(room, self.copies_left)
+            self.copies_left -= room
+        if self.bytes_left is not None:
+            self.bytes_left -= room
+        return room
+
+
+def write_budget(size: int) -> int:
+    """What the layout of a message of ``size`` bytes may write in all."""
+    return MAX_WRITE_FACTOR * size + MAX_WRITE_SLACK
+
+
+def _encoded(name: str) -> str:
+    """``name`` with ENCODED_SUFFIX, still within the length a name may have."""
+    return safe_filename(name + ENCODED_SUFFIX, "part" + ENCODED_SUFFIX)
 
 
 def _subject_of(path: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from time import monotonic
 
 from prefect_pop3mail.tasks.pop3.errors import (
+    TIMEOUT_HINT,
     MessageTooLargeError,
     POP3ConnectionError,
     POP3ProtocolError,
@@ -54,16 +55,18 @@ class LineReader:
 
     def __init__(self, sock: socket.socket, timeout: float | None = None, *,
                  min_rate: float = MIN_TRANSFER_RATE,
-                 redact: Callable[[bytes], bytes] = _as_is):
+                 redact: Callable[[bytes], bytes] = _as_is, peer: str = "the server"):
         """``timeout``: the socket's own per-read timeout, which is also each reply's grace
         before ``min_rate`` applies (None: no per-reply deadline). ``redact`` removes
-        secrets from server bytes quoted in errors."""
+        secrets from server bytes quoted in errors; ``peer`` (host:port) names the server
+        in them."""
         self._sock = sock
         self._buf = b""
         self._pos = 0
         self._timeout = timeout
         self._min_rate = min_rate
         self.redact = redact
+        self.peer = peer
         self._command = "the command"
         self._started: float | None = None
         self._received = 0
@@ -95,10 +98,7 @@ class LineReader:
         except TimeoutError as exc:  # socket.timeout is TimeoutError
             if wait is not None and self._received:
                 raise self._too_slow() from exc
-            quiet = f" (nothing for {self._timeout:g} s)" if self._timeout else ""
-            raise POP3TimeoutError(
-                f"the server did not answer {self._command} in time{quiet}"
-            ) from exc
+            raise self._silent() from exc
         except OSError as exc:
             raise POP3ConnectionError(f"connection lost: {exc.strerror or exc}") from exc
         finally:
@@ -126,12 +126,20 @@ class LineReader:
         self._sock.settimeout(remaining)
         return remaining
 
+    def _silent(self) -> POP3TimeoutError:
+        """Nothing at all within the timeout: which server, which phase, which setting."""
+        what = ("sent no greeting" if self._command == "greeting"
+                else f"did not answer {self._command}")
+        within = f" within {self._timeout:g} s" if self._timeout else ""
+        return POP3TimeoutError(f"{self.peer} {what}{within} (nothing received); {TIMEOUT_HINT}")
+
     def _too_slow(self) -> POP3TimeoutError:
         assert self._started is not None
         return POP3TimeoutError(
-            f"the reply to {self._command} is too slow: {self._received} bytes in "
-            f"{monotonic() - self._started:.1f} s, below the minimum of "
-            f"{self._min_rate / 1000:g} kB/s after the first {self._timeout:g} s"
+            f"the reply to {self._command} is too slow: {self.peer} sent {self._received} "
+            f"bytes in {monotonic() - self._started:.1f} s, below the minimum of "
+            f"{self._min_rate / 1000:g} kB/s after the first {self._timeout:g} s; "
+            + TIMEOUT_HINT
         )
 
     def status_line(self) -> bytes:

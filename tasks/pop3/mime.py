@@ -26,9 +26,10 @@ from prefect_pop3mail.tasks.pop3.headers import (
     parse_headers,
     split_params,
 )
-from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
+from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink, Spool
 
-__all__ = ["MAX_HEADER_BYTES", "Part", "StreamParser", "Visitor", "parse_file", "parse_headers"]
+__all__ = ["DECODED_ENCODINGS", "MAX_HEADER_BYTES", "Part", "StreamParser", "Visitor", "parse_file",
+           "parse_headers"]
 
 BLOCK = 256 * 1024
 #: A boundary line longer than this is not a boundary (RFC 2046 caps boundaries at 70).
@@ -73,6 +74,10 @@ class Part:
     index: int = 0
     children: int = 0
     depth: int = 0
+    #: Its body is saved as it came, still transfer-encoded: the encoding is unknown, or
+    #: its data could not be decoded (uuencode without a begin line...). Set before
+    #: ``begin_leaf`` when the encoding is unknown, before ``end_leaf`` otherwise.
+    undecoded: bool = False
 
     @property
     def label(self) -> str:
@@ -150,7 +155,11 @@ class Part:
 
 class Visitor(Protocol):
     """What the parser calls. ``begin_leaf`` returns where the decoded body goes (or None
-    to skip it); ``raw_tap`` lets a multipart/signed visitor see its first child's raw bytes."""
+    to skip it); ``raw_tap`` lets a multipart/signed visitor see its first child's raw bytes.
+
+    A visitor may have a ``work`` attribute: a folder for the parser's scratch files (a
+    uuencoded body waits there until its end shows whether it decodes); without it, the
+    system's temporary folder."""
 
     def begin_multipart(self, part: Part) -> None: ...
     def end_multipart(self, part: Part) -> None: ...
@@ -171,6 +180,8 @@ _EQUALS = re.compile(b"=+")
 class Base64Decoder:
     """Chunked base64 with binascii's leniency, as the email package decodes it: junk
     characters are skipped, a completed padding ends the data, a missing padding is added."""
+
+    undecoded = False
 
     def __init__(self, sink: Sink):
         self.sink = sink
@@ -237,6 +248,8 @@ class Base64Decoder:
 class QuotedPrintableDecoder:
     """Quoted-printable, decoded a whole line at a time so soft breaks join correctly."""
 
+    undecoded = False
+
     def __init__(self, sink: Sink):
         self.sink = sink
         self._carry = b""
@@ -273,19 +286,281 @@ class IdentityDecoder:
         self.sink = sink
         self.write = sink.write
         self.problem: str | None = None
+        self.undecoded = False
 
     def close(self) -> None:
         pass
 
 
-_KNOWN_ENCODINGS = {"", "7bit", "8bit", "binary", "base64", "quoted-printable"}
+#: Around "end", what str.strip removes in the email package (it sees no line breaks).
+_UU_BLANKS = b" \t\f"
+#: What binascii.a2b_uu accepts after a line's data.
+_UU_PADDING = b" `"
+#: A uuencoded line's data is its length character and at most 84 more (63 bytes).
+_UU_DATA = 85
+#: Lines up to this long are read whole; a longer one is summed up as it streams by.
+MAX_UU_LINE = 4096
+_SEARCH, _BODY, _DONE, _FAILED = range(4)
+# Possessive: a repeated group would otherwise keep a backtracking point per repetition.
+_OCTAL_RUN = re.compile(rb"[0-7]*+(?:_[0-7]++)*+")
+#: The whitespace int() skips that a begin line's mode can hold (no space, no line break).
+_MODE_SPACE = re.compile(rb"[\t\x0b\x0c]*")
 
 
-def decoder_for(encoding: str, sink: Sink):
+class OctalToken:
+    """Whether a begin line's mode is what ``int(mode, 8)`` accepts (the email package's
+    test): whitespace, a sign, "0o" and one underscore, octal digits with single
+    underscores between them, whitespace. Read in pieces, so a mode of any length costs
+    linear time and no memory; runs are taken by regular expressions, not byte by byte."""
+
+    def __init__(self):
+        self.state = "lead"
+
+    @property
+    def valid(self) -> bool:
+        return self.state in ("zero", "digits", "trail")
+
+    def feed(self, piece: bytes) -> None:  # noqa: C901 - one branch per state
+        i, n = 0, len(piece)
+        while i < n and self.state != "bad":  # each pass consumes a byte or changes state
+            state, c = self.state, piece[i]
+            if state == "lead":
+                i = _MODE_SPACE.match(piece, i).end()
+                if i < n:
+                    i += piece[i] in b"+-"
+                    self.state = "first"
+            elif state == "first":
+                self.state = "zero" if c == 0x30 else "digits" if 0x31 <= c <= 0x37 else "bad"
+                i += 1
+            elif state == "zero":  # a leading 0: a digit, or the start of "0o"
+                if c in b"oO":
+                    self.state = "prefix"
+                    i += 1
+                else:
+                    self.state = "digits"
+            elif state == "prefix":  # one underscore may follow "0o"
+                self.state = "after_" if c == 0x5F else "digits" if 0x30 <= c <= 0x37 else "bad"
+                i += 1
+            elif state == "after_":  # an underscore: a digit must follow
+                self.state = "digits" if 0x30 <= c <= 0x37 else "bad"
+                i += 1
+            elif state == "digits":
+                i = _OCTAL_RUN.match(piece, i).end()
+                if i < n:
+                    c = piece[i]
+                    self.state = "after_" if c == 0x5F else "trail" if c in b"\t\x0b\x0c" else "bad"
+                    i += c == 0x5F
+            else:  # trail: whitespace only
+                i = _MODE_SPACE.match(piece, i).end()
+                if i < n:
+                    self.state = "bad"
+
+
+def _is_begin(line: bytes) -> bool:
+    """The email package's begin line: "begin ", then a mode int(mode, 8) reads."""
+    if not line.startswith(b"begin "):
+        return False
+    token = OctalToken()
+    token.feed(line[6:].partition(b" ")[0])
+    return token.valid
+
+
+def _uu_line(line: bytes) -> bytes:
+    """One line of data as the email package decodes it (binascii.Error if it cannot)."""
+    try:
+        return binascii.a2b_uu(line)
+    except binascii.Error:
+        # The email package's workaround for encoders that pad lines: only the data.
+        return binascii.a2b_uu(line[:(((line[0] - 32) & 63) * 4 + 5) // 3])
+
+
+class _LongLine:
+    """A line over MAX_UU_LINE, summed up as it streams by into a short line that the
+    email package's rules read the same way: for a begin line, its first bytes and whether
+    its mode is octal; for a data line, its first 85 bytes (all a2b_uu reads), what
+    follows them (padding only, or not), and whether the whole line is "end"."""
+
+    def __init__(self, searching: bool):
+        self.searching = searching
+        self.head = b""
+        self.mode: OctalToken | None = None
+        self.mode_done = False
+        self.clean = True
+        self.backtick = False
+        # "end" between blanks: blanks so far, how much of "end" came, nothing after it.
+        self.lead = True
+        self.matched = 0
+        self.maybe_end = True
+
+    def feed(self, piece: bytes) -> None:
+        keep = 6 if self.searching else _UU_DATA
+        rest = piece
+        if len(self.head) < keep:
+            room = keep - len(self.head)
+            self.head += piece[:room]
+            rest = piece[room:]
+        if self.searching:
+            if self.head == b"begin " and not self.mode_done:
+                self.mode = self.mode or OctalToken()
+                token, space, _ = rest.partition(b" ")
+                self.mode.feed(token)
+                self.mode_done = bool(space)
+            return
+        if rest.translate(None, _UU_PADDING):
+            self.clean = False
+        self.backtick = self.backtick or b"`" in rest
+        self._feed_end(piece)
+
+    def _feed_end(self, piece: bytes) -> None:
+        if not self.maybe_end:
+            return
+        if self.lead:
+            piece = piece.lstrip(_UU_BLANKS)
+            if not piece:
+                return
+            self.lead = False
+        if self.matched < 3:
+            take = piece[:3 - self.matched]
+            if b"end"[self.matched:self.matched + len(take)] != take:
+                self.maybe_end = False
+                return
+            self.matched += len(take)
+            piece = piece[len(take):]
+        if piece.translate(None, _UU_BLANKS):
+            self.maybe_end = False
+
+    def summary(self) -> bytes:
+        if self.searching:
+            return b"begin 0" if self.mode is not None and self.mode.valid else b"-"
+        if self.maybe_end and self.matched == 3:
+            return b"end"
+        if not self.clean:
+            return self.head + b"~"  # "Trailing garbage": the data alone is decoded
+        return self.head + (b"`" if self.backtick else b" ")
+
+
+class UUDecoder:
+    """uuencode as the email package decodes it (email.message._decode_uu): from the first
+    "begin <octal mode>" line to an "end" line, line by line, with binascii's leniency.
+    Where the email package gives up and keeps the payload as it came (no begin line, an
+    empty line or a line it cannot decode before "end"), so does this decoder
+    (``undecoded``). Until that is known, the raw and the decoded bytes are held (a block
+    in memory, the rest in scratch files): linear time, bounded memory, any line length."""
+
+    def __init__(self, sink: Sink, scratch: str | None = None):
+        self.sink = sink
+        self.problem: str | None = None
+        self.undecoded = False
+        self._state = _SEARCH
+        self._raw: Spool | None = Spool(scratch, BLOCK)
+        self._out: Spool | None = Spool(scratch, BLOCK)
+        self._pending = b""
+        self._long: _LongLine | None = None
+        self._cr = False  # the last block ended with CR: a LF next belongs to it
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._state >= _DONE:
+            if self._state == _FAILED:
+                self.sink.write(data)
+            return
+        self._raw.write(data)
+        if self._cr and data.startswith(b"\n"):
+            data = data[1:]
+        self._cr = data.endswith(b"\r")
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        if not cut:
+            self._partial(data)
+            return
+        lines = data[:cut].splitlines()
+        lines[0] = self._finish_line(lines[0])
+        self._lines(lines)
+        if self._state < _DONE:
+            self._partial(data[cut:])
+
+    def _partial(self, piece: bytes) -> None:
+        """Part of a line whose end has not come yet."""
+        if self._long is not None:
+            self._long.feed(piece)
+            return
+        self._pending += piece
+        if len(self._pending) > MAX_UU_LINE:
+            self._long = _LongLine(self._state == _SEARCH)
+            self._long.feed(self._pending)
+            self._pending = b""
+
+    def _finish_line(self, piece: bytes) -> bytes:
+        if self._long is not None:
+            self._long.feed(piece)
+            line, self._long = self._long.summary(), None
+            return line
+        line, self._pending = self._pending + piece, b""
+        return line
+
+    def _lines(self, lines: list[bytes]) -> None:
+        """Complete lines, each at most MAX_UU_LINE long (or summed up)."""
+        index = 0
+        if self._state == _SEARCH:
+            for index, line in enumerate(lines, 1):  # noqa: B007 - where the data starts
+                if _is_begin(line):
+                    self._state = _BODY
+                    break
+            else:
+                return
+        out = self._out
+        for line in lines[index:]:
+            if not line:
+                return self._fail("has an empty line before its end line")
+            if line.strip(_UU_BLANKS) == b"end":
+                self._state = _DONE
+                self._out = None
+                out.move_to(self.sink)
+                self._raw.close()
+                self._raw = None
+                return
+            try:
+                out.write(_uu_line(line))
+            except binascii.Error:
+                return self._fail("has a line that cannot be decoded")
+
+    def _fail(self, why: str) -> None:
+        self._state = _FAILED
+        self.undecoded = True
+        self.problem = f"uuencoded data {why}; saved undecoded"
+        self._out.close()
+        self._out = None
+        self._raw.move_to(self.sink)
+        self._raw = None
+
+    def close(self) -> None:
+        if self._state < _DONE and (self._pending or self._long is not None):
+            self._lines([self._finish_line(b"")])
+        if self._state == _SEARCH:
+            self._fail("has no begin line")
+        elif self._state == _BODY:
+            self.problem = "uuencoded data has no end line; decoded to where it stops"
+            self._state = _DONE
+            self._out.move_to(self.sink)
+            self._raw.close()
+        self._raw = self._out = None
+
+
+#: The transfer encodings the email package decodes as uuencode.
+UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+#: Transfer encodings whose bodies are decoded (or need no decoding).
+DECODED_ENCODINGS = frozenset({"", "7bit", "8bit", "binary", "base64", "quoted-printable",
+                               *UUENCODE})
+
+
+def decoder_for(encoding: str, sink: Sink, scratch: str | None = None):
+    """The decoder for a transfer encoding; ``scratch``: a folder for held bytes."""
     if encoding == "base64":
         return Base64Decoder(sink)
     if encoding == "quoted-printable":
         return QuotedPrintableDecoder(sink)
+    if encoding in UUENCODE:
+        return UUDecoder(sink, scratch)
     return IdentityDecoder(sink)
 
 
@@ -550,16 +825,18 @@ class StreamParser:
 
     def _leaf(self, part: Part, stack: list[bytes]) -> _End | None:
         visitor = self.visitor
-        sink = visitor.begin_leaf(part)
         encoding = part.transfer_encoding
+        part.undecoded = encoding not in DECODED_ENCODINGS
+        sink = visitor.begin_leaf(part)
         if sink is None:
             end = self._scan(DISCARD, stack)
         else:
-            decoder = decoder_for(encoding, sink)
-            if encoding not in _KNOWN_ENCODINGS:
+            decoder = decoder_for(encoding, sink, getattr(visitor, "work", None))
+            if part.undecoded:
                 self._warn(part, f"unknown transfer encoding {clip(encoding, 40)!r}; saved undecoded")
             end = self._scan(decoder, stack)
             decoder.close()
+            part.undecoded = part.undecoded or decoder.undecoded
             if isinstance(decoder, Base64Decoder) and decoder.junk:
                 self._warn(part, "base64 data has invalid characters; they were skipped")
             if decoder.problem:

@@ -222,9 +222,11 @@ class SavedAttachment(BaseModel):
     size: int
     sha256: str
     inline: bool = False
-    #: The MIME part number ("2", "1.3"), within ``parent`` when that is set.
+    #: The MIME part number ("2", "1.3"), within ``parent`` when that is set; for a file
+    #: from a winmail.dat, its number in it ("2", or "2.1" inside an Outlook item).
     part: str = ""
-    #: The attached message (.eml) this file was laid out from; None for the message itself.
+    #: The attached message (.eml) or the winmail.dat this file was laid out from; None for
+    #: the message's own parts.
     parent: Path | None = None
     parent_url: str | None = None
 
@@ -343,6 +345,11 @@ class ReceiveReport(BaseModel):
     listed: list[ListedMessage] = []
     #: Messages still on the server and not saved when the run ended.
     waiting: int = 0
+    #: POP3 sessions the run opened (at most its batches plus receiver.MAX_EXTRA_SESSIONS).
+    sessions: int = 0
+    #: Why the run stopped before it was done (the session cap, a full disk), else None;
+    #: what it did not do waits on the server for the next run.
+    stopped: str | None = None
 
     @property
     def quarantined(self) -> list[ReceivedMail]:

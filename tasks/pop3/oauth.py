@@ -11,12 +11,19 @@ forms it travels in) or a token.
 
 Where requests go: only to the origin (scheme, host, port) of the configured https://
 token endpoint, and never on through a redirect: the client secret is sent once, there.
+
+How long and how much: each request, from connecting to the last byte of the reply, ends
+within the configured timeout (a provider that sends a byte now and then cannot hold a run),
+and a reply over :data:`MAX_REPLY_BYTES` is refused.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import http.client
+import io
 import json
 import logging
 import re
@@ -58,6 +65,8 @@ _ENTRA_V1_ENDPOINT = re.compile(r"^https://login\.[^/]+/[^/]+/oauth2/token/?$", 
 _SHARED_TENANTS = {"common", "organizations", "consumers"}
 _CLIENT_ERRORS = {"invalid_client", "unauthorized_client"}
 _REPLY_SNIPPET = 400
+#: A token reply is a few kB (an Entra access token about 2 kB), OIDC discovery as much.
+MAX_REPLY_BYTES = 1 << 20
 
 # Monkeypatched by tests to move the clock; everything here reads time through it.
 _now = time.time
@@ -136,6 +145,74 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The reading end of a socket, each read given what is left of ``deadline``: a
+    reply trickled a byte at a time ends at the deadline, not at the read timeout."""
+
+    def __init__(self, sock, deadline: float):
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # counts as a reference to the socket
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._sock.settimeout(_left(self._deadline))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineConnection(http.client.HTTPSConnection):
+    """An HTTPS connection whose connect, TLS handshake, request and reply together end
+    by ``deadline`` (a time.monotonic value)."""
+
+    def __init__(self, *args, deadline: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        self.timeout = _left(self._deadline)  # the handshake's deadline, as a whole
+        super().connect()
+
+    def send(self, data) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(_left(self._deadline))
+        super().send(data)
+
+    @property
+    def response_class(self):
+        return functools.partial(_DeadlineResponse, deadline=self._deadline)
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, deadline: float, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # http.client's own reader, unused: it holds a socket reference
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+
+
+class _DeadlineHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, seconds: float):
+        super().__init__(context=context)
+        self._seconds = seconds
+
+    def https_open(self, req):
+        deadline = time.monotonic() + self._seconds
+        return self.do_open(functools.partial(_DeadlineConnection, deadline=deadline), req,
+                            context=self._context)
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the whole request took longer than the timeout")
+    return left
+
+
 class HttpClient:
     """Minimal HTTPS client for the token endpoint, also handed to msal.
 
@@ -144,7 +221,8 @@ class HttpClient:
     error, never followed: msal's OIDC discovery cannot send the secret elsewhere either.
     Replies that are not a success in JSON (errors, HTML pages) come back with every form of
     the secret masked, as msal logs them. Transport failures become OAuth2 errors that name
-    the endpoint.
+    the endpoint. Each request as a whole (connect, TLS, request, reply) ends within
+    ``timeout`` seconds, and its reply is at most MAX_REPLY_BYTES.
     """
 
     def __init__(self, ca_file: str | None, timeout: float, token_endpoint: str,
@@ -156,7 +234,7 @@ class HttpClient:
         #: The last response, so an error can describe what the provider sent.
         self.last_response: HttpResponse | None = None
         self._opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=client_context(ca_file)), _NoRedirects()
+            _DeadlineHandler(client_context(ca_file), timeout), _NoRedirects()
         )
 
     def get(self, url: str, params=None, headers=None, **_ignored) -> HttpResponse:
@@ -183,10 +261,10 @@ class HttpClient:
         log.debug("%s %s", method, _without_query(url))
         try:
             with self._opener.open(request, timeout=self.timeout) as r:
-                response = HttpResponse(r.status, _text(r.read()), dict(r.headers.items()))
+                response = HttpResponse(r.status, self._body(url, r), dict(r.headers.items()))
         except urllib.error.HTTPError as reply:  # 4xx/5xx still carry the provider's JSON
             with reply:
-                response = HttpResponse(reply.code, _text(reply.read()), dict(reply.headers))
+                response = HttpResponse(reply.code, self._body(url, reply), dict(reply.headers))
         except urllib.error.URLError as exc:
             raise _transport_error(url, exc.reason) from exc
         except (TimeoutError, OSError) as exc:
@@ -197,6 +275,16 @@ class HttpClient:
             response.text = self._redactor.text(response.text)
         self.last_response = response
         return response
+
+    @staticmethod
+    def _body(url: str, reply) -> str:
+        data = reply.read(MAX_REPLY_BYTES + 1)
+        if len(data) > MAX_REPLY_BYTES:
+            raise OAuth2ResponseError(
+                f"{_without_query(url)} sent a reply over {MAX_REPLY_BYTES >> 20} MB "
+                "(MAX_REPLY_BYTES); a token reply is a few kB: is token_endpoint the "
+                "provider's token URL?")
+        return _text(data)
 
     def _redirected(self, url: str, response: HttpResponse) -> OAuth2Error:
         location = {k.lower(): v for k, v in response.headers.items()}.get("location", "")

@@ -9,28 +9,42 @@ One message never stops a mailbox: whatever goes wrong while saving one message 
 message's failure, counted in the journal; after ``quarantine_after`` failed runs its
 original alone is set aside under ``quarantine/``. Only session faults (the connection, the
 protocol, a full disk, an unusable save directory) end a run.
+
+A run ends by construction. It works on the messages of its first listing. Whatever fails
+on a message (a refusal, a cap, its headers, saving it, the session dying while it was read)
+is charged to that message once per run, and a message settled in a run (saved, failed,
+skipped) is not looked at again in it: so each session settles at least one message or ends
+the run. A failed message is replaced by the next one in the same session (a batch counts
+what was received), so only a message that breaks its session costs a new one. The session
+cap (:data:`MAX_EXTRA_SESSIONS` beyond the batches the run needs) is the backstop, and a run
+stopped by it says so in ``ReceiveReport.stopped``. The journal counts runs, never attempts:
+``quarantine_after`` runs, whatever the batches.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from prefect_pop3mail.tasks.pop3.errors import (
     DiskFullError,
     MessageTooLargeError,
+    POP3ConnectionError,
     POP3InUseError,
     POP3LoginDelayError,
     POP3MailError,
+    POP3ProtocolError,
     POP3ReplyError,
     SaveDirectoryError,
     UIDLNotSupportedError,
 )
 from prefect_pop3mail.tasks.pop3.headers import header_fields
 from prefect_pop3mail.tasks.pop3.journal import Saved, head_digest
-from prefect_pop3mail.tasks.pop3.mime import parse_headers
+from prefect_pop3mail.tasks.pop3.mime import MAX_HEADER_BYTES, parse_headers
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
     ListedMessage,
@@ -50,18 +64,80 @@ Progress = Callable[[int, int], None]
 
 #: Faults of the run, not of one message: they end it (what is saved stays saved).
 _RUN_FAULTS = (DiskFullError, SaveDirectoryError)
+#: Faults that end a session: the connection, the protocol, a reply over its cap.
+_SESSION_FAULTS = (POP3ConnectionError, POP3ProtocolError, MessageTooLargeError)
+
+# The journal's failure kinds, by what later runs do with a message whose last failure it is.
+#: Saving it failed: after ``quarantine_after`` runs its original is set aside in quarantine.
+SAVE_FAILED = "save"
+#: It hit a cap (its size, its headers) or broke its session while tried alone: after
+#: ``quarantine_after`` runs it is left on the server and reported, never retrieved again.
+BROKE_SESSION = "retr"
+#: Its session died while it was being read, with other messages in flight: later runs try
+#: it alone, after the others are committed (which tells the message from the network).
+LOST_SESSION = "lost"
+_SUSPECT = (BROKE_SESSION, LOST_SESSION)
+
+#: Sessions a run may open beyond the batches it needs (1, or ceil(messages / commit_every)):
+#: one for each message that broke a session (a cap, a dropped connection) and each message
+#: tried alone. Past it the run stops, says why in ``ReceiveReport.stopped``, and the rest
+#: waits for the next run.
+MAX_EXTRA_SESSIONS = 10
+#: TOP n 0 (the filters, a dry run, checking a journalled message before DELE) reads at most
+#: this much; a longer header section ends the session and is that message's failure.
+MAX_TOP_BYTES = MAX_HEADER_BYTES
 
 
 @dataclass
 class _Plan:
     fetch: list[int] = field(default_factory=list)
     delete_known: list[int] = field(default_factory=list)
+    #: UIDLs that broke a session in an earlier run: each tried alone, after the others.
+    alone: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Listing:
     uidls: dict[int, str]
     sizes: dict[int, int]
+
+
+class _SessionLost(Exception):
+    """The session ended under a message, which is charged for it: the run goes on in a
+    new session without that message."""
+
+
+class _Feed:
+    """The messages one session asks for, as the pipeline makes room: never so many in
+    flight that the session could receive more than ``batch``, so a message that fails is
+    replaced by the next one (a batch counts received messages, not attempts). Bounded by
+    ``numbers``; asked again after it said "no more", it may go on once results came in."""
+
+    def __init__(self, numbers: list[int], batch: int | None):
+        self.numbers = numbers
+        self.batch = batch
+        self.sent = self.done = self.received = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        if self.sent >= len(self.numbers):
+            raise StopIteration
+        if self.batch is not None and self.received + self.sent - self.done >= self.batch:
+            raise StopIteration
+        self.sent += 1
+        return self.numbers[self.sent - 1]
+
+    @property
+    def in_flight(self) -> int | None:
+        """The message whose reply is being read (results come in order)."""
+        return self.numbers[self.done] if self.sent > self.done else None
+
+    @property
+    def left(self) -> bool:
+        """Messages of the plan never asked for."""
+        return self.sent < len(self.numbers)
 
 
 class MailboxReceiver:
@@ -84,8 +160,24 @@ class MailboxReceiver:
         self.store = store or open_store(save, connection.mailbox_key, configuration)
         self.progress = progress
         self.report = ReceiveReport(configuration=configuration)
-        #: Messages that ended a session this run: not tried again in it.
-        self._broke_session: set[str] = set()
+        #: The run's messages: the UIDLs of its first listing (None before it).
+        self._scope: set[str] | None = None
+        self._cap = 1 + MAX_EXTRA_SESSIONS  # set from the first listing
+        self._batches = 1
+        #: Settled this run (received, failed, skipped...): not looked at again in it.
+        self._settled: set[str] = set()
+        #: Failed this run: charged once.
+        self._charged: set[str] = set()
+        #: Passed the filters this run (their TOP is not sent again).
+        self._matched: set[str] = set()
+        #: Journalled, but too big a header section to check by TOP: received again.
+        self._recheck: set[str] = set()
+        #: Suspects waiting to be tried alone, from the last full plan.
+        self._alone: list[str] = []
+        #: Regular messages of the last plan not yet asked for, or a plan cut short.
+        self._regular_left = True
+        #: Received in a session that died: deleted by a later session's DELE.
+        self._undeleted: dict[str, ReceivedMail] = {}
         try:
             # Beside the saved files: in the state folder, or on the storage of a URL.
             self.journal, self.outbox = open_records(self.store, connection.mailbox_key)
@@ -109,21 +201,19 @@ class MailboxReceiver:
 
         A run fault raises a POP3MailError whose ``partial_report`` has what was saved.
         """
-        limit = self.options.max_messages
         if not self.options.dry_run:
             self.report.late = list(self.outbox.pending.values())
+        alone: str | None = None
         try:
-            while True:
-                remaining = None if limit is None else limit - len(self.report.received)
-                if remaining is not None and remaining <= 0:
+            while self._room() != 0:
+                if self.report.sessions >= self._cap:
+                    self._stop(
+                        f"the session cap of {self._cap} sessions was reached ({self._batches} "
+                        f"for the batches of this run, plus MAX_EXTRA_SESSIONS = "
+                        f"{MAX_EXTRA_SESSIONS} for messages that broke a session or were tried "
+                        "alone); the rest waits for the next run")
                     break
-                batch = remaining
-                if self.options.commit_every:
-                    batch = min(remaining or self.options.commit_every, self.options.commit_every)
-                try:
-                    more = self._session_leaves_more(batch)
-                except MessageTooLargeError:
-                    more = True  # counted against that message and skipped; the rest goes on
+                more, alone = self._session(alone)
                 if not more:
                     break
         except POP3MailError as exc:
@@ -136,46 +226,101 @@ class MailboxReceiver:
         """Downstream steps have been told of ``mails``: take them out of the outbox."""
         self.outbox.acknowledge([m.id for m in mails])
 
+    def _room(self) -> int | None:
+        """How many more messages this run may receive (None: no limit)."""
+        limit = self.options.max_messages
+        return None if limit is None else max(0, limit - len(self.report.received))
+
+    def _stop(self, why: str) -> None:
+        self.report.stopped = why
+        log.warning("%s: run stopped: %s", self.configuration, why)
+
     # --- one session ------------------------------------------------------------------
 
-    def _session_leaves_more(self, batch: int | None) -> bool:
-        """One POP3 session. Returns whether messages remain for another session."""
+    def _session(self, alone: str | None) -> tuple[bool, str | None]:
+        """One POP3 session: the run's regular messages, or the suspect ``alone``. Returns
+        whether work remains, and the suspect to try next (None: regular messages)."""
         received = self.report.received
         first = len(received)
         session = self._open()
+        self.report.sessions += 1
+        pending: list[str] = []  # deleted at this session's QUIT, or by a later session
+        plan = _Plan()
         try:
             listing = _Listing(self._uidls(session), session.list())
             for number, error in session.invalid_uidls.items():
                 # Never journalled or deleted: the journal could not name this message.
-                self._fail(number, error.uidl or f"(message {number})", error)
-            if not self.options.dry_run:
-                shared = {e.uidl for e in session.invalid_uidls.values() if e.uidl}
-                self.journal.prune(set(listing.uidls.values()) | shared)
-            plan = self._plan(session, listing)
+                self._charge(number, error.uidl or f"(message {number})", error)
+            if self._scope is None:
+                self._begin(listing, session)
+            if alone is None:
+                self._regular_left = False
+            plan = self._plan(session, listing, alone)
             if self.options.dry_run:
                 session.quit()
-                return False
-            fetch = plan.fetch[:batch] if batch is not None else plan.fetch
-            more = batch is not None and len(plan.fetch) > batch
+                return self._next(), None
             for number in plan.delete_known:
                 session.dele(number)  # saved by an earlier run that died before QUIT
-            stopped = self._retrieve(session, fetch, listing)
+                pending.append(listing.uidls[number])
+            self._settled.update(pending)
+            stopped = self._retrieve(session, plan.fetch, listing, alone is not None)
             if plan.delete_known or (self.options.remove_after_read and len(received) > first):
                 self.journal.sync()
+        except _SessionLost:
+            session.close()  # no QUIT: the server deletes nothing of this session
+            if alone is None:
+                self._regular_left = True
+            if self.options.remove_after_read:  # a later session deletes them (by the journal)
+                self._settled.difference_update(pending)
+                self._settled.difference_update(m.uidl for m in received[first:])
+                self._undeleted.update((m.uidl, m) for m in received[first:])
+            return self._after(alone)
         except BaseException:
             session.close()  # no QUIT: the server deletes nothing of this session
             raise
         session.quit()
         self.report.waiting = len(listing.uidls) - self.journal.count_saved(listing.uidls.values())
         if self.options.remove_after_read:  # QUIT succeeded: the deletions are applied
-            self._mark_deleted(session, listing, first)
-        return more and not stopped
+            self._mark_deleted(session, listing, first, plan.delete_known)
+        if stopped:
+            return False, None
+        return self._after(alone)
 
-    def _mark_deleted(self, session: POP3Session, listing: _Listing, first: int) -> None:
+    def _after(self, alone: str | None) -> tuple[bool, str | None]:
+        """What comes after a session: regular messages left, else the next suspect."""
+        if alone is not None:
+            self._settled.add(alone)  # tried alone once this run, whatever came of it
+        return self._next(), self._next_alone()
+
+    def _next(self) -> bool:
+        return self._regular_left or self._next_alone() is not None
+
+    def _next_alone(self) -> str | None:
+        """The next suspect to try alone, once no regular message is left."""
+        if self._regular_left or self.options.dry_run:
+            return None
+        return next((u for u in self._alone if u not in self._settled), None)
+
+    def _begin(self, listing: _Listing, session: POP3Session) -> None:
+        """The run's first listing: its messages, and its session cap."""
+        self._scope = set(listing.uidls.values())
+        every = self.options.commit_every
+        wanted = len(self._scope)
+        if self.options.max_messages is not None:
+            wanted = min(wanted, self.options.max_messages)
+        self._batches = max(1, math.ceil(wanted / every)) if every and not self.options.dry_run else 1
+        self._cap = self._batches + MAX_EXTRA_SESSIONS
+        if not self.options.dry_run:
+            shared = {e.uidl for e in session.invalid_uidls.values() if e.uidl}
+            self.journal.prune(self._scope | shared)
+
+    def _mark_deleted(self, session: POP3Session, listing: _Listing, first: int,
+                      delete_known: list[int]) -> None:
         received = self.report.received
         refused = {listing.uidls[n]: e for n, e in session.refused_deletions.items()}
         # Deletion is known only after QUIT: the results made before it are completed.
-        for mail in received[first:]:
+        later = [self._undeleted.pop(listing.uidls[n], None) for n in delete_known]
+        for mail in [*received[first:], *filter(None, later)]:
             error = refused.get(mail.uidl)
             mail.deleted = error is None
             if error is not None:
@@ -223,46 +368,60 @@ class MailboxReceiver:
 
     # --- planning -----------------------------------------------------------------------
 
-    def _plan(self, session: POP3Session, listing: _Listing) -> _Plan:
+    def _plan(self, session: POP3Session, listing: _Listing, alone: str | None) -> _Plan:
+        """What this session does: every unsettled message of the run (a regular session),
+        or only ``alone``. Settles what it decides (known, too large, filtered, given up)."""
         plan = _Plan()
         opts = self.options
-        known = 0  # counted here: the report validates every assignment
+        # Counted here (the report validates every assignment); the same in every session
+        # of a run, as known messages are not deleted without removal.
+        known = 0
         sizes = listing.sizes
         numbers = sorted(listing.uidls)
         uidls = list(map(listing.uidls.__getitem__, numbers))
+        first = self.report.sessions == 1
+        settled, scope = self._settled, self._scope
         # One pass over the journal: a mailbox left on the server lists 100,000 (bench scale).
         for number, uidl, saved in zip(numbers, uidls, self.journal.get_many(uidls),
                                        strict=True):
+            if not first and (uidl in settled or uidl not in scope):
+                continue  # settled this run, or arrived during it (the next run's)
+            if alone is not None and uidl != alone:
+                continue
             size = sizes.get(number, 0)
+            if (saved is not None and opts.new_messages_only and not opts.remove_after_read
+                    and saved.size in (None, size)):
+                known += 1
+                continue
+            if self._gives_up_on(number, uidl):
+                continue
+            if alone is None and not opts.dry_run and self.journal.last_failure(uidl) in _SUSPECT:
+                plan.alone.append(uidl)  # it broke a session before: alone, after the rest
+                continue
             if saved is not None and (opts.remove_after_read or opts.new_messages_only):
-                if opts.remove_after_read and self._is_saved(session, number, size, saved):
-                    plan.delete_known.append(number)
+                if uidl in self._recheck:
+                    log.info("%s: receiving %s again to delete it: its header section is too "
+                             "big to check by TOP", self.configuration, uidl)
+                elif opts.remove_after_read and self._is_saved(session, number, uidl, size,
+                                                                saved, alone is not None):
+                    plan.delete_known.append(number)  # settled once its DELE is sent
                     continue
-                if not opts.remove_after_read and saved.size in (None, size):
-                    known += 1
-                    continue
-                log.warning("%s: UIDL %s now names another message than the one saved; "
-                            "receiving it as new", self.configuration, uidl)
+                else:
+                    log.warning("%s: UIDL %s now names another message than the one saved; "
+                                "receiving it as new", self.configuration, uidl)
             if opts.max_message_size and size > opts.max_message_size:
                 log.warning(
                     "Message %s (%d bytes) is over the maximum size of %d bytes; left on "
                     "the server.", uidl, size, opts.max_message_size
                 )
                 self.report.skipped_too_large.append(uidl)
+                settled.add(uidl)
                 continue
-            if uidl in self._broke_session or self._gives_up_on(number, uidl):
-                continue
-            if not opts.filters.is_empty() or opts.dry_run:
-                try:
-                    head = header_fields(parse_headers(session.top(number, 0)))
-                except POP3ReplyError as exc:
-                    self._fail(number, uidl, exc)
-                    continue
-                except POP3MailError:
-                    raise  # the session's fault, not this message's
-                except Exception as exc:  # its headers: this message's failure alone
-                    self._fail(number, uidl, exc)
-                    continue
+            if (not opts.filters.is_empty() or opts.dry_run) and uidl not in self._matched:
+                head = self._head(session, number, uidl, alone is not None)
+                if head is None:
+                    continue  # charged
+                settled.add(uidl)
                 if not opts.filters.matches(head["sender"], head["recipients"], head["subject"]):
                     self.report.skipped_filtered += 1
                     continue
@@ -273,11 +432,42 @@ class MailboxReceiver:
                     if opts.max_messages and len(self.report.listed) >= opts.max_messages:
                         break
                     continue
+                settled.discard(uidl)  # to be received
+                self._matched.add(uidl)
             plan.fetch.append(number)
-        self.report.skipped_known += known
+        if alone is None:
+            self.report.skipped_known = known
+            self._alone = plan.alone
         return plan
 
-    def _is_saved(self, session: POP3Session, number: int, size: int, saved: Saved) -> bool:
+    def _head(self, session: POP3Session, number: int, uidl: str, alone: bool) -> dict | None:
+        """One message's header fields by TOP n 0, for the filters and a dry run; None when
+        that failed (charged to the message)."""
+        try:
+            data = self._top(session, number, uidl, alone)
+        except MessageTooLargeError:
+            self._charge(number, uidl, MessageTooLargeError(
+                f"its header section is over {MAX_TOP_BYTES >> 20} MB (MAX_TOP_BYTES): it "
+                "cannot be filtered or listed; left on the server"), BROKE_SESSION)
+            raise _SessionLost from None
+        except POP3ReplyError as exc:
+            self._charge(number, uidl, exc)
+            return None
+        try:
+            return header_fields(parse_headers(data))
+        except Exception as exc:  # its headers: this message's failure alone
+            self._charge(number, uidl, exc, BROKE_SESSION)
+            return None
+
+    def _top(self, session: POP3Session, number: int, uidl: str, alone: bool) -> bytes:
+        """TOP n 0. A dying session is charged to the message (see :meth:`_lost`)."""
+        try:
+            return session.top(number, 0, limit=MAX_TOP_BYTES)
+        except (POP3ConnectionError, POP3ProtocolError) as exc:
+            self._lost(number, uidl, exc, alone)
+
+    def _is_saved(self, session: POP3Session, number: int, uidl: str, size: int,
+                  saved: Saved, alone: bool) -> bool:
         """Whether message ``number`` is the one the journal saved under its UIDL (a server
         may give a UIDL to a new message once the old one is gone)."""
         if saved.size is not None and saved.size != size:
@@ -285,16 +475,25 @@ class MailboxReceiver:
         if not saved.head:
             return True  # journalled by version 0.1: its size is all we can compare
         try:
-            return head_digest(session.top(number, 0)) == saved.head
+            return head_digest(self._top(session, number, uidl, alone)) == saved.head
         except POP3ReplyError:
             return False  # no TOP: receive it again rather than delete unseen mail
+        except MessageTooLargeError:
+            # A header section over the TOP cap: received again (into the same folder),
+            # then deleted, rather than checked by TOP in every session.
+            self._recheck.add(uidl)
+            raise _SessionLost from None
 
     def _gives_up_on(self, number: int, uidl: str) -> bool:
-        """A message that broke the session in run after run (too large, endless) is left
-        on the server and reported, so the rest of the mailbox moves on."""
-        attempts = self.journal.failure_count(uidl)
-        if attempts < self.options.quarantine_after or self.journal.last_failure(uidl) != "retr":
+        """A message that hit a cap or broke its session alone, run after run, is left on
+        the server and reported, so the rest of the mailbox moves on."""
+        if self.journal.last_failure(uidl) != BROKE_SESSION:
             return False
+        attempts = self.journal.failure_count(uidl)
+        if attempts < self.options.quarantine_after:
+            return False
+        self._charged.add(uidl)
+        self._settled.add(uidl)
         self.report.failed.append(MessageFailure(
             uidl=uidl, number=number, attempts=attempts, error_type="RetrieveFailedError",
             error=f"retrieving it failed {attempts} times; left on the server and skipped"))
@@ -302,8 +501,14 @@ class MailboxReceiver:
 
     # --- retrieving -----------------------------------------------------------------------
 
-    def _retrieve(self, session: POP3Session, numbers: list[int], listing: _Listing) -> bool:
-        """Retrieve and save; returns True when the batch stopped early (disk full...)."""
+    def _retrieve(self, session: POP3Session, numbers: list[int], listing: _Listing,
+                  alone: bool) -> bool:
+        """Retrieve and save; returns True when the run must stop (disk full...)."""
+        room = self._room()
+        batch = 1 if alone else self.options.commit_every or None
+        if room is not None:
+            batch = min(batch or room, room)
+        feed = _Feed(numbers, batch)
         total = len(numbers)
         limit = self.options.max_message_size
         arriving: list[tuple[int, IncomingMessage]] = []  # the message being received
@@ -313,16 +518,18 @@ class MailboxReceiver:
             return arriving[0][1]
 
         messages = session.retrieve(
-            numbers,
+            feed,
             open_sink,
             window=self.options.pipeline_window,
             limit=(limit + limit // 10 + 1024) if limit else None,
         )
         try:
-            for done, (number, sink, refused) in enumerate(messages, 1):
+            for number, sink, refused in self._charging(messages, feed, arriving, listing,
+                                                        alone):
+                feed.done += 1
                 uidl = listing.uidls[number]
                 if refused is not None:
-                    self._fail(number, uidl, refused)
+                    self._charge(number, uidl, refused)
                     continue
                 assert isinstance(sink, IncomingMessage)
                 arriving.clear()
@@ -330,8 +537,8 @@ class MailboxReceiver:
                     mail = self._save(number, uidl, sink)
                 except _RUN_FAULTS as exc:
                     sink.discard()
-                    self._fail(number, uidl, exc)
-                    log.error("Stopping this run: %s. Later messages wait on the server.", exc)
+                    self._charge(number, uidl, exc)
+                    self._stop(f"{exc}; later messages wait on the server")
                     return True
                 if mail is None:
                     continue
@@ -344,26 +551,28 @@ class MailboxReceiver:
                 if self.options.remove_after_read:
                     session.dele(number)
                 self.report.received.append(mail)
+                self._settled.add(uidl)
+                feed.received += 1
                 if self.progress:
-                    self.progress(done, total)
-        except MessageTooLargeError:
-            self._count_session_failure(arriving, listing)
-            raise
+                    self.progress(feed.done, total)
         except BaseException:
             for _, sink in arriving:  # cut off mid-message: leave no partial file behind
                 sink.discard()
             raise
         finally:
             messages.close()
+        if feed.left and not alone:
+            self._regular_left = True
         return False
 
     def _save(self, number: int, uidl: str, sink: IncomingMessage) -> ReceivedMail | None:
-        """Save one message; None when it failed (recorded, and set aside when it failed
-        too often). Run faults propagate."""
+        """Save one message; None when it failed (charged, and set aside when it failed
+        too many runs). Run faults propagate."""
         sink.finish()
-        attempts = self.journal.failure_count(uidl)
-        if attempts >= self.options.quarantine_after:
-            return self.store.quarantine(sink, uidl, f"failed {attempts} times before")
+        if self.journal.last_failure(uidl) == SAVE_FAILED:
+            attempts = self.journal.failure_count(uidl)
+            if attempts >= self.options.quarantine_after:
+                return self.store.quarantine(sink, uidl, f"failed {attempts} times before")
         try:
             return self.store.save(sink, uidl)
         except _RUN_FAULTS:
@@ -371,26 +580,65 @@ class MailboxReceiver:
         except Exception as exc:  # any fault of this one message is its own
             if not isinstance(exc, POP3MailError):
                 log.exception("%s: saving message %s failed", self.configuration, uidl)
-            attempts = self.journal.record_failure(uidl, "save")
+            attempts = self.journal.record_failure(uidl, SAVE_FAILED)
             if attempts < self.options.quarantine_after:
-                self._fail(number, uidl, exc, attempts=attempts)
+                self._charge(number, uidl, exc, attempts=attempts)
                 sink.discard()
                 return None
-            log.warning("%s: message %s failed %d times; setting it aside in quarantine",
+            log.warning("%s: message %s failed %d runs; setting it aside in quarantine",
                         self.configuration, uidl, attempts)
             return self.store.quarantine(sink, uidl, f"failed {attempts} times; last: "
                                          f"{type(exc).__name__}: {_describe(exc)}")
 
-    def _count_session_failure(self, arriving: list[tuple[int, IncomingMessage]],
-                               listing: _Listing) -> None:
-        """A message that ends the session (over the size limit while arriving) is counted,
-        so it cannot block the mailbox forever."""
-        for number, sink in arriving:
-            sink.discard()
-            uidl = listing.uidls[number]
-            self._broke_session.add(uidl)
-            self._fail(number, uidl, MessageTooLargeError("larger than the maximum message size"),
-                       attempts=self.journal.record_failure(uidl, "retr"))
+    # --- failures -------------------------------------------------------------------------
+
+    def _charge(self, number: int, uidl: str, error: BaseException, kind: str | None = None,
+                *, attempts: int = 1) -> None:
+        """One message failed: reported, and not tried again this run. Once per run: a
+        second failure of the same message in the run is not counted. ``kind`` also counts
+        it in the journal (never in a dry run)."""
+        if uidl in self._charged:
+            return
+        self._charged.add(uidl)
+        self._settled.add(uidl)
+        if kind is not None and not self.options.dry_run:
+            attempts = self.journal.record_failure(uidl, kind)
+        self._fail(number, uidl, error, attempts=attempts)
+
+    def _lost(self, number: int, uidl: str, error: POP3MailError, alone: bool) -> NoReturn:
+        """The session died while ``uidl``'s reply was read (called where ``error`` is
+        handled). Among other messages, the network may be to blame: the run ends (``error``
+        is raised) and later runs try the message alone. Alone, the message is to blame: it
+        is charged for it, and the run goes on in a new session."""
+        self._charge(number, uidl, error, BROKE_SESSION if alone else LOST_SESSION)
+        if not alone:
+            raise error
+        raise _SessionLost from error
+
+    def _charging(self, messages: Iterator, feed: _Feed,
+                      arriving: list[tuple[int, IncomingMessage]], listing: _Listing,
+                      alone: bool) -> Iterator:
+        """``messages`` (session.retrieve), with a session fault charged to the message whose
+        reply was being read: over the size limit while arriving, the connection lost, garbage."""
+        while True:
+            try:
+                item = next(messages)
+            except StopIteration:
+                return
+            except _SESSION_FAULTS as exc:
+                number = arriving[0][0] if arriving else feed.in_flight
+                for _, sink in arriving:
+                    sink.discard()
+                arriving.clear()
+                if number is None:
+                    raise
+                uidl = listing.uidls[number]
+                if isinstance(exc, MessageTooLargeError):
+                    self._charge(number, uidl, MessageTooLargeError(
+                        "larger than the maximum message size"), BROKE_SESSION)
+                    raise _SessionLost from exc
+                self._lost(number, uidl, exc, alone)
+            yield item
 
     def _fail(self, number: int, uidl: str, error: BaseException, *, attempts: int = 1) -> None:
         """Report one message's failure this run; it stays on the server."""

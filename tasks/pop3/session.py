@@ -25,11 +25,14 @@ from pydantic import SecretStr
 from prefect_pop3mail.tasks.pop3 import probes
 from prefect_pop3mail.tasks.pop3.errors import (
     RESPONSE_CODE_ERRORS,
+    TIMEOUT_HINT,
     ConfigurationError,
     DuplicateUIDLError,
     InvalidUIDLError,
     POP3AuthError,
     POP3ConnectionError,
+    POP3ConnectionRefusedError,
+    POP3HostNotFoundError,
     POP3MailError,
     POP3ProtocolError,
     POP3ReplyError,
@@ -77,9 +80,42 @@ _LIST_LISTING = re.compile(r"(?:[1-9][0-9]{0,11} [0-9]{1,12}\n)*")
 #: bytes.split() takes.
 _UIDL_LINE = re.compile(rb"(?:%s)*([0-9]{1,12})(?:%s)+([\x21-\x7e]{1,70})(?:%s)*"
                         % ((rb"[ \t\n\r\x0b\x0c]",) * 3))
+#: What getaddrinfo says when the name does not exist: a retry within the run cannot help.
+#: EAI_AGAIN ("try again": the name server did not answer) is not here, so it is retried.
+_NAME_NOT_FOUND = {getattr(socket, name) for name in
+                   ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY", "EAI_FAIL", "EAI_SERVICE")
+                   if hasattr(socket, name)}
+#: How the errors tell the user to turn pipelining off (the per-call option).
+_PIPELINING_OFF = "turn the option pipelining off (pop3mail receive --no-pipelining)"
 #: Without implicit TLS, how long a port may stay silent before we look whether it waits
 #: for a TLS handshake instead (a greeting that never comes would cost the whole timeout).
 GREETING_PATIENCE = 2.0
+
+
+def connect_error(settings: ConnectionSettings, exc: OSError | UnicodeError
+                  ) -> POP3ConnectionError:
+    """Why a connection could not be opened, naming the server and what to check. An
+    unknown host and a refused connection are not retried; a timeout or an unreachable
+    network may pass, and are."""
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, TimeoutError):
+        return POP3TimeoutError(
+            f"connecting to {where} timed out after {settings.timeout:g} s: nothing answered "
+            "(a firewall, or the wrong POP3 Mail Server or POP3 port?); " + TIMEOUT_HINT)
+    if isinstance(exc, UnicodeError):  # the IDNA codec: an empty or over-long label
+        return POP3HostNotFoundError(
+            f"cannot connect to {where}: {settings.host!r} is not a valid host name ({exc}); "
+            "check 'POP3 Mail Server' (server)")
+    if isinstance(exc, socket.gaierror) and exc.errno in _NAME_NOT_FOUND:
+        return POP3HostNotFoundError(
+            f"cannot connect to {where}: the host name {settings.host!r} is not known "
+            f"({exc.strerror}); check 'POP3 Mail Server' (server)")
+    if isinstance(exc, ConnectionRefusedError):
+        return POP3ConnectionRefusedError(
+            f"cannot connect to {where}: connection refused, nothing listens on port "
+            f"{settings.port} there; check 'POP3 Mail Server' (server), 'POP3 port' (port) "
+            "and 'Use secure connection (SSL)' (security)")
+    return POP3ConnectionError(f"cannot connect to {where}: {exc.strerror or exc}")
 
 
 def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
@@ -146,12 +182,8 @@ class POP3Session:
         source = (s.source_address, 0) if s.source_address else None
         try:
             sock = socket.create_connection((s.host, s.port), s.timeout, source_address=source)
-        except TimeoutError as exc:
-            raise POP3TimeoutError(f"connecting to {s.host}:{s.port} timed out") from exc
-        except OSError as exc:
-            raise POP3ConnectionError(
-                f"cannot connect to {s.host}:{s.port}: {exc.strerror or exc}"
-            ) from exc
+        except (OSError, UnicodeError) as exc:  # TimeoutError and socket.gaierror included
+            raise connect_error(s, exc) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         try:
@@ -175,9 +207,15 @@ class POP3Session:
             raise
         return self.greeting
 
+    @property
+    def where(self) -> str:
+        """The server as errors name it: host:port."""
+        return f"{self.settings.host}:{self.settings.port}"
+
     def _new_reader(self) -> LineReader:
         assert self._sock is not None
-        return LineReader(self._sock, self.settings.timeout, redact=self._redact)
+        return LineReader(self._sock, self.settings.timeout, redact=self._redact,
+                          peer=self.where)
 
     def _expect_plain_greeting(self) -> None:
         """A port that stays silent may be waiting for a TLS handshake (implicit TLS): ask
@@ -201,6 +239,10 @@ class POP3Session:
             self._sock = tls_context(s).wrap_socket(self._sock, server_hostname=s.host)
         except ssl.SSLCertVerificationError as exc:
             raise self._untrusted(exc) from exc
+        except TimeoutError as exc:
+            raise POP3TimeoutError(
+                f"the TLS handshake with {self.where} timed out after {s.timeout:g} s; "
+                + TIMEOUT_HINT) from exc
         except (ssl.SSLError, OSError) as exc:
             if implicit and probes.greets_in_plain_text(s):
                 raise WrongSecurityModeError(
@@ -291,7 +333,8 @@ class POP3Session:
             command = self._pending[-1] if self._pending else "a command"
             self._give_up(exc)
             raise POP3TimeoutError(
-                f"sending {command} to the server timed out: it does not read"
+                f"sending {command} to {self.where} timed out after "
+                f"{self.settings.timeout:g} s: the server does not read; {TIMEOUT_HINT}"
             ) from exc
         except OSError as exc:
             self._give_up(exc)
@@ -335,8 +378,9 @@ class POP3Session:
             self._give_up(exc)
             if in_flight > 1 and self.pipelining:
                 raise POP3TimeoutError(
-                    f"no reply to {command} with {in_flight} pipelined commands in flight: the "
-                    "server offers PIPELINING but may not honour it; try pipelining off"
+                    f"no reply from {self.where} to {command} with {in_flight} pipelined "
+                    "commands in flight: the server offers PIPELINING but may not honour it; "
+                    + _PIPELINING_OFF
                 ) from exc
             raise
         except POP3MailError as exc:
@@ -346,8 +390,8 @@ class POP3Session:
             return line
         if command == _PIPELINING_CHECK:
             error = POP3ProtocolError(
-                "the server offers PIPELINING but answered a pipelined NOOP with something "
-                "else; try pipelining off", self._redact(line))
+                f"{self.where} offers PIPELINING but answered a pipelined NOOP with "
+                f"something else; {_PIPELINING_OFF}", self._redact(line))
             self._give_up(error)
             raise error
         if line.startswith(b"-ERR"):

@@ -1,14 +1,18 @@
-"""Where bytes go: the one home of the sink protocol, the null sink and the hashing writer.
+"""Where bytes go: the one home of the sink protocol, the null sink, the hashing writer and
+the spool.
 
 The session writes a message into a sink as it arrives; the MIME parser writes decoded
-parts into sinks; the layout writes files through ``FileWriter``.
+parts into sinks; the layout writes files through ``FileWriter``; bytes that must wait
+(a body until its charset is known, uuencode until its end line) wait in a ``Spool``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Protocol
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol
 
 WRITE_BLOCK = 256 * 1024
 
@@ -64,3 +68,45 @@ class FileWriter:
                 os.close(self._fd)
                 self._fd = -1
         return self._hash.hexdigest()
+
+
+class Spool:
+    """Bytes kept in memory up to ``limit``, then in an unnamed temporary file in
+    ``directory`` (the system's when None). They can be read more than once."""
+
+    def __init__(self, directory: str | os.PathLike | None, limit: int = 1 << 20):
+        self._directory = directory
+        self._limit = limit
+        self._memory = bytearray()
+        self._file: BinaryIO | None = None
+
+    def write(self, data: bytes, /) -> None:
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._memory += data
+        if len(self._memory) > self._limit:
+            self._file = tempfile.TemporaryFile(dir=self._directory)
+            self._file.write(self._memory)
+            self._memory = bytearray()
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._file is None:
+            if self._memory:
+                yield bytes(self._memory)
+            return
+        self._file.seek(0)
+        while chunk := self._file.read(WRITE_BLOCK):
+            yield chunk
+
+    def move_to(self, sink: Sink) -> None:
+        """Hand every byte to ``sink``, then let go of them."""
+        for chunk in self:
+            sink.write(chunk)
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._memory = bytearray()

@@ -142,8 +142,8 @@ def verify_opaque(der: bytes, *, sender: str | None = None,
         return None, SignatureInfo(detail=f"signature structure unreadable: {exc}")
     if signed.content is None:
         return None, SignatureInfo(detail="signed-data carries no content")
-    digests = {name: hashes_of(signed.content, name) for name in _HASHES}
-    return signed.content, signed.check(digests, WHOLE_MESSAGE, sender, trust_store)
+    return signed.content, signed.check(_Digests(signed.content), WHOLE_MESSAGE, sender,
+                                        trust_store)
 
 
 def verify_detached(signature: bytes, digests: dict[str, bytes], covers: str = WHOLE_MESSAGE,
@@ -160,6 +160,22 @@ def hashes_of(data: bytes, name: str) -> bytes:
     digest = hashes.Hash(_HASHES[name]())
     digest.update(data)
     return digest.finalize()
+
+
+class _Digests(dict):
+    """The digests of ``data``, each computed when a signer first asks for it: one pass
+    over the content per algorithm the signers use, not per algorithm we know."""
+
+    def __init__(self, data: bytes):
+        super().__init__()
+        self._data = data
+
+    def __missing__(self, name: str) -> bytes:
+        value = self[name] = hashes_of(self._data, name)
+        return value
+
+    def get(self, name: str, default=None):
+        return self[name] if name in _HASHES else default
 
 
 class _SignedData:
@@ -246,7 +262,10 @@ def _integrity(cert: x509.Certificate | None, digest_oid: str, sig_alg: str,
     name = _DIGESTS.get(digest_oid)
     if name is None:
         return False, f"signature not valid: unsupported digest {digest_oid}"
-    digest = digests[name]
+    digest = digests.get(name)
+    if digest is None:  # not hashed: the message's micalg names another algorithm
+        return False, (f"signature not valid: it uses {name}, which the message's micalg "
+                       "does not declare")
     if attrs is not None and values.get(_MESSAGE_DIGEST, b"") != digest:
         return False, "signature not valid: content changed after signing (message digest mismatch)"
     if cert is None:

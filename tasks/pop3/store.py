@@ -274,13 +274,13 @@ class MessageStore:
         try:
             unwrapped = self._unwrap(original, findings, plaintexts, head)
             if unwrapped is not None:
-                self._lay_out(*unwrapped, folder, findings, uidl)
+                self._lay_out(*unwrapped, folder, findings, uidl, os.path.getsize(original))
         finally:
             for path in plaintexts:  # decrypted content lives on only in the saved files
                 path.unlink(missing_ok=True)
 
     def _lay_out(self, source: str | Path, root: Part, folder: str, findings: Findings,
-                 uidl: str) -> None:
+                 uidl: str, message_size: int | None = None) -> None:
         opts = self.options
         layout = FolderLayout(
             folder,
@@ -290,6 +290,7 @@ class MessageStore:
             verify=lambda signature, digests, covers: smime.verify_detached(
                 signature, digests, covers, sender=findings.sender, trust_store=opts.trust_store),
             findings=findings,
+            message_size=message_size,
         )
         warned, signature = len(findings.warnings), findings.signature
         try:

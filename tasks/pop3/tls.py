@@ -45,8 +45,9 @@ def _context(ca_file: str | None, verify: bool, _sources: tuple) -> ssl.SSLConte
         if ca_file:
             try:
                 context.load_verify_locations(cafile=ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigurationError("tls_ca_file", f"cannot load CA file: {exc}") from exc
+            except (OSError, ssl.SSLError) as exc:  # missing, unreadable, not PEM
+                raise ConfigurationError("tls_ca_file", f"cannot load the CA file {ca_file!r}: "
+                                         f"{exc.strerror or exc}") from exc
     else:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False

@@ -4,7 +4,12 @@ A certificate is trusted when it chains, through the certificates the message ca
 a root in the system's CA bundle or in the configured S/MIME trust store (a PEM file), as
 checked by ``cryptography.x509.verification`` with the Web PKI profile (validity now, key
 usage, basic constraints, no SHA-1, RSA of 2048 bits or more) and an extended key usage
-for e-mail. Revocation is not checked.
+for e-mail, and when the signer's e-mail addresses lie within the name constraints of every
+CA of that chain (RFC 5280 section 4.2.1.10; see :func:`outside_constraints`). Revocation
+is not checked.
+
+The signer's addresses follow RFC 8550 section 3: the subjectAltName's rfc822Names when
+the certificate has a subjectAltName, the subject's emailAddress only when it has none.
 """
 
 from __future__ import annotations
@@ -135,7 +140,58 @@ def chain_to_root(cert: x509.Certificate, carried: list[x509.Certificate],
         chain = verifier.verify(cert, carried).chain
     except VerificationError as exc:
         return False, f"signer not trusted: {_reason(exc)}"
+    outside = outside_constraints(addresses(cert), chain[1:])
+    if outside:
+        return False, f"signer not trusted: {outside}"
     return True, f"signer trusted (chain to {describe(chain[-1])})"
+
+
+def outside_constraints(emails: list[str], authorities: list[x509.Certificate]) -> str | None:
+    """Why one of ``emails`` is outside the name constraints of one of ``authorities`` (the
+    CAs of the chain), or None when every address is within all of them.
+
+    RFC 5280's rules for rfc822Name subtrees ("a@host", "host", ".domain"), applied to the
+    addresses as RFC 8550 reads them (the subject's emailAddress too, when there is no
+    subjectAltName). Stricter than RFC 5280 in one way, as the point is whom mail may come
+    from: a CA whose permitted or excluded subtrees name DNS domains but no e-mail addresses
+    limits the domains of e-mail addresses too (a CA "limited to partner.example" cannot
+    vouch for ceo@corp.example).
+    """
+    for ca in authorities:
+        try:
+            limits = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        except ValueError:
+            return f"the name constraints of {describe(ca)} cannot be read"
+        for email in emails:
+            if any(_within(email, s) for s in _for_email(limits.excluded_subtrees)):
+                return f"{email} is excluded by the name constraints of {describe(ca)}"
+            permitted = _for_email(limits.permitted_subtrees)
+            if permitted and not any(_within(email, s) for s in permitted):
+                return f"{email} is outside the name constraints of {describe(ca)}"
+    return None
+
+
+def _for_email(subtrees) -> list[x509.GeneralName]:
+    """The subtrees that speak of e-mail addresses: the rfc822Names, else the DNS names."""
+    subtrees = list(subtrees or ())
+    mail = [s for s in subtrees if isinstance(s, x509.RFC822Name)]
+    return mail or [s for s in subtrees if isinstance(s, x509.DNSName)]
+
+
+def _within(email: str, subtree: x509.GeneralName) -> bool:
+    address = email.casefold()
+    domain = address.rpartition("@")[2]
+    limit = str(subtree.value).casefold()
+    if isinstance(subtree, x509.RFC822Name):
+        if "@" in limit:  # one mailbox
+            return address == limit
+        if limit.startswith("."):  # any host within the domain, not the domain itself
+            return domain.endswith(limit)
+        return domain == limit  # every mailbox on that host
+    limit = limit.lstrip(".")  # a DNS name: the domain and everything within it
+    return bool(limit) and (domain == limit or domain.endswith("." + limit))
 
 
 def _reason(exc: VerificationError) -> str:
@@ -148,15 +204,15 @@ def _reason(exc: VerificationError) -> str:
 
 
 def addresses(cert: x509.Certificate) -> list[str]:
-    """The certificate's e-mail addresses: subjectAltName first, then the subject's."""
-    found = []
+    """The certificate's e-mail addresses (RFC 8550 section 3): the subjectAltName's
+    rfc822Names when it has a subjectAltName, the subject's emailAddress only when it has
+    none. An address in the subject beside a subjectAltName for another is not the
+    signer's: no CA checked it."""
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        found += names.value.get_values_for_type(x509.RFC822Name)
     except x509.ExtensionNotFound:
-        pass
-    found += [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)]
-    return found
+        return [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)]
+    return names.value.get_values_for_type(x509.RFC822Name)
 
 
 def address_of(sender: str) -> str:

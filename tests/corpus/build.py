@@ -15,6 +15,7 @@ S/MIME cases use throwaway keys made here (keys/, see README.md) and the openssl
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import functools
 import hashlib
@@ -27,6 +28,8 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests import tnef_writer as tw
 
 HERE = Path(__file__).parent
 KEYS = HERE / "keys"
@@ -107,8 +110,12 @@ class Case:
     signature: dict | None = None
     decrypted: bool = False
     error: str | None = None
+    #: What the result must say of these attachments (path -> filename, content type,
+    #: part, parent); only for the cases that are about it.
+    attachments: dict[str, dict] = field(default_factory=dict)
 
     def expected(self) -> dict:
+        extra = {"attachments": self.attachments} if self.attachments else {}
         return {
             "description": self.description,
             "options": self.options,
@@ -120,6 +127,7 @@ class Case:
             "signature": self.signature,
             "decrypted": self.decrypted,
             "error": self.error,
+            **extra,
         }
 
 
@@ -397,17 +405,73 @@ def outlook_style():
                  "attachments/Résumé Alice.docx": PDF})
 
 
+REPORT_NAME = "Quarterly report – März 2026.pdf"
+SHEET_NAME = "Übersicht Grüße.xlsx"
+SHEET = b"PK\x03\x04" + pseudo_random(1500, "xlsx")
+
+
+def winmail(files: list[tw.File]) -> bytes:
+    return leaf({"Content-Type": 'application/ms-tnef; name="winmail.dat"', "Content-Transfer-Encoding": "base64",
+                 "Content-Disposition": 'attachment; filename="winmail.dat"'}, b64(tw.tnef(files)))
+
+
+def from_winmail(content_type: str, part: str, parent: str = "attachments/winmail.dat", filename: str = "") -> dict:
+    return {"content_type": content_type, "part": part, "parent": parent} | ({"filename": filename} if filename else {})
+
+
 @case
 def outlook_winmail_dat():
-    tnef = b"\x78\x9f\x3e\x22" + pseudo_random(1200, "tnef")
+    files = [tw.File(REPORT_NAME, PDF, short="QUARTE~1.PDF", mime="application/pdf"),
+             tw.File(SHEET_NAME, SHEET, short="BERSIC~1.XLS", unicode=False)]
     mixed = multipart("_tnef_", [
         leaf({"Content-Type": "text/plain; charset=us-ascii"}, crlf("See attachment.\n")),
-        leaf({"Content-Type": 'application/ms-tnef; name="winmail.dat"', "Content-Transfer-Encoding": "base64",
-              "Content-Disposition": 'attachment; filename="winmail.dat"'}, b64(tnef)),
+        winmail(files),
     ])
-    return Case("outlook_winmail_dat", "Outlook rich text: winmail.dat saved as it is",
+    return Case("outlook_winmail_dat",
+                "Outlook rich text: winmail.dat (TNEF) with two files, a Unicode long name and a "
+                "Windows-1252 one; both saved beside the winmail.dat, which is kept",
                 message("TNEF", {"Content-Type": 'multipart/mixed; boundary="_tnef_"'}, mixed),
-                {"text.txt": text("See attachment.\n"), "attachments/winmail.dat": tnef})
+                {"text.txt": text("See attachment.\n"), "attachments/winmail.dat": tw.tnef(files),
+                 f"attachments/{REPORT_NAME}": PDF, f"attachments/{SHEET_NAME}": SHEET},
+                attachments={
+                    "attachments/winmail.dat": {"content_type": "application/ms-tnef", "part": "2", "parent": None},
+                    f"attachments/{REPORT_NAME}": from_winmail("application/pdf", "1", filename=REPORT_NAME),
+                    # No MIME type in the TNEF, none for .xlsx in Python's built-in table.
+                    f"attachments/{SHEET_NAME}": from_winmail("application/octet-stream", "2", filename=SHEET_NAME)})
+
+
+@case
+def winmail_dat_outlook_item():
+    item = [tw.File("inside.pdf", PDF[:900], mime="application/pdf")]
+    files = [tw.File("notes.txt", b"Notes\r\n"), tw.File("Forwarded item", embedded=item),
+             tw.File("notes.txt", b"Other notes\r\n")]
+    mixed = multipart("item", [leaf({"Content-Type": "text/plain"}, crlf("Item attached.\n")), winmail(files)])
+    return Case("winmail_dat_outlook_item",
+                "winmail.dat holding an Outlook item (an embedded message) with a file, and two files of the "
+                "same name: the item's file is saved too, names are made unique",
+                message("Item", {"Content-Type": 'multipart/mixed; boundary="item"'}, mixed),
+                {"text.txt": text("Item attached.\n"), "attachments/winmail.dat": tw.tnef(files),
+                 "attachments/notes.txt": b"Notes\r\n", "attachments/inside.pdf": PDF[:900],
+                 "attachments/notes (2).txt": b"Other notes\r\n"},
+                attachments={"attachments/inside.pdf": from_winmail("application/pdf", "2.1"),
+                             "attachments/notes (2).txt": from_winmail("text/plain", "3", filename="notes.txt")})
+
+
+@case
+def hostile_winmail_dat_truncated():
+    whole = tw.tnef([tw.File("first.pdf", PDF), tw.File("second.pdf", PDF[:2000])])
+    cut = whole[:-600]  # inside the second file's data
+    mixed = multipart("cut", [
+        leaf({"Content-Type": "text/plain"}, crlf("Cut winmail.dat.\n")),
+        leaf({"Content-Type": "application/ms-tnef", "Content-Transfer-Encoding": "base64"}, b64(cut)),
+    ])
+    return Case("hostile_winmail_dat_truncated",
+                "a winmail.dat cut off inside its second file: the first is saved, the second is not "
+                "(its attributes are incomplete), with a warning; winmail.dat is kept",
+                message("Cut TNEF", {"Content-Type": 'multipart/mixed; boundary="cut"'}, mixed),
+                {"text.txt": text("Cut winmail.dat.\n"), "attachments/winmail.dat": cut,
+                 "attachments/first.pdf": PDF},
+                warnings=["runs past the end of winmail.dat"])
 
 
 @case
@@ -803,10 +867,52 @@ def unknown_transfer_encoding():
         leaf({"Content-Type": "text/plain"}, crlf("Body.\n")),
         leaf({"Content-Type": 'application/octet-stream; name="raw.bin"', "Content-Transfer-Encoding": "x-custom"}, b"as-is data"),
     ])
-    return Case("unknown_transfer_encoding", "an unknown transfer encoding: saved undecoded, with a warning",
+    return Case("unknown_transfer_encoding",
+                "an unknown transfer encoding: saved undecoded, as raw.bin.encoded, with a warning",
                 message("x-custom", {"Content-Type": 'multipart/mixed; boundary="xenc"'}, mixed),
-                {"text.txt": text("Body.\n"), "attachments/raw.bin": b"as-is data"},
-                warnings=["unknown transfer encoding 'x-custom'"])
+                {"text.txt": text("Body.\n"), "attachments/raw.bin.encoded": b"as-is data"},
+                warnings=["unknown transfer encoding 'x-custom'"],
+                attachments={"attachments/raw.bin.encoded": {
+                    "filename": "raw.bin", "content_type": "application/octet-stream", "part": "2", "parent": None}})
+
+
+ZIP = b"PK\x03\x04" + pseudo_random(2500, "zip")
+
+
+def uuencode(data: bytes, name: str) -> bytes:
+    lines = [binascii.b2a_uu(data[i:i + 45]).rstrip(b"\n") for i in range(0, len(data), 45)]
+    return CRLF.join([f"begin 644 {name}".encode(), *lines, b"`", b"end"]) + CRLF
+
+
+@case
+def uuencoded_attachment():
+    mixed = multipart("uu", [
+        leaf({"Content-Type": "text/plain"}, crlf("Please quote.\n")),
+        leaf({"Content-Type": 'application/zip; name="REQUEST FOR QUOTE.zip"', "Content-Transfer-Encoding": "x-uuencode",
+              "Content-Disposition": 'attachment; filename="REQUEST FOR QUOTE.zip"'}, uuencode(ZIP, "REQUEST FOR QUOTE.zip")),
+    ])
+    return Case("uuencoded_attachment", "Content-Transfer-Encoding: x-uuencode: decoded as the email package does",
+                message("RFQ", {"Content-Type": 'multipart/mixed; boundary="uu"'}, mixed),
+                {"text.txt": text("Please quote.\n"), "attachments/REQUEST FOR QUOTE.zip": ZIP},
+                attachments={"attachments/REQUEST FOR QUOTE.zip": {
+                    "filename": "REQUEST FOR QUOTE.zip", "content_type": "application/zip", "part": "2", "parent": None}})
+
+
+@case
+def uuencode_undecodable():
+    broken = uuencode(ZIP[:200], "cut.zip").replace(b"`\r\nend", b"\r\n`\r\nend")  # an empty line
+    mixed = multipart("uubad", [
+        leaf({"Content-Type": "text/plain"}, crlf("Broken uuencode.\n")),
+        leaf({"Content-Type": 'application/zip; name="cut.zip"', "Content-Transfer-Encoding": "uuencode"}, broken),
+    ])
+    return Case("uuencode_undecodable",
+                "uuencode with an empty line before its end line: the email package keeps it undecoded, "
+                "so does the store, as cut.zip.encoded with a warning",
+                message("Bad uu", {"Content-Type": 'multipart/mixed; boundary="uubad"'}, mixed),
+                {"text.txt": text("Broken uuencode.\n"), "attachments/cut.zip.encoded": broken},
+                warnings=["uuencoded data has an empty line before its end line"],
+                attachments={"attachments/cut.zip.encoded": {
+                    "filename": "cut.zip", "content_type": "application/octet-stream", "part": "2", "parent": None}})
 
 
 # --- hostile input (tests/hostile.py has the large ones) -------------------------------------

@@ -24,6 +24,9 @@ API::
         server.on("UIDL", endless(b"+OK\\r\\n", b"1 a\\r\\n"))  # a listing that never ends
         server.on("GREETING", trickle(b"+OK hi\\r\\n"))  # faults on the greeting, too
         server.cut_output_at = 5000                   # hang up once 5,000 bytes were sent
+        server.on("RETR", drop(), message=server.uids[2])  # that message, wherever its number
+        server.listed_sizes[server.uids[0]] = 100     # LIST lies about that message's size
+        server.deliver(b"Subject: new\r\n\r\nmail\r\n")  # mail arriving: returns its UIDLs
         ...connect a client...
         server.messages                               # the maildrop now (after QUITs)
         server.commands                               # every command line received, in order
@@ -41,8 +44,10 @@ same); ``tokens`` OAuth2 bearer tokens that log ``user`` in; ``host`` "127.0.0.1
 A fault is ``action(conn, args) -> bool``: return True when it handled the command (the normal
 handler is skipped), False to go on with the normal handler. ``conn`` has ``send(bytes)``,
 ``sendline(str)``, ``close()`` and ``respond(command, args)`` (the normal handler). ``on()``
-matches a command name, optionally its exact ``args``, for ``times`` commands (None: always).
-Faults are checked in the order they were added; the first that matches fires.
+matches a command name, optionally its exact ``args`` or the UIDL of the ``message`` its first
+argument names (message numbers move as messages are deleted; UIDLs do not), for ``times``
+commands (None: always). Faults are checked in the order they were added; the first that
+matches fires.
 """
 
 from __future__ import annotations
@@ -156,6 +161,7 @@ class _Fault:
     action: Action
     args: tuple[str, ...] | None
     times: int | None
+    message: str | None = None
 
 
 # --- the server --------------------------------------------------------------------------
@@ -194,12 +200,15 @@ class FaultServer:
         self.bytes_sent: list[int] = []
         #: Hang up any session once this many bytes were sent to it.
         self.cut_output_at: int | None = None
+        #: UIDL -> the size LIST and STAT report for that message (a server that lies).
+        self.listed_sizes: dict[str, int] = {}
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._maildrop_lock = threading.Lock()
         self._connections: set[Connection] = set()
         self._uid_seed = os.urandom(4).hex()
         self._uids = [f"{self._uid_seed}-{i}" for i in range(len(self.messages))]
+        self._delivered = len(self.messages)  # the next UIDL's number: never one reused
         self._dir: Path | None = None
         self.ca_file: Path | None = None
         self.tls_context: ssl.SSLContext | None = None
@@ -249,10 +258,28 @@ class FaultServer:
 
     # faults
 
+    def deliver(self, *messages: bytes) -> list[str]:
+        """New mail: ``messages`` join the maildrop (for sessions that log in from now on);
+        returns their UIDLs."""
+        with self._lock:
+            first, self._delivered = self._delivered, self._delivered + len(messages)
+            uids = [f"{self._uid_seed}-{n}" for n in range(first, self._delivered)]
+            self.messages += messages
+            self._uids += uids
+        return uids
+
+    @property
+    def uids(self) -> list[str]:
+        """The UIDLs of the messages in the maildrop now, in order."""
+        with self._lock:
+            return list(self._uids)
+
     def on(self, command: str, action: Action, *, args: Iterable[str] | None = None,
-           times: int | None = None) -> None:
-        """Run ``action`` for ``command`` (with exactly ``args``, when given)."""
-        fault = _Fault(command.upper(), action, tuple(args) if args is not None else None, times)
+           times: int | None = None, message: str | None = None) -> None:
+        """Run ``action`` for ``command`` (with exactly ``args``, or about the message whose
+        UIDL is ``message``, when given)."""
+        fault = _Fault(command.upper(), action, tuple(args) if args is not None else None, times,
+                       message)
         with self._lock:
             self._faults.append(fault)
 
@@ -260,9 +287,12 @@ class FaultServer:
         with self._lock:
             self._faults.clear()
 
-    def _fault_for(self, command: str, args: list[str]) -> Action | None:
+    def _fault_for(self, command: str, args: list[str], conn: Connection | None = None
+                   ) -> Action | None:
         with self._lock:
             for fault in self._faults:
+                if fault.message is not None and (conn is None or conn.uid(args) != fault.message):
+                    continue
                 if fault.command == command and fault.args in (None, tuple(args)):
                     if fault.times is not None:
                         fault.times -= 1
@@ -406,7 +436,7 @@ class Connection:
                 srv.commands.append(text)
             words = text.split(" ")
             command, args = words[0].upper(), [w for w in words[1:] if w]
-            action = srv._fault_for(command, args)
+            action = srv._fault_for(command, args, self)
             if action is not None and action(self, args):
                 continue
             if not self.closed:
@@ -534,8 +564,17 @@ class Connection:
             return None
         return index
 
+    def uid(self, args: list[str]) -> str | None:
+        """The UIDL of the message a command's first argument names, if it names one."""
+        try:
+            index = int(args[0]) - 1
+        except (IndexError, ValueError):
+            return None
+        return self.uids[index] if 0 <= index < len(self.uids) else None
+
     def _size(self, index: int) -> int:
-        return self.server.size(self.messages[index])
+        lie = self.server.listed_sizes.get(self.uids[index])
+        return self.server.size(self.messages[index]) if lie is None else lie
 
     def _live(self) -> list[int]:
         return [i for i in range(len(self.messages)) if i not in self.deleted]

@@ -17,7 +17,9 @@ Failure modes on demand: wrong secrets and scopes are refused the way Entra refu
 like a captive portal; ``redirect_to`` makes them redirect elsewhere, and
 ``discovery_token_endpoint`` makes Entra's OIDC discovery name another token endpoint;
 ``echo_request`` puts the whole request (form and Authorization header) into the error
-reply; ``stop()`` takes the provider down.
+reply; ``trickle`` sends every reply (status line and headers included) a byte every that
+many seconds; ``pad_reply`` adds that many bytes to token replies; ``stop()`` takes the
+provider down.
 
 ``RecordingServer`` is the "elsewhere": an HTTP or HTTPS server that records every request.
 """
@@ -82,6 +84,10 @@ class IdentityProvider:
         self.redirect_status = 302
         #: Entra's OIDC discovery names this token endpoint instead of its own.
         self.discovery_token_endpoint: str | None = None
+        #: Seconds between the bytes of every reply (None: all at once).
+        self.trickle: float | None = None
+        #: Bytes of padding in every token reply (a reply far larger than a token).
+        self.pad_reply = 0
         self.clients: dict[str, Client] = {}
         self.tokens: dict[str, Issued] = {}
         #: Requests per path, so tests can see what was (not) sent.
@@ -319,11 +325,25 @@ def _handler(idp: IdentityProvider) -> type[BaseHTTPRequestHandler]:
 
         def _reply(self, status: int, body: dict | str, content_type="application/json"):
             data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+            if idp.trickle:
+                return self._trickle(status, data, content_type)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _trickle(self, status: int, data: bytes, content_type: str) -> None:
+            head = (f"HTTP/1.1 {status} {self.responses[status][0]}\r\nContent-Type: "
+                    f"{content_type}\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+            self.close_connection = True
+            for byte in head + data:
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:
+                    return  # the client gave up
+                time.sleep(idp.trickle)
 
         def do_GET(self):
             path = urlsplit(self.path).path
@@ -365,6 +385,8 @@ def _handler(idp: IdentityProvider) -> type[BaseHTTPRequestHandler]:
                     return self._reply(400, f"<html><pre>{echoed}</pre></html>", "text/html")
                 return self._reply(400, _error("invalid_request", f"Bad request: {echoed}"))
             status, reply = idp.token(entra, self.headers.get("Authorization"), form)
+            if idp.pad_reply:
+                reply["padding"] = "x" * idp.pad_reply
             self._reply(status, reply)
 
     return Handler

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests use, when missing and when we are root.
+# Installs the Debian packages the tests use, when missing and when we are root; with the
+# argument "demo", only what `make demo` uses (Dovecot).
 # Dovecot is installed without starting a system-wide instance: the tests start their own.
 set -euo pipefail
-packages=(dovecot-core dovecot-pop3d openssl ca-certificates openssh-server)
-[ "${POP3MAIL_BROWSER_TESTS:-1}" = 1 ] && packages+=(chromium chromium-driver)
+packages=(dovecot-core dovecot-pop3d openssl ca-certificates)
+if [ "${1:-}" != demo ]; then
+  packages+=(openssh-server)
+  [ "${POP3MAIL_BROWSER_TESTS:-1}" = 1 ] && packages+=(chromium chromium-driver)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
