@@ -60,7 +60,7 @@ if profile:
     pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(int(sys.argv[7]))
 print(json.dumps({"user": after.user - before.user, "system": after.system - before.system,
                   "seconds": seconds, "received": len(report.received),
-                  "engine": __import__("prefect_pop3mail.tasks.pop3.store").tasks.pop3.store.__file__}))
+                  "engine": sys.modules[receive_mailbox.__module__].__file__}))
 """
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import median_seconds, table
 from prefect_pop3mail.tasks.pop3.models import SaveOptions
-from prefect_pop3mail.tasks.pop3.store import MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 from tests.hostile import CLASSES, ordinary
 
 SIZE = int(os.environ.get("POP3MAIL_BENCH_SIZE", 1 << 20))

@@ -91,10 +91,10 @@ def _settings(dovecot, user: str, password: str):
 
 def _known_state(settings, template: Path) -> None:
     """A save directory whose journal knows every message but the last NEW ones."""
-    from prefect_pop3mail.tasks.pop3.journal import Journal, Saved
     from prefect_pop3mail.tasks.pop3.models import SaveOptions
     from prefect_pop3mail.tasks.pop3.session import POP3Session
-    from prefect_pop3mail.tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.storage.journal import Saved
+    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
     with POP3Session(settings) as session:
         session.login()
@@ -103,10 +103,9 @@ def _known_state(settings, template: Path) -> None:
     save = SaveOptions(directory=template, save_text=True, save_attachments=True,
                        save_original=True)
     store = MessageStore(save, settings.mailbox_key, "bench-scale")
-    journal = Journal(store.state, settings.mailbox_key)
-    for number in sorted(uidls)[:-NEW]:
-        journal.record(uidls[number], Saved(f"old-{number}", sizes.get(number)))
-    journal.close()
+    for number in sorted(uidls)[:-NEW]:  # records as the store writes them
+        store.journal.record(uidls[number], Saved(f"20261201-000000-{number:012x}",
+                                                  sizes.get(number), "0" * 32))
     store.close()
 
 
@@ -125,19 +124,17 @@ def _poplib(dovecot, user: str, password: str, out: Path) -> float:
 
 
 def _journal_open(settings, save_dir: Path) -> float:
-    from prefect_pop3mail.tasks.pop3.journal import Journal
-    from prefect_pop3mail.tasks.pop3.models import SaveOptions
-    from prefect_pop3mail.tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL
+    from prefect_pop3mail.tasks.pop3.storage.journal import Journal, mailbox_digest
+    from prefect_pop3mail.tasks.pop3.storage.local import LocalStorage
 
-    save = SaveOptions(directory=save_dir, save_text=True, save_attachments=True,
-                       save_original=True)
-    store = MessageStore(save, settings.mailbox_key, "bench-scale")
+    storage = LocalStorage(save_dir, mailbox_digest(settings.mailbox_key))
     start = time.perf_counter()
-    journal = Journal(store.state, settings.mailbox_key)
+    journal = Journal(storage.open_log(JOURNAL))
     journal.count_saved([])  # a big journal replays on a thread: wait for it
     seconds = time.perf_counter() - start
     journal.close()
-    store.close()
+    storage.close()
     return seconds
 
 

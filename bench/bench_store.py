@@ -34,7 +34,7 @@ def rss():
 
 STORE_CHILD = _CHILD_PRELUDE + """
 from prefect_pop3mail.tasks.pop3.models import SaveOptions
-from prefect_pop3mail.tasks.pop3.store import MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 source, out = Path(sys.argv[1]), Path(sys.argv[2])
 store = MessageStore(SaveOptions(directory=out), "bench@localhost:110", "bench")
 baseline = rss()
@@ -132,7 +132,7 @@ def _per_message(run_batch) -> float:
 
 def speed_rows() -> list[dict]:
     from prefect_pop3mail.tasks.pop3.models import SaveOptions
-    from prefect_pop3mail.tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
     data = small_message()
 

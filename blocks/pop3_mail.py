@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import (
@@ -31,9 +30,9 @@ from prefect_pop3mail.tasks.pop3.models import (
     SaveOptions,
     Security,
     Status,
-    is_storage_url,
 )
 from prefect_pop3mail.tasks.pop3.oauth import client_credentials, oauth_problems
+from prefect_pop3mail.tasks.pop3.storage.protocols import is_remote, local_path, location_problem
 
 _OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
 #: Never in a pickle: they are loaded again from the saved document on the other side.
@@ -350,6 +349,8 @@ class POP3MailConfiguration(Block):
         if saves and not self.save_directory:
             problems.append(("save_directory", "required when mail text, attachments or "
                                                "originals are saved"))
+        if problem := location_problem(self.save_directory):
+            problems.append(("save_directory", problem))
         if self.public_key_name and (problem := key_name_problem(self.public_key_name)):
             problems.append(("public_key_name", problem))
         if self.authentication is Authentication.OAUTH2:
@@ -509,12 +510,10 @@ class POP3MailConfiguration(Block):
                     f"{self.public_key_name!r} needs POP3MAIL_KEY_STORE_DIR (environment or "
                     ".env), the folder holding its .p12 key store",
                 )
-        where = ({"url": directory} if is_storage_url(directory)
-                 else {"directory": Path(directory).expanduser().absolute()})
-        if "url" in where and urlsplit(directory).password is not None:
-            raise ConfigurationError("save_directory", "a storage URL must not hold a password "
-                                     "(it would be shown and stored in clear); give the "
-                                     "worker its credentials in its environment")
+        if problem := location_problem(directory):  # the run's own save_directory, too
+            raise ConfigurationError("save_directory", problem)
+        where = ({"url": directory} if is_remote(directory)
+                 else {"directory": local_path(directory)})
         return SaveOptions(
             **where,
             save_text=self.save_mail_text if save_mail_text is None else save_mail_text,

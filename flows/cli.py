@@ -159,7 +159,7 @@ def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
         for mail in report.received:
             deleted = ", deleted from the server" if mail.deleted else ""
             say(f"  {mail.subject!r} from {mail.sender}{deleted}")
-            for path in mail.saved_paths or mail.saved_urls:  # URLs when saved to storage
+            for path in mail.saved_paths:  # URLs when saved to storage
                 say(f"    {path}")
     if not report.failed:
         return OK

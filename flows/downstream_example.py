@@ -22,6 +22,7 @@ from prefect.artifacts import create_table_artifact
 from prefect_pop3mail.tasks.activities import resolve_configuration
 from prefect_pop3mail.tasks.artifacts import artifact_key
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
+from prefect_pop3mail.tasks.pop3.storage.protocols import is_remote, local_path
 
 MANIFEST_NAME = "received-files.json"
 
@@ -47,7 +48,9 @@ def _save_directory(configuration: str) -> Path:
     directory = resolve_configuration(configuration).save_directory
     if not directory:
         raise ConfigurationError("save_directory", f"{configuration!r} has no save directory")
-    return Path(directory).expanduser().resolve()
+    if is_remote(directory):
+        raise ConfigurationError("save_directory", "this example reads a local save directory")
+    return local_path(directory).resolve()
 
 
 def _inside(parent: Path, path: str, name: str, configuration: str) -> Path:

@@ -126,7 +126,7 @@ def _row(mail: ReceivedMail) -> dict:
         "from": mail.sender[:200],
         "date": mail.date.isoformat() if mail.date else "",
         "folder": mail.location,
-        "files": len(mail.saved_paths) + len(mail.saved_urls),
+        "files": len(mail.saved_paths),
         "deleted": "yes" if mail.deleted else "no",
         "quarantined": "yes" if mail.quarantined else "no",
     }

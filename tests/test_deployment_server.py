@@ -154,7 +154,8 @@ def test_deployment_runs_on_a_process_worker_and_triggers_downstream(
         assert isinstance(parameters["attachments"], list)  # the payload's list, not its repr
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
         recorded = {Path(f["path"]) for f in manifest["files"]}
-        on_disk = {p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
+        on_disk = {p for p in folder.rglob("*") if p.is_file()
+                   and p.name not in (MANIFEST_NAME, ".complete")}  # ours, and the store's
         assert recorded == on_disk, (subject, recorded, on_disk)
     order = json.loads((Path(by_subject["Order 1001"]["folder"]) / MANIFEST_NAME).read_text())
     assert order["attachment_count"] == 1

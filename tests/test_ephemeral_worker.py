@@ -18,6 +18,7 @@ import fsspec
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from tests import storage_backends
 from tests.conftest import sample_message
 
 pytestmark = [pytest.mark.dovecot]
@@ -31,18 +32,7 @@ print("RESULT " + json.dumps([m.model_dump(mode="json") for m in mails]), flush=
 """
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    pytest.importorskip("s3fs", reason="needs prefect-pop3mail[s3]")
-    pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
-    from tests.servers.s3 import S3Server
-
-    server = S3Server()
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()  # fsspec.open() must not reuse an earlier server's
-    yield server
-    server.stop()
+s3_server = storage_backends.s3_server  # the fixture: moto's S3 server for the module
 
 
 def run_on_fresh_worker(server, name: str, root: Path, max_messages: int = 0) -> list[dict]:
@@ -96,7 +86,7 @@ def test_a_fresh_worker_does_not_save_again_what_another_saved(mailbox, s3_serve
     assert sorted(hashlib.sha256(o).hexdigest() for o in originals.values()) == \
         sorted(digest(m) for m in messages)
     for mail in first:  # what a downstream step on any machine receives, and opens
-        with fsspec.open(mail["original_url"], "rb") as f:
+        with fsspec.open(mail["original_path"], "rb") as f:  # a URL, as any location on S3
             assert hashlib.sha256(f.read()).hexdigest() == mail["sha256"]
 
 

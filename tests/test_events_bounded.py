@@ -62,7 +62,6 @@ def mails(draw, configuration: str) -> ReceivedMail:
         date=datetime(2026, 11, 26, tzinfo=UTC), size=draw(st.integers(0, 10**12)),
         sha256="ab" * 32, folder=Path("/srv/mail") / (path or "f"),
         original_path=Path("/srv/mail") / (path or "f") / "message.eml",
-        original_url=draw(st.none() | text(long)),
         attachments=[SavedAttachment(path=Path(f"/srv/mail/{path[:300]}/a{i}"), filename="x",
                                      content_type="text/plain", size=1, sha256="0" * 64)
                      for i in range(attachments)],
@@ -138,7 +137,7 @@ def test_the_worst_message_event_is_under_the_bound_with_room():
         id="f" * 32, configuration=worst, uidl=worst, message_id=worst, sender=worst,
         subject=worst, sha256="0" * 64, folder=Path(worst), original_path=Path(worst),
         text_path=Path(worst), html_path=Path(worst),
-        attachments=[SavedAttachment(url=worst, filename="x", content_type="x", size=0,
+        attachments=[SavedAttachment(path=worst, filename="x", content_type="x", size=0,
                                      sha256="0") for _ in range(1000)])
     event = message_event(mail)
     check(event)

@@ -59,7 +59,7 @@ def test_receive_all_results_artifacts_and_events(mailbox, tmp_path):
     received = state.result()
     assert [type(m) for m in received] == [ReceivedMail] * 3
     assert {m.subject for m in received} == {"Message 0", "Message 1", "Message 2"}
-    assert all(m.deleted and m.original_path.is_file() for m in received)
+    assert all(m.deleted and m.original_path.path.is_file() for m in received)
     assert mailbox.count() == 0
 
     with get_client(sync_client=True) as client:

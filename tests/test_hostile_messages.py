@@ -350,5 +350,5 @@ def test_pathological_markup_renders(html, text):
 
 def test_html_rendering_is_capped(tmp_path):
     mail = check_saved(tmp_path, CLASSES["html_huge"].build(0), "u")
-    assert mail.text_path.stat().st_size <= layout.MAX_HTML_RENDER
+    assert mail.text_path.path.stat().st_size <= layout.MAX_HTML_RENDER
     assert any("renders only its start" in w for w in mail.warnings)

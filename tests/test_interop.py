@@ -165,7 +165,7 @@ def test_receive_all(box, tmp_path, remove):
     assert subjects(report) == ["Message 0", "Message 1", "Message 2"]
     assert not report.failed
     assert all(m.deleted is remove for m in report.received)
-    assert all(m.original_path.is_file() for m in report.received)
+    assert all(m.original_path.path.is_file() for m in report.received)
     assert {m.text_path.read_text().strip() for m in report.received} == {
         "Body 0.", "Body 1.", "Body 2."}
     assert box.count() == (0 if remove else 3)

@@ -19,10 +19,10 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFil
 from prefect_pop3mail.flows import receive_all_mail
 from prefect_pop3mail.tasks.artifacts import artifact_key
 from prefect_pop3mail.tasks.events import EVENT_MAILBOX_RECEIVED, EVENT_RECEIVED
-from prefect_pop3mail.tasks.pop3 import store as store_module
 from prefect_pop3mail.tasks.pop3.errors import POP3ConnectionError
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions, Security
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
+from prefect_pop3mail.tasks.pop3.storage import store as store_module
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer, cut_after
 from tests.test_faults import settings_for
@@ -79,7 +79,7 @@ def test_a_poison_message_fails_alone_then_is_set_aside(mailbox, tmp_path, poiso
     assert third.is_completed()
     [aside] = third.result()
     assert aside.quarantined and aside.deleted and mailbox.count() == 0
-    assert aside.folder.parent == tmp_path / "quarantine"
+    assert aside.folder.path.parent == tmp_path / "quarantine"
     assert aside.original_path.read_bytes().replace(b"\r\n", b"\n") == sample_message(
         2, Subject=POISON)
     assert aside.text_path is None and "quarantine" in aside.warnings[0]

@@ -59,6 +59,28 @@ def test_the_check_sees_a_forbidden_import(tmp_path, monkeypatch):
     assert violations("tasks/pop3") == ["tasks/pop3/bad.py:1 imports prefect"]
 
 
+SEAM = f"{PACKAGE}.tasks.pop3.storage"
+#: Behind the storage interface: the back-ends and their helpers.
+BACK_ENDS = {f"{SEAM}.{name}" for name in ("local", "objects", "sftp", "statedir", "legacy")}
+
+
+def test_nothing_above_the_storage_seam_asks_which_back_end_it_has():
+    """The journal, the outbox, the receiver and the rest of the engine speak to the storage
+    interface alone; ``storage.store.open_storage`` is the one place that picks a back-end
+    (and its work area is a local folder on every back-end: ``statedir.save_errors``)."""
+    bad = []
+    for path in sorted((ROOT / "tasks").rglob("*.py")):
+        name = path.relative_to(ROOT / "tasks").with_suffix("").as_posix().replace("/", ".")
+        module = f"{PACKAGE}.tasks.{name}"
+        if module in BACK_ENDS:
+            continue
+        allowed = BACK_ENDS if module == f"{SEAM}.store" else set()
+        for line, imported in imports_of(path):
+            if imported in BACK_ENDS - allowed:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
+    assert bad == []
+
+
 def test_no_module_imports_the_bare_folder_names():
     """Installed, the folders are prefect_pop3mail.*; a bare import would load a copy."""
     bare = []

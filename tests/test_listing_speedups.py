@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import traceback
 import zlib
 from unittest import mock
@@ -19,18 +20,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import journal, lineio
+from prefect_pop3mail.tasks.pop3 import lineio
 from prefect_pop3mail.tasks.pop3.errors import (
     DuplicateUIDLError,
     InvalidUIDLError,
     POP3MailError,
     POP3ProtocolError,
 )
-from prefect_pop3mail.tasks.pop3.journal import Journal, Saved, _line
 from prefect_pop3mail.tasks.pop3.lineio import LineReader
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
 from prefect_pop3mail.tasks.pop3.session import _NUMBER, POP3Session, _uidl_problem
-from prefect_pop3mail.tasks.pop3.statedir import StateFolder
+from prefect_pop3mail.tasks.pop3.storage import journal
+from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL
+from prefect_pop3mail.tasks.pop3.storage.journal import Journal, Saved, _line
+from prefect_pop3mail.tasks.pop3.storage.local import LocalStorage
 
 EXAMPLES = 5000 if os.environ.get("POP3MAIL_SOAK") else 300
 
@@ -253,42 +256,54 @@ def test_a_clean_listing_and_one_with_a_bad_uidl_agree_on_the_good_ones():
 # --- the journal ----------------------------------------------------------------------------
 
 
+_FOLDER = re.compile(r"(?:[0-9]{8}-[0-9]{6}|undated)-[0-9a-f]{12}")
+_HEAD = re.compile(r"[0-9a-f]{32}")
+
+
+def _printable(text: str, longest: int) -> bool:
+    return 1 <= len(text) <= longest and all("!" <= c <= "~" for c in text)
+
+
 def reference_load(data: bytes):
-    """Journal._load as it was: one record at a time. (Sizes: isdecimal() where it read
-    isdigit(), which took "²" for a number and failed in int().)"""
+    """What Journal._load must do, one record at a time: a record counts when its CRC and
+    every field are as pop3mail writes them."""
     saved, failures = {}, {}
     for raw in data.split(b"\n"):
-        if raw.count(b"\t") == 1:
-            uidl, folder = raw.decode("utf-8", "replace").split("\t")
-            if uidl not in ("", "S", "Q", "F"):
-                saved[uidl] = Saved(folder)
-                failures.pop(uidl, None)
-            continue
         body, _, crc = raw.rpartition(b"\t")
         if crc != b"%08x" % zlib.crc32(body):
             continue
-        fields = body.decode("utf-8", "replace").split("\t")
+        try:
+            fields = body.decode("ascii").split("\t")
+        except UnicodeDecodeError:
+            continue
         kind, uidl = fields[0], fields[1] if len(fields) > 1 else ""
-        if kind in ("S", "Q") and len(fields) == 5:
-            size = int(fields[3]) if fields[3].isdecimal() else None
-            saved[uidl] = Saved(fields[2], size, fields[4], kind == "Q")
+        if (kind in ("S", "Q") and len(fields) == 5 and _printable(uidl, 70)
+                and _FOLDER.fullmatch(fields[2]) and fields[3].isdigit()
+                and len(fields[3]) <= 15 and _HEAD.fullmatch(fields[4])):
+            saved[uidl] = Saved(fields[2], int(fields[3]), fields[4], kind == "Q")
             failures.pop(uidl, None)
-        elif kind == "F" and len(fields) == 3:
+        elif kind == "F" and len(fields) == 3 and _printable(uidl, 70) \
+                and _printable(fields[2], 32):
             failures.setdefault(uidl, []).append(fields[2])
     return saved, failures
 
 
 def loaded(data: bytes):
     journal = Journal.__new__(Journal)  # the replay alone, without a state folder
-    journal.saved, journal.failures = {}, {}
+    journal.saved, journal.failures, journal.distrusted = {}, {}, {}
+    journal.rejected = journal.damaged = 0
     journal._load(data)
     return journal.saved, journal.failures
 
 
-text = st.sampled_from(["u1", "u2", "ü", "", "S", "F", "a\rb", "x y", "a\tb", "\ufffd"])
-recorded_size = st.sampled_from(["", "12", "0012", "²", "١٢", "x", "-1"])
+text = st.sampled_from(["u1", "u2", "ü", "", "S", "F", "a\rb", "x y", "a\tb", "\ufffd",
+                        "x" * 70, "y" * 71])
+folder = st.sampled_from(["20261125-110200-0123456789ab", "undated-0123456789ab", "f", "",
+                          "../x", "20261125-110200-0123456789AB", "2026112-110200-0123456789ab"])
+head = st.sampled_from(["0123456789abcdef" * 2, "ab" * 16, "", "h", "0123456789ABCDEF" * 2])
+recorded_size = st.sampled_from(["", "12", "0012", "²", "١٢", "x", "-1", "9" * 16])
 record = st.one_of(
-    st.tuples(st.sampled_from("SQSQFx"), text, text, recorded_size, text).map(lambda r: _line(*r)),
+    st.tuples(st.sampled_from("SQSQFx"), text, folder, recorded_size, head).map(lambda r: _line(*r)),
     st.tuples(text, st.sampled_from(["save", "retr"])).map(lambda r: _line("F", *r)),
     st.tuples(st.sampled_from("SQF"), text, text).map(lambda r: _line(*r)),  # wrong length
     st.tuples(text, text).map(lambda r: "\t".join(r).encode() + b"\n"),  # version 0.1
@@ -318,75 +333,90 @@ def test_the_journal_replays_as_it_did_record_by_record(data, run):
     assert all(type(s) is Saved for s in saved.values())
 
 
+def folder_of(i: int) -> str:
+    return f"20261125-110200-{i:012x}"
+
+
 def test_a_big_journal_with_failures_and_a_torn_line_replays_in_order():
-    lines = [_line("S", f"u{i}", f"f{i}", i, "h") for i in range(3000)]
+    lines = [_line("S", f"u{i}", folder_of(i), i, HEAD) for i in range(3000)]
     lines[100] = _line("F", "u5", "retr")  # after u5's save: counts
     lines[200] = _line("F", "u300", "save")  # before u300's save: ended by it
     lines[1500] = lines[1500][:9] + b"\n"  # torn by a crash, ended when next opened
     saved, failures = loaded(b"".join(lines))
     assert (saved, failures) == reference_load(b"".join(lines))
     assert failures == {"u5": ["retr"]} and "u1500" not in saved and len(saved) == 2997
-    assert saved["u7"] == Saved("f7", 7, "h") and type(saved["u7"]) is Saved
+    assert saved["u7"] == Saved(folder_of(7), 7, HEAD) and type(saved["u7"]) is Saved
 
 
-def big_journal(tmp_path) -> tuple[StateFolder, bytes]:
+HEAD = "0123456789abcdef" * 2
+
+
+def big_journal(tmp_path) -> tuple[LocalStorage, bytes]:
     """A journal file over BACKGROUND_BYTES, with a failure and a torn line in it."""
-    state = StateFolder(tmp_path, "work-x")
-    name = Journal(state, "key").name
-    lines = [_line("S", f"u{i}", f"f{i}", i, "h" * 32) for i in range(30_000)]
+    storage = LocalStorage(tmp_path, "digest")
+    log = storage.open_log(JOURNAL)
+    lines = [_line("S", f"u{i}", folder_of(i), i, HEAD) for i in range(30_000)]
     lines[10] = _line("F", "never-saved", "retr")
     lines[20] = lines[20][:5] + b"\n"
     data = b"".join(lines)
     assert len(data) > journal.BACKGROUND_BYTES
-    state.replace(name, data)
-    return state, data
+    log.rewrite(data)
+    log.close()
+    return storage, data
+
+
+def open_journal(storage: LocalStorage) -> Journal:
+    return Journal(storage.open_log(JOURNAL))
 
 
 def test_a_big_journal_replayed_in_the_background_is_the_one_replayed_in_place(tmp_path):
-    state, data = big_journal(tmp_path)
-    opened = Journal(state, "key")
+    storage, data = big_journal(tmp_path)
+    opened = open_journal(storage)
     try:
         assert opened._replay is not None  # replaying while the caller goes on
         assert opened.get_many(["u0", "u20", "u29999", "nope"]) == [
-            Saved("f0", 0, "h" * 32), None, Saved("f29999", 29999, "h" * 32), None]
+            Saved(folder_of(0), 0, HEAD), None, Saved(folder_of(29999), 29999, HEAD), None]
         assert opened._replay is None
         assert (opened.saved, opened.failures) == loaded(data)
         assert opened.failure_count("never-saved") == 1 and "u20" not in opened
         assert opened.count_saved(["u1", "u2", "u20", "x"]) == 2
-        opened.record("new", Saved("fn", 1, "h"))  # appends after the replayed records
+        opened.record("new", Saved(folder_of(1), 1, HEAD))  # after the replayed records
     finally:
         opened.close()
-    again = Journal(state, "key")
+    again = open_journal(storage)
     try:
-        assert again.get("new") == Saved("fn", 1, "h") and len(again.saved) == 29_999
+        assert again.get("new") == Saved(folder_of(1), 1, HEAD) and len(again.saved) == 29_999
     finally:
         again.close()
+        storage.close()
 
 
 def test_a_background_replay_that_fails_fails_every_use_of_the_journal(tmp_path):
-    state, _ = big_journal(tmp_path)
+    storage, _ = big_journal(tmp_path)
     with mock.patch.object(Journal, "_load", side_effect=MemoryError("replay")):
-        opened = Journal(state, "key")
+        opened = open_journal(storage)
     depths = set()
     try:
         for use in (lambda: opened.get("u1"), lambda: "u1" in opened,
-                    lambda: opened.record("u1", Saved("f"))):
+                    lambda: opened.record("u1", Saved(folder_of(1)))):
             with pytest.raises(MemoryError, match="replay") as caught:
                 use()
             depths.add(len(traceback.extract_tb(caught.value.__traceback__)))
     finally:
         opened.close()  # joins the thread, closes the file, raises nothing
-    assert opened._fd == -1
+    assert opened.log._fd == -1
     assert len(depths) == 1, depths  # the replay's traceback each time, not one grown by every use
+    storage.close()
 
 
 def test_a_journal_that_cannot_be_replayed_closes_its_file(tmp_path):
-    state, _ = big_journal(tmp_path)
+    storage, _ = big_journal(tmp_path)
     before = set(os.listdir("/proc/self/fd"))
-    with mock.patch("prefect_pop3mail.tasks.pop3.journal._Replay",
+    with mock.patch("prefect_pop3mail.tasks.pop3.storage.journal._Replay",
                     side_effect=RuntimeError("no thread")), pytest.raises(RuntimeError):
-        Journal(state, "key")
+        open_journal(storage)
     assert set(os.listdir("/proc/self/fd")) == before
+    storage.close()
 
 
 def test_replays_that_overlap_leave_the_collector_as_they_found_it():

@@ -246,7 +246,7 @@ def test_receive_all_mail_flow_with_an_oauth2_configuration(account, kind, tmp_p
     received = receive_all_mail(config)
 
     assert sorted(mail.subject for mail in received) == ["Message 1", "Message 2"]
-    assert all(mail.original_path.exists() for mail in received)
+    assert all(mail.original_path.path.exists() for mail in received)
     assert account.box.count() == 0  # removed after read, over the OAuth2 session
     assert_no_secrets(
         "".join(m.model_dump_json() for m in received), secret_logs.text,

@@ -1,5 +1,6 @@
-"""Saving to storage URLs: a real S3-compatible server (moto), a real SFTP server (OpenSSH),
-and file:// URLs, through the whole flow against a real Dovecot mailbox.
+"""Saving to storage URLs, what only remote storage has: a real S3-compatible server (moto)
+and a real SFTP server (OpenSSH), through the flow against a real Dovecot mailbox. The
+promises every save directory keeps are in tests/test_storage_promises.py.
 
 What a reader sees: only folders with their ``.complete`` marker, whose files open with
 ``fsspec.open(url)``; the journal and outbox live beside them on the same storage.
@@ -10,77 +11,39 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from email.message import EmailMessage
 from pathlib import Path
 
 import fsspec
 import pytest
+from pydantic import ValidationError
 
-from prefect_pop3mail.tasks.pop3 import remote
-from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, SaveDirectoryError
-from prefect_pop3mail.tasks.pop3.journal import PRUNE_AT, Saved
-from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
+from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
+from prefect_pop3mail.tasks.pop3.models import ReceivedMail, ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
-from prefect_pop3mail.tasks.pop3.remote import (
-    MARKER,
-    RemoteJournal,
-    RemoteOutbox,
-    RemoteState,
-    RemoteTarget,
-    public_url,
-)
+from prefect_pop3mail.tasks.pop3.storage import objects
+from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, MARKER, OUTBOX
+from prefect_pop3mail.tasks.pop3.storage.connect import connect
+from prefect_pop3mail.tasks.pop3.storage.journal import PRUNE_AT, Journal, Saved, mailbox_digest
+from prefect_pop3mail.tasks.pop3.storage.objects import FsspecStorage
+from prefect_pop3mail.tasks.pop3.storage.outbox import Outbox
+from prefect_pop3mail.tasks.pop3.storage.protocols import public_url
+from tests import storage_backends
 from tests.conftest import sample_message
-from tests.servers.sftp import SFTPServer, sftp_unavailable_reason
+from tests.storage_backends import use_s3, use_sftp
 
-BACKENDS = ["s3", "sftp", "file"]
+pytestmark = pytest.mark.dovecot
 
-
-@pytest.fixture(scope="module")
-def s3_server():
-    pytest.importorskip("s3fs", reason="needs prefect-pop3mail[s3]")
-    pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
-    from tests.servers.s3 import S3Server
-
-    server = S3Server()
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()  # fsspec.open() must not reuse an earlier server's
-    yield server
-    server.stop()
+s3_server, sftp_server = storage_backends.s3_server, storage_backends.sftp_server
+HEAD = "0123456789abcdef" * 2
+KEY = "me@host:110"
 
 
-@pytest.fixture(scope="module")
-def sftp_server():
-    pytest.importorskip("paramiko", reason="needs prefect-pop3mail[sftp]")
-    if reason := sftp_unavailable_reason():
-        pytest.skip(reason)
-    server = SFTPServer()
-    yield server
-    server.stop()
-
-
-def use_s3(server, monkeypatch) -> str:
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
-    return f"s3://{server.new_bucket()}/mail"
-
-
-def use_sftp(server, monkeypatch) -> str:
-    """Credentials the ecosystem's way: fsspec's configuration (FSSPEC_SFTP_* in a
-    worker's environment) and a known_hosts file."""
-    monkeypatch.setenv("POP3MAIL_SFTP_KNOWN_HOSTS", str(server.known_hosts))
-    monkeypatch.setitem(fsspec.config.conf, "sftp", server.client_options())
-    return server.url(f"save-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture(params=BACKENDS)
-def storage(request, monkeypatch, tmp_path) -> str:
-    """A storage URL on a fresh bucket or folder of each back-end."""
+@pytest.fixture(params=["s3", "sftp"])
+def storage(request, monkeypatch) -> str:
+    """A storage URL on a fresh bucket or folder of each remote back-end."""
     if request.param == "s3":
         return use_s3(request.getfixturevalue("s3_server"), monkeypatch)
-    if request.param == "sftp":
-        return use_sftp(request.getfixturevalue("sftp_server"), monkeypatch)
-    return (tmp_path / "store").as_uri()
+    return use_sftp(request.getfixturevalue("sftp_server"), monkeypatch)
 
 
 @pytest.fixture
@@ -88,10 +51,9 @@ def s3_url(s3_server, monkeypatch) -> str:
     return use_s3(s3_server, monkeypatch)
 
 
-def objects(url: str) -> dict[str, bytes]:
+def objects_under(url: str) -> dict[str, bytes]:
     """Everything under ``url``, read back the way a downstream step would."""
-    fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True,
-                                     **remote._host_key_options(url.split(":")[0], {}))
+    fs, root = connect(url)
     root = root.rstrip("/")
     if not fs.exists(root):
         return {}
@@ -101,7 +63,7 @@ def objects(url: str) -> dict[str, bytes]:
 def message_folders(url: str) -> dict[str, set[str]]:
     """Message folder -> its file names (state and quarantine left out)."""
     found: dict[str, set[str]] = {}
-    for name in objects(url):
+    for name in objects_under(url):
         folder, _, rest = name.partition("/")
         if folder not in (".pop3mail", "quarantine"):
             found.setdefault(folder, set()).add(rest)
@@ -109,22 +71,13 @@ def message_folders(url: str) -> dict[str, set[str]]:
 
 
 def with_attachment(i: int, payload: bytes) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "Alice Example <alice@example.org>"
-    msg["To"] = "bob@example.org"
-    msg["Subject"] = f"Invoice {i}"
-    msg["Date"] = "Thu, 26 Nov 2026 10:00:00 +0000"
-    msg["Message-ID"] = f"<inv-{i}@example.org>"
-    msg.set_content(f"Invoice {i} attached.\n")
-    msg.add_attachment(payload, maintype="application", subtype="pdf",
-                       filename=f"invoice-{i}.pdf")
-    return msg.as_bytes()
+    from tests.test_storage_promises import with_attachment as build
+
+    return build(i, payload)
 
 
-def read(url: str) -> bytes:
-    kwargs = remote._host_key_options(url.split(":")[0], {})
-    with fsspec.open(url, "rb", **kwargs) as f:
-        return f.read()
+def folder(i: int) -> str:
+    return f"20261125-110200-{i:012x}"
 
 
 def test_flow_saves_to_storage_and_a_rerun_saves_no_duplicate(mailbox, storage):
@@ -138,47 +91,34 @@ def test_flow_saves_to_storage_and_a_rerun_saves_no_duplicate(mailbox, storage):
 
     assert len(first) == 2
     for mail in first:
-        assert mail.folder is None and mail.original_path is None
-        assert mail.folder_url.startswith(storage.rstrip("/") + "/")
-        assert hashlib.sha256(read(mail.original_url)).hexdigest() == mail.sha256
-        manifest = json.loads(read(f"{mail.folder_url}/{MARKER}"))
-        names = {f["path"] for f in manifest["files"]}
+        assert mail.folder.is_url and mail.folder.startswith(storage.rstrip("/") + "/")
+        assert hashlib.sha256(mail.original_path.read_bytes()).hexdigest() == mail.sha256
+        with fsspec.open(f"{mail.folder}/{MARKER}", "rb",
+                         **objects_options(storage)) as f:  # as a downstream step reads it
+            names = {entry["path"] for entry in json.load(f)["files"]}
         assert "message.eml" in names and "text.txt" in names
     invoice = next(m for m in first if m.attachments)
-    assert read(invoice.attachments[0].url) == payload
-    assert invoice.attachments[0].path is None
-    assert read(invoice.text_url).startswith(b"Invoice 2 attached.")
-    folders = message_folders(storage)
-    assert len(folders) == 2 and all(MARKER in files for files in folders.values())
+    assert invoice.attachments[0].path.read_bytes() == payload
+    assert invoice.text_path.read_text().startswith("Invoice 2 attached.")
+    before = message_folders(storage)
+    assert len(before) == 2 and all(MARKER in files for files in before.values())
 
-    before = objects(storage)
     second = receive_all_mail(block)
 
-    assert second == []
-    assert mailbox.count() == 2
-    after = objects(storage)
-    assert after == before, "a rerun changed the storage"
-    records = [n for n in after if n.startswith(".pop3mail/") and "/S~" in n]
-    assert len(records) == 2
-    assert all(after[n] == b"" for n in records), "announced, yet still pending"
+    assert second == [] and mailbox.count() == 2
+    assert message_folders(storage) == before, "a rerun changed the saved mail"
 
 
-def test_flow_with_removal_empties_the_mailbox_into_storage(mailbox, storage):
-    from prefect_pop3mail.flows import receive_all_mail
+def objects_options(url: str) -> dict:
+    from prefect_pop3mail.tasks.pop3.storage.connect import connection_options
 
-    messages = [sample_message(i, body=f"Body {i}.\n") for i in range(4)]
-    mailbox.deliver(*messages)
-
-    received = receive_all_mail(mailbox.block(storage, remove_from_server_after_read=True))
-
-    assert mailbox.count() == 0
-    assert all(m.deleted for m in received)
-    saved = {hashlib.sha256(read(m.original_url)).hexdigest() for m in received}
-    assert saved == {hashlib.sha256(m.replace(b"\n", b"\r\n")).hexdigest() for m in messages}
-    assert all(MARKER in files for files in message_folders(storage).values())
+    return connection_options(url.split(":")[0], {})
 
 
-def test_one_listing_per_run_loads_journal_and_outbox(mailbox, s3_url, monkeypatch):
+def test_a_run_costs_the_same_requests_whatever_the_journal_holds(mailbox, s3_server,
+                                                                  monkeypatch):
+    """The journal and outbox are read in a bounded number of requests (a listing, the
+    segments since the last rewrite), never one per record."""
     import s3fs
 
     requests = []
@@ -189,47 +129,19 @@ def test_one_listing_per_run_loads_journal_and_outbox(mailbox, s3_url, monkeypat
         return await call(self, method, *args, **kwargs)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
-    mailbox.deliver(*(sample_message(i) for i in range(6)))
-    save = SaveOptions(url=s3_url)
-    receive_mailbox("cfg", mailbox.settings(), save, ReceiveOptions())  # creates the state
-    pending = [n for n, data in objects(s3_url).items() if "/S~" in n and data]
-    requests.clear()
-
-    report = receive_mailbox("cfg", mailbox.settings(), save, ReceiveOptions())
-
-    assert report.received == [] and report.skipped_known == 6
-    assert requests == ["list_objects_v2"], "more than one listing, or reads of records"
-    assert pending == [], "announced, yet still pending"
-
-
-def test_a_failed_upload_leaves_the_folder_invisible_and_the_next_run_completes_it(
-        mailbox, s3_url, monkeypatch):
-    mailbox.deliver(with_attachment(1, b"%PDF-1.4 " * 500))
-    put_all = RemoteTarget.put_all
-
-    def failing(self, files):
-        put_all(self, [f for f in files if not f[1].endswith("/text.txt")])
-        raise remote._storage_error(self.secret_url, "upload text.txt",
-                                    ConnectionResetError("connection reset"))
-
-    monkeypatch.setattr(RemoteTarget, "put_all", failing)
-    save = SaveOptions(url=s3_url)
-    options = ReceiveOptions(remove_after_read=True)
-
-    report = receive_mailbox("cfg", mailbox.settings(), save, options)
-
-    assert report.received == [] and report.failed[0].error_type == "SaveDirectoryError"
-    assert mailbox.count() == 1, "deleted though its files never all arrived"
-    folders = message_folders(s3_url)
-    assert len(folders) == 1
-    assert MARKER not in next(iter(folders.values())), "a half-uploaded folder is visible"
-
-    monkeypatch.setattr(RemoteTarget, "put_all", put_all)
-    report = receive_mailbox("cfg", mailbox.settings(), save, options)
-
-    assert len(report.received) == 1 and mailbox.count() == 0
-    assert message_folders(s3_url).keys() == folders.keys(), "saved twice"
-    assert MARKER in message_folders(s3_url)[next(iter(folders))]
+    counts = {}
+    for known in (6, 40):
+        box = type(mailbox)(mailbox.server)
+        box.deliver(*(sample_message(i) for i in range(known)))
+        save = SaveOptions(url=use_s3(s3_server, monkeypatch))
+        receive_mailbox("cfg", box.settings(), save, ReceiveOptions())  # saves them all
+        receive_mailbox("cfg", box.settings(), save, ReceiveOptions())  # tidies the outbox
+        requests.clear()
+        report = receive_mailbox("cfg", box.settings(), save, ReceiveOptions())
+        assert report.received == [] and report.skipped_known == known
+        counts[known] = sorted(requests)
+    assert counts[6] == counts[40], counts
+    assert len(counts[40]) <= 6, counts[40]
 
 
 def test_a_large_attachment_is_uploaded_in_parts(mailbox, s3_url, s3_server):
@@ -242,76 +154,121 @@ def test_a_large_attachment_is_uploaded_in_parts(mailbox, s3_url, s3_server):
     attachment = report.received[0].attachments[0]
     assert attachment.sha256 == hashlib.sha256(payload).hexdigest()
     bucket, _, prefix = s3_url[len("s3://"):].partition("/")
-    key = attachment.url[len(f"s3://{bucket}/"):]
+    key = attachment.path[len(f"s3://{bucket}/"):]
     entry = s3_server.keys(bucket, prefix)[key]
     assert entry["Size"] == len(payload)
     assert "-" in entry["ETag"], "uploaded in one request, not in parts"
 
 
-def test_the_journal_on_storage_keeps_latest_records_failures_and_prunes(tmp_path):
-    url = (tmp_path / "store").as_uri()
-    target = RemoteTarget(url)
-    odd = "a/b~c..\\%20É"  # path separators, our own separator, non-ASCII
-    journal = RemoteJournal(RemoteState(target, "me@host:110"))
-    assert journal.record_failure(odd, "save") == 1
-    assert journal.record_failure(odd, "retr") == 2
-    journal.record("u1", Saved("f1", 10, "h1"))
-    journal.record("u1", Saved("f2", 11, "h2"))  # the UIDL now names another message
+def open_state(url: str) -> tuple[FsspecStorage, Journal, Outbox]:
+    storage = FsspecStorage.open(url, None, mailbox_digest(KEY))
+    return storage, Journal(storage.open_log(JOURNAL)), Outbox(storage.open_log(OUTBOX))
 
-    again = RemoteJournal(RemoteState(target, "me@host:110"))
-    assert again.get("u1") == Saved("f2", 11, "h2")
-    assert again.failure_count(odd) == 2 and again.last_failure(odd) == "retr"
-    assert odd not in again
-    again.record(odd, Saved("f3", None, "", quarantined=True))
-    state = RemoteState(target, "me@host:110")
-    assert len([n for n in state.names if not n.startswith("V~")]) == 2, "older records stay"
-    third = RemoteJournal(state)
-    assert third.get(odd) == Saved("f3", None, "", True) and third.failure_count(odd) == 0
 
+def close_state(storage: FsspecStorage, journal: Journal, outbox: Outbox) -> None:
+    outbox.log.flush()
+    journal.log.flush()
+    journal.compact()
+    journal.close()
+    outbox.close()
+    storage.close()
+
+
+def segments(url: str, kind: str) -> list[str]:
+    state = f".pop3mail/{mailbox_digest(KEY)}/{kind}/"
+    return sorted(n[len(state):] for n in objects_under(url) if n.startswith(state))
+
+
+def test_the_journal_on_storage_keeps_latest_records_failures_and_prunes(storage):
+    state = open_state(storage)
+    journal = state[1]
+    assert journal.record_failure("odd~uidl", "save") == 1
+    assert journal.record_failure("odd~uidl", "retr") == 2
+    journal.record("u1", Saved(folder(1), 10, HEAD))
+    journal.record("u1", Saved(folder(2), 11, HEAD))  # the UIDL now names another message
+    close_state(*state)
+
+    state = open_state(storage)
+    again = state[1]
+    assert again.get("u1") == Saved(folder(2), 11, HEAD)
+    assert again.failure_count("odd~uidl") == 2 and again.last_failure("odd~uidl") == "retr"
+    again.record("odd~uidl", Saved(folder(3), 5, HEAD, quarantined=True))
     for i in range(PRUNE_AT):
-        third.record(f"gone-{i}", Saved(f"g{i}"))
-    third.prune({"u1", odd})
-    assert len(RemoteState(target, "me@host:110").names) == 3  # u1, odd and the version
-    assert RemoteJournal(RemoteState(target, "me@host:110")).get("u1") is not None
+        again.record(f"gone-{i}", Saved(folder(100 + i), i, HEAD))
+    again.prune({"u1", "odd~uidl"})  # rewritten as one snapshot; the older segments go
+    close_state(*state)
+
+    assert [n.rsplit(".", 1)[1] for n in segments(storage, JOURNAL)] == ["snap"]
+    state = open_state(storage)
+    assert state[1].saved == {"u1": Saved(folder(2), 11, HEAD),
+                              "odd~uidl": Saved(folder(3), 5, HEAD, True)}
+    assert state[1].failures == {}
+    close_state(*state)
 
 
-def test_pending_announcements_ride_on_journal_records_in_order(tmp_path):
-    from prefect_pop3mail.tasks.pop3.models import ReceivedMail
+def test_a_journal_in_many_segments_is_read_as_one_after_the_run(s3_url):
+    for i in range(objects.MAX_SEGMENTS + 2):  # a run per record: a segment each
+        state = open_state(s3_url)
+        state[1].record(f"u{i}", Saved(folder(i), i, HEAD))
+        close_state(*state)
+    names = segments(s3_url, JOURNAL)
+    assert len(names) <= objects.MAX_SEGMENTS + 1 and names[0].endswith(".snap")
+    state = open_state(s3_url)
+    assert sorted(state[1].saved) == sorted(f"u{i}" for i in range(objects.MAX_SEGMENTS + 2))
+    close_state(*state)
 
-    target = RemoteTarget((tmp_path / "store").as_uri())
-    state = RemoteState(target, "me@host:110")
-    journal, outbox = RemoteJournal(state), RemoteOutbox(state)
+
+def test_pending_announcements_survive_runs_in_order(storage):
+    state = open_state(storage)
+    journal, outbox = state[1], state[2]
     mails = [ReceivedMail(id=f"id{i}", configuration="c", uidl=f"u{i}") for i in range(4)]
-    for mail in mails[:3]:  # the receiver's order: the outbox, then the journal
+    for mail in mails:  # the store's order: the outbox, then the journal
         outbox.add(mail)
-        journal.record(mail.uidl, Saved(f"f-{mail.id}"))
-    journal.record("u3", Saved("f-id3"))  # recorded first, announced after: still kept
-    outbox.add(mails[3])
+        journal.record(mail.uidl, Saved(folder(int(mail.id[2:])), 1, HEAD))
     outbox.acknowledge(["id1"])
+    close_state(*state)
 
-    state = RemoteState(target, "me@host:110")
-    pending = RemoteOutbox(state).pending
-    assert list(pending) == ["id0", "id2", "id3"]
-    assert pending["id2"] == mails[2]
-    assert all(RemoteJournal(state).get(f"u{i}") == Saved(f"f-id{i}") for i in range(4))
+    state = open_state(storage)
+    assert list(state[2].pending) == ["id0", "id2", "id3"]
+    assert state[2].pending["id2"] == mails[2]
+    state[2].acknowledge(["id0", "id2", "id3"])
+    close_state(*state)
+    state = open_state(storage)
+    assert state[2].pending == {}
+    close_state(*state)
 
 
-def test_a_pending_announcement_survives_a_reused_uidl(tmp_path):
-    from prefect_pop3mail.tasks.pop3.models import ReceivedMail
+def test_the_state_the_previous_release_kept_on_storage_is_adopted(mailbox, s3_url, s3_server):
+    """The release before kept one object per record (``S~stamp~uidl~folder~size~head``,
+    the UIDL in base32), with a pending announcement (``*_url`` fields) as its content."""
+    import base64
 
-    target = RemoteTarget((tmp_path / "store").as_uri())
-    state = RemoteState(target, "me@host:110")
-    journal, outbox = RemoteJournal(state), RemoteOutbox(state)
-    old = ReceivedMail(id="old", configuration="c", uidl="u")
-    outbox.add(old)
-    journal.record("u", Saved("f-old"))
-    new = ReceivedMail(id="new", configuration="c", uidl="u")  # the server reused "u"
-    outbox.add(new)
-    journal.record("u", Saved("f-new"))
+    def key(uidl: str) -> str:
+        return base64.b32encode(uidl.encode()).decode().rstrip("=").lower()
 
-    state = RemoteState(target, "me@host:110")
-    assert list(RemoteOutbox(state).pending) == ["old", "new"]
-    assert RemoteJournal(state).get("u") == Saved("f-new")
+    bucket = s3_url[len("s3://"):].split("/")[0]
+    state = f"mail/.pop3mail/{mailbox_digest(KEY)}"
+    old_mail = {"id": "old-id", "configuration": "c", "uidl": "u2", "folder_url": f"{s3_url}/f2",
+                "original_url": f"{s3_url}/f2/message.eml",
+                "attachments": [{"url": f"{s3_url}/f2/attachments/a.pdf", "filename": "a.pdf",
+                                 "content_type": "application/pdf", "size": 1, "sha256": "0"}]}
+    client = s3_server.client()
+    for name, body in ((f"V~{1:020d}~1", b""),
+                       (f"S~{2:020d}~{key('u1')}~{folder(1)}~10~{HEAD}", b""),
+                       (f"S~{3:020d}~{key('u2')}~{folder(2)}~20~{HEAD}",
+                        json.dumps(old_mail).encode()),
+                       (f"F~{4:020d}~{key('u3')}~save", b"")):
+        client.put_object(Bucket=bucket, Key=f"{state}/{name}", Body=body)
+
+    storage, journal, outbox = open_state(s3_url)
+    assert journal.saved == {"u1": Saved(folder(1), 10, HEAD), "u2": Saved(folder(2), 20, HEAD)}
+    assert journal.failures == {"u3": ["save"]}
+    [pending] = outbox.pending.values()
+    assert pending.folder == f"{s3_url}/f2" and pending.original_path == f"{s3_url}/f2/message.eml"
+    assert pending.attachments[0].path == f"{s3_url}/f2/attachments/a.pdf"
+    close_state(storage, journal, outbox)
+    left = [n for n in objects_under(s3_url) if "~" in n]
+    assert left == [], "the old records stay beside the adopted ones"
 
 
 def test_sftp_refuses_a_server_whose_host_key_is_not_known(sftp_server, monkeypatch, tmp_path):
@@ -321,18 +278,21 @@ def test_sftp_refuses_a_server_whose_host_key_is_not_known(sftp_server, monkeypa
     monkeypatch.setenv("POP3MAIL_SFTP_KNOWN_HOSTS", str(empty))
 
     with pytest.raises(SaveDirectoryError, match="not in .*known_hosts"):
-        RemoteTarget(sftp_server.url("x"))
+        FsspecStorage.open(sftp_server.url("x"), None, "digest")
 
 
 def test_a_password_in_the_url_never_shows_and_the_block_refuses_it(mailbox):
     url = "sftp://mailer:s3cret-pw@127.0.0.1:1/srv/mail"
     assert public_url(url) == "sftp://mailer@127.0.0.1:1/srv/mail"
     with pytest.raises(SaveDirectoryError) as caught:
-        RemoteTarget(url)
+        connect(url)
     assert "s3cret-pw" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
-    with pytest.raises(ConfigurationError, match="save_directory") as refused:
-        mailbox.block(url).save_options()
+    with pytest.raises(ValidationError, match="save_directory") as refused:
+        mailbox.block(url)
     assert "s3cret-pw" not in str(refused.value)
+    with pytest.raises(ValueError, match="save_directory") as refused:
+        SaveOptions(url=url)
+    assert "s3cret-pw" not in str(refused.value.errors(include_input=False))
 
 
 def test_a_missing_bucket_is_named_and_never_created(mailbox, s3_server, s3_url):
@@ -349,26 +309,26 @@ def test_a_missing_bucket_is_named_and_never_created(mailbox, s3_server, s3_url)
 
 
 def test_a_missing_back_end_names_the_extra_to_install():
-    pytest.importorskip("fsspec")
     try:
         import gcsfs  # noqa: F401
         pytest.skip("gcsfs is installed")
     except ImportError:
         pass
     with pytest.raises(SaveDirectoryError, match=r"prefect-pop3mail\[gcs\]"):
-        RemoteTarget("gs://bucket/mail")
+        connect("gs://bucket/mail")
 
 
-def test_a_local_save_directory_is_unchanged(mailbox, tmp_path):
+def test_a_local_folder_or_file_url_is_a_directory_and_storage_a_url(mailbox, tmp_path):
     block = mailbox.block(tmp_path / "mail")
     assert block.save_options().directory == tmp_path / "mail"
     assert block.save_options().url is None
+    assert mailbox.block((tmp_path / "a b").as_uri()).save_options().directory == tmp_path / "a b"
     assert mailbox.block("s3://bucket/prefix").save_options().url == "s3://bucket/prefix"
 
 
 def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_url,
                                                                    monkeypatch):
-    from prefect_pop3mail.tasks.pop3.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
     write_contents = MessageStore.write_contents
 
@@ -388,7 +348,7 @@ def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_u
     assert len(first.received) == 1 and first.failed[0].attempts == 1
     assert second.received[0].quarantined, "counts were not kept on storage"
     quarantined = second.received[0]
-    assert "/quarantine/" in quarantined.folder_url
-    assert b"Subject: poison" in read(quarantined.original_url)
-    assert read(f"{quarantined.folder_url}/{MARKER}")
+    assert "/quarantine/" in quarantined.folder
+    assert b"Subject: poison" in quarantined.original_path.read_bytes()
+    assert json.loads(type(quarantined.folder)(f"{quarantined.folder}/{MARKER}").read_bytes())
     assert third.received == [] and third.skipped_known == 2

@@ -17,13 +17,13 @@ from itertools import count
 
 import pytest
 
-from prefect_pop3mail.tasks.pop3 import store as store_module
 from prefect_pop3mail.tasks.pop3.errors import (
     POP3ConnectionError,
     POP3TimeoutError,
 )
 from prefect_pop3mail.tasks.pop3.models import HeaderFilter, ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import MAX_EXTRA_SESSIONS, MailboxReceiver
+from prefect_pop3mail.tasks.pop3.storage import store as store_module
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer, drop, reply, trickle
 from tests.test_faults import settings_for

@@ -26,7 +26,7 @@ from prefect_pop3mail.blocks import POP3MailConfiguration
 from prefect_pop3mail.tasks.pop3 import asn1, smime, trust
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
 from prefect_pop3mail.tasks.pop3.models import SaveOptions, SignatureInfo
-from prefect_pop3mail.tasks.pop3.store import MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
 NOW = datetime.datetime.now(datetime.UTC)
 CONTENT = b"Content-Type: text/plain\r\n\r\nPay invoice 42 today.\r\n"

@@ -11,10 +11,18 @@ from pathlib import Path
 import pytest
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
-from prefect_pop3mail.tasks.pop3.journal import PRUNE_AT, Journal, Saved, mailbox_digest
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver, receive_mailbox
-from prefect_pop3mail.tasks.pop3.statedir import STATE_DIR, StateFolder
+from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, STATE_DIR
+from prefect_pop3mail.tasks.pop3.storage.journal import (
+    PRUNE_AT,
+    Journal,
+    Saved,
+    _line,
+    mailbox_digest,
+)
+from prefect_pop3mail.tasks.pop3.storage.local import LocalStorage
+from prefect_pop3mail.tasks.pop3.storage.statedir import StateFolder
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer
 from tests.test_faults import originals, settings_for
@@ -99,12 +107,13 @@ def test_a_symlink_planted_at_a_message_folder_is_replaced_not_followed(server, 
     victim = old_file(outside)
     first = receive_mailbox("c", settings_for(server), SaveOptions(directory=save),
                             ReceiveOptions(new_messages_only=False))
-    planted = first.received[0].folder
+    planted = first.received[0].folder.path
     os.rename(planted, tmp_path / "gone")
     planted.symlink_to(outside)
     again = receive_mailbox("c", settings_for(server), SaveOptions(directory=save),
                             ReceiveOptions(new_messages_only=False))
-    assert again.received[0].folder == planted and planted.is_dir() and not planted.is_symlink()
+    assert again.received[0].folder.path == planted and planted.is_dir()
+    assert not planted.is_symlink()
     assert sorted(os.listdir(outside)) == ["precious.txt"] and victim.exists()
 
 
@@ -116,7 +125,7 @@ def test_the_save_root_is_created_private_and_relative_paths_made_absolute(serve
                              ReceiveOptions())
     for folder in ("a", "a/b", "a/b/mail", "a/b/mail/.pop3mail"):
         assert stat.S_IMODE(os.stat(tmp_path / folder).st_mode) == 0o700, folder
-    assert all(m.folder.is_absolute() for m in report.received)
+    assert all(m.folder.path.is_absolute() for m in report.received)
 
 
 def test_a_block_with_a_relative_save_directory_reports_absolute_paths(tmp_path, monkeypatch):
@@ -131,54 +140,83 @@ def test_a_block_with_a_relative_save_directory_reports_absolute_paths(tmp_path,
 # --- the journal ----------------------------------------------------------------------------
 
 
-def journal_in(tmp_path: Path) -> tuple[StateFolder, Journal]:
-    state = StateFolder(tmp_path, "work-x")
-    return state, Journal(state, KEY)
+HEAD = "0123456789abcdef" * 2
+
+
+def folder(i: int) -> str:
+    """A folder name as the store makes them (the journal trusts no other)."""
+    return f"20261125-110200-{i:012x}"
+
+
+def journal_in(tmp_path: Path) -> tuple[LocalStorage, Journal]:
+    storage = LocalStorage(tmp_path, mailbox_digest(KEY))
+    return storage, Journal(storage.open_log(JOURNAL))
+
+
+def reopened(storage: LocalStorage) -> Journal:
+    return Journal(storage.open_log(JOURNAL))
+
+
+def journal_file(tmp_path: Path) -> Path:
+    return tmp_path / STATE_DIR / f"journal-{mailbox_digest(KEY)}.log"
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
-    state, journal = journal_in(tmp_path)
-    journal.record("u1", Saved("f1", 10, "h1"))
+    storage, journal = journal_in(tmp_path)
+    journal.record("u1", Saved(folder(1), 10, HEAD))
     journal.close()
-    path = tmp_path / STATE_DIR / f"journal-{mailbox_digest(KEY)}.log"
-    with open(path, "ab") as f:
+    with open(journal_file(tmp_path), "ab") as f:
         f.write(b"S\tu2\tf2\t2")  # a crash in the middle of an append
-    journal = Journal(state, KEY)
+    journal = reopened(storage)
     assert "u2" not in journal
-    journal.record("u3", Saved("f3", 30, "h3"))
+    journal.record("u3", Saved(folder(3), 30, HEAD))
     journal.close()
-    again = Journal(state, KEY)
+    again = reopened(storage)
     assert "u1" in again and "u3" in again and "u2" not in again
-    assert again.get("u3") == Saved("f3", 30, "h3")
+    assert again.get("u3") == Saved(folder(3), 30, HEAD)
+    assert (again.damaged, again.rejected) == (1, 0)  # the torn line alone: ended, not joined
     again.close()
-    state.close()
+    storage.close()
 
 
-def test_damaged_records_are_ignored_and_version_0_1_records_read(tmp_path):
-    state = StateFolder(tmp_path, "work-x")
-    path = tmp_path / STATE_DIR / f"journal-{mailbox_digest(KEY)}.log"
-    path.write_bytes(b"old-uidl\t20261125-folder\nS\tu9\tf\t1\th\t00000000\n")
-    journal = Journal(state, KEY)
-    assert "old-uidl" in journal and "u9" not in journal
+def test_records_that_do_not_verify_are_ignored_and_reported(tmp_path, caplog):
+    """Issue #24: a planted record with empty size and head fields (its CRC right) made a
+    run delete a message never saved. Fields not as written, a damaged CRC, a version 0.1
+    line: each is ignored, counted and reported; none is trusted."""
+    journal_file(tmp_path).parent.mkdir(mode=0o700)
+    journal_file(tmp_path).write_bytes(
+        b"old-uidl\t20261125-folder\n"  # version 0.1: no CRC
+        + _line("S", "u1", folder(1), 10, HEAD)[:-3] + b"00\n"  # damaged
+        + _line("S", "planted", folder(2), "", "")  # empty size and head
+        + _line("S", "dots", "../../etc", 10, HEAD)  # not a folder the store makes
+        + _line("Q", "bad uidl", folder(3), 10, HEAD)  # a UIDL RFC 1939 refuses
+        + _line("S", "good", folder(4), 10, HEAD))
+    storage, journal = journal_in(tmp_path)
+    assert list(journal.saved) == ["good"]
+    assert (journal.rejected, journal.damaged) == (3, 2)
+    assert set(journal.distrusted) == {"planted", "dots"}
+    assert "3 record(s) that do not verify" in caplog.text and "planted" in caplog.text
+    journal.record("planted", Saved(folder(2), 10, HEAD))  # saved for real: trusted again
+    assert "planted" not in journal.distrusted
     journal.close()
-    state.close()
+    storage.close()
 
 
 def test_pruning_never_runs_on_an_empty_listing_and_rewrites_privately(tmp_path):
-    state, journal = journal_in(tmp_path)
+    storage, journal = journal_in(tmp_path)
     for i in range(PRUNE_AT + 10):
-        journal.record(f"u{i}", Saved(f"f{i}", i, "h"))
+        journal.record(f"u{i}", Saved(folder(i), i, HEAD))
     journal.prune(set())  # a server that listed nothing: nothing is forgotten
     assert len(journal.saved) == PRUNE_AT + 10
     journal.prune({"u0", "u1"})
     assert set(journal.saved) == {"u0", "u1"}
-    journal.record("u-new", Saved("f", 1, "h"))
+    journal.record("u-new", Saved(folder(7), 1, HEAD))
+    assert journal.read_back() == {"u-new": Saved(folder(7), 1, HEAD)}  # after the rewrite
     journal.close()
-    path = tmp_path / STATE_DIR / f"journal-{mailbox_digest(KEY)}.log"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert set(Journal(state, KEY).saved) == {"u0", "u1", "u-new"}
+    assert stat.S_IMODE(journal_file(tmp_path).stat().st_mode) == 0o600
+    assert set(reopened(storage).saved) == {"u0", "u1", "u-new"}
     assert [p.name for p in (tmp_path / STATE_DIR).iterdir() if p.name.endswith(".tmp")] == []
-    state.close()
+    storage.close()
 
 
 def test_a_reused_uidl_is_received_not_deleted_unseen(tmp_path):

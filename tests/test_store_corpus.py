@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from prefect_pop3mail.tasks.pop3 import errors
 from prefect_pop3mail.tasks.pop3.models import SaveOptions
-from prefect_pop3mail.tasks.pop3.store import ORIGINAL_NAME, MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import ORIGINAL_NAME, MessageStore
 
 CORPUS = Path(__file__).parent / "corpus"
 KEY_PASSWORD = "corpus-only-not-a-secret"
@@ -42,14 +42,22 @@ def save(store: MessageStore, data: bytes, uidl: str):
     return store.save(incoming, uidl)
 
 
-def saved_files(folder: Path) -> dict[str, dict]:
+def saved_files(folder) -> dict[str, dict]:
+    """The files saved in a message folder but its .complete marker (tested as a storage
+    promise, tests/test_storage_promises.py)."""
+    folder = Path(folder)
     found = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name != ".complete":
             data = path.read_bytes()
             found[path.relative_to(folder).as_posix()] = {
                 "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return found
+
+
+def is_log(path: Path) -> bool:
+    """The mailbox's journal and outbox (the store opens them), as opposed to leftovers."""
+    return path.parent.name == ".pop3mail" and path.name.startswith(("journal-", "outbox-"))
 
 
 def test_the_corpus_is_big_enough():
@@ -76,19 +84,20 @@ def test_corpus_case(name, tmp_path):
     # The result lists every saved file with its SHA-256.
     listed = {ORIGINAL_NAME: mail.sha256}
     if mail.text_path:
-        listed[mail.text_path.relative_to(mail.folder).as_posix()] = mail.text_sha256
+        listed[mail.text_path.path.relative_to(mail.folder.path).as_posix()] = mail.text_sha256
     if mail.html_path:
-        listed[mail.html_path.relative_to(mail.folder).as_posix()] = mail.html_sha256
+        listed[mail.html_path.path.relative_to(mail.folder.path).as_posix()] = mail.html_sha256
     for a in mail.attachments:
-        listed[a.path.relative_to(mail.folder).as_posix()] = a.sha256
-        assert a.size == expected["files"][a.path.relative_to(mail.folder).as_posix()]["size"]
+        listed[a.path.path.relative_to(mail.folder.path).as_posix()] = a.sha256
+        assert a.size == expected["files"][a.path.path.relative_to(mail.folder.path).as_posix()]["size"]
     assert listed == {ORIGINAL_NAME: original["sha256"]} | {
         path: entry["sha256"] for path, entry in expected["files"].items()}
 
     # What the result says of an attachment: its name, type, and where it came from.
     for path, facts in expected.get("attachments", {}).items():
-        [found] = [a for a in mail.attachments if a.path.relative_to(mail.folder).as_posix() == path]
-        parent = found.parent and found.parent.relative_to(mail.folder).as_posix()
+        [found] = [a for a in mail.attachments
+                   if a.path.path.relative_to(mail.folder.path).as_posix() == path]
+        parent = found.parent and found.parent.path.relative_to(mail.folder.path).as_posix()
         for fact, value in facts.items():
             assert (parent if fact == "parent" else getattr(found, fact)) == value, (path, fact)
 
@@ -108,7 +117,7 @@ def test_corpus_case(name, tmp_path):
 def test_saved_files_are_private(name, tmp_path):
     data, expected = corpus_case(name)
     mail = save(MessageStore(options_for(expected, tmp_path), "m@h:1", "c"), data, "u1")
-    for path in [mail.folder, *mail.folder.rglob("*")]:
+    for path in [mail.folder.path, *mail.folder.path.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o700 if path.is_dir() else 0o600), path
 
@@ -120,7 +129,7 @@ def test_files_follow_the_users_choice_when_not_private(tmp_path):
         mail = save(MessageStore(options_for(expected, tmp_path, private=False), "m@h:1", "c"), data, "u1")
     finally:
         os.umask(old)
-    for path in [mail.folder, *mail.folder.rglob("*")]:
+    for path in [mail.folder.path, *mail.folder.path.rglob("*")]:
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
 
 
@@ -157,10 +166,10 @@ def test_saving_again_replaces_the_folder(tmp_path):
     second = save(store, data, "same-uidl")
     assert first.folder == second.folder
     folders = [p for p in tmp_path.iterdir() if p.name != ".pop3mail"]
-    assert folders == [first.folder]
+    assert folders == [first.folder.path]
     assert set(saved_files(second.folder)) - {ORIGINAL_NAME} == set(expected["files"])
     work = tmp_path / ".pop3mail"
-    assert not [p for p in work.rglob("*") if p.is_file() and not p.name.startswith("journal")]
+    assert not [p for p in work.rglob("*") if p.is_file() and not is_log(p)]
 
 
 def test_decrypted_plaintext_is_not_left_behind(tmp_path):
@@ -169,7 +178,7 @@ def test_decrypted_plaintext_is_not_left_behind(tmp_path):
     assert mail.decrypted
     # the encrypted original is what is kept
     assert mail.original_path.read_bytes() == data
-    leftovers = [p for p in (tmp_path / ".pop3mail").rglob("*") if p.is_file()]
+    leftovers = [p for p in (tmp_path / ".pop3mail").rglob("*") if p.is_file() and not is_log(p)]
     assert leftovers == []
 
 
@@ -185,4 +194,4 @@ def test_a_failed_message_leaves_no_folder(tmp_path):
     # The original is back where it arrived, for the caller to set aside or discard.
     assert Path(incoming.path).read_bytes() == data
     incoming.discard()
-    assert [p for p in (tmp_path / ".pop3mail").rglob("*") if p.is_file()] == []
+    assert [p for p in (tmp_path / ".pop3mail").rglob("*") if p.is_file() and not is_log(p)] == []

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3.errors import POP3MailError
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SaveOptions
-from prefect_pop3mail.tasks.pop3.store import MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 from tests.test_mime_differential import mime_tree
 
 # A small fixed budget in CI; POP3MAIL_SOAK=1 for a long run.
@@ -79,19 +79,24 @@ def check_saved(root: Path, data: bytes, uidl: str, *, allow_errors: bool = True
         if not allow_errors:
             raise
         return None  # a clear error for this message is allowed; a crash is not
-    folder = mail.folder
+    folder = mail.folder.path
     assert folder.parent == root
-    for path in mail.saved_paths:
+    saved = [p.path for p in mail.saved_paths]
+    for path in saved:
         resolved = path.resolve()
         assert resolved.is_relative_to(folder.resolve()), path
         assert resolved.is_file()
     for a in mail.attachments:
         assert hashlib.sha256(a.path.read_bytes()).hexdigest() == a.sha256
-        assert a.path.stat().st_size == a.size
-    on_disk = {Path(d) / f for d, _, files in os.walk(root) for f in files}
+        assert a.path.path.stat().st_size == a.size
+    # Nothing outside, nothing left in the work folder; the journal and outbox of the state
+    # folder are the store's own.
+    state = root / ".pop3mail"
+    on_disk = {Path(d) / f for d, _, files in os.walk(root) for f in files
+               if not (Path(d) == state and f.startswith(("journal-", "outbox-")))}
     inside = {p for p in on_disk if p.is_relative_to(folder)}
-    assert on_disk == inside, on_disk - inside  # nothing outside, nothing left in the work dir
-    assert {p.resolve() for p in inside} == {p.resolve() for p in mail.saved_paths}
+    assert on_disk == inside, on_disk - inside
+    assert {p.resolve() for p in inside} == {p.resolve() for p in saved} | {folder / ".complete"}
     assert not any("internal error" in w for w in mail.warnings), mail.warnings
     for path in folder.rglob("*"):
         assert not path.is_symlink()

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3 import tnef
 from prefect_pop3mail.tasks.pop3.models import SaveOptions
-from prefect_pop3mail.tasks.pop3.store import MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 from tests import tnef_writer as tw
 from tests.corpus.build import b64, leaf, message, multipart
 from tests.test_message_fuzz import tnef_streams, watchdog
@@ -279,13 +279,13 @@ def test_names_from_a_winmail_dat_follow_the_file_name_policy(tmp_path):
                      "x" * 196 + ".pdf": b"4", "report (2).pdf": b"5", "REPORT (3).PDF": b"6",
                      "winmail-7.bin": b"7", "winmail (2).dat": b"8"}
     for a in mail.attachments:
-        assert a.path.parent == mail.folder / "attachments"
+        assert a.path.path.parent == mail.folder.path / "attachments"
 
 
 def test_results_list_the_files_as_coming_from_the_winmail_dat(tmp_path):
     stream = tw.tnef([tw.File("a.pdf", b"%PDF", mime="application/pdf"), tw.File("b.png", b"png")])
     mail = saved(tmp_path, tnef_message(stream))
-    winmail = mail.folder / "attachments" / "winmail.dat"
+    winmail = str(mail.folder.path / "attachments" / "winmail.dat")
     assert [(a.path.name, a.content_type, a.part, a.parent) for a in mail.attachments] == [
         ("winmail.dat", "application/ms-tnef", "2", None),
         ("a.pdf", "application/pdf", "1", winmail), ("b.png", "image/png", "2", winmail)]
@@ -346,5 +346,5 @@ def test_files_from_a_winmail_dat_count_against_the_write_budget(tmp_path, monke
     mail = saved(tmp_path, data)
     names = [a.path.name for a in mail.attachments]
     assert names == ["winmail.dat", "first.bin"]
-    assert not (mail.folder / "attachments" / "second.bin").exists()
+    assert not (mail.folder.path / "attachments" / "second.bin").exists()
     assert any("over the write budget" in w for w in mail.warnings)

@@ -242,6 +242,11 @@ class SaveDirectoryError(SaveError):
     """The save directory cannot be created or written."""
 
 
+class StorageError(SaveError):
+    """Storage refused one message's files (a name, a size, a policy) though it still
+    answers: that message's failure, not the run's."""
+
+
 class MessageTooLargeError(POP3MailError):
     """A message exceeds the configured maximum size; it is left on the server."""
 

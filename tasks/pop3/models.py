@@ -3,6 +3,7 @@ into these, and downstream steps receive ``ReceivedMail``."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -17,6 +18,14 @@ from pydantic import (
     SecretStr,
     computed_field,
     model_validator,
+)
+from pydantic_core import core_schema
+
+from prefect_pop3mail.tasks.pop3.storage.protocols import (
+    is_remote,
+    is_url,
+    local_path,
+    location_problem,
 )
 
 if TYPE_CHECKING:
@@ -123,23 +132,15 @@ class ConnectionSettings(BaseModel):
         return f"{self.user.casefold()}@{self.host.casefold()}:{self.port}"
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_storage_url(location: str) -> bool:
-    """Whether a save directory is an fsspec URL (``s3://``, ``sftp://``, ``file://``...)
-    rather than a local path."""
-    return bool(_URL.match(location))
-
-
 class SaveOptions(BaseModel):
-    """What to save for each message, and where: a local ``directory``, or a storage ``url``
-    (tasks/pop3/remote.py), whose journal then lives beside the saved files."""
+    """What to save for each message, and where: a local ``directory``, or the ``url`` of
+    durable storage (tasks/pop3/storage/), whose journal then lives beside the saved files.
+    A ``file://`` URL is a local directory."""
 
     model_config = ConfigDict(frozen=True)
 
     directory: Path | None = None
-    #: An fsspec URL; messages are laid out in a temporary local folder, then uploaded.
+    #: An fsspec URL of a protocol storage/protocols.py allows (s3://, gs://, az://, sftp://).
     url: str | None = None
     #: Extra arguments for the fsspec file system (endpoint, key file...); not secrets.
     storage_options: dict[str, Any] = {}
@@ -152,6 +153,18 @@ class SaveOptions(BaseModel):
     key_password: SecretStr | None = None
     #: PEM file of roots trusted for S/MIME signers, besides the system's.
     trust_store: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durable_url(cls, data: Any) -> Any:
+        """Only durable storage; a local folder's URL is that folder."""
+        url = data.get("url") if isinstance(data, dict) else None
+        if isinstance(url, str):
+            if problem := location_problem(url):
+                raise ValueError(f"save_directory: {problem}")
+            if not is_remote(url):
+                data = {**data, "directory": local_path(url), "url": None}
+        return data
 
     @model_validator(mode="after")
     def _one_location(self) -> SaveOptions:
@@ -213,10 +226,76 @@ class ReceiveOptions(BaseModel):
     quarantine_after: int = 3
 
 
+def _as_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+class Location(str):
+    """Where a saved file or folder is: a local absolute path, or a storage URL
+    (``s3://bucket/prefix/...``, ``sftp://...``) when the save directory is one.
+
+    A ``str``: results, events, artifacts and JSON carry it as the text it is, and both
+    kinds read the same way, ``location.read_bytes()`` or ``with location.open() as f``
+    (fsspec for a URL). ``location.path`` is the ``pathlib.Path`` of a local one.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(
+            _as_text,
+            core_schema.no_info_after_validator_function(cls, core_schema.str_schema()),
+            serialization=core_schema.to_string_ser_schema(),
+        )
+
+    @property
+    def is_url(self) -> bool:
+        """On storage (a URL), rather than a local path."""
+        return is_url(self)
+
+    @property
+    def path(self) -> Path:
+        """The local path; ValueError for a location on storage (open it instead)."""
+        if self.is_url:
+            raise ValueError(f"{self} is on storage, not a local path; use its open()")
+        return Path(self)
+
+    @property
+    def name(self) -> str:
+        """The last part: the file's or folder's name."""
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    def open(self, mode: str = "rb"):
+        """Open it: a local file, or through fsspec (with the worker's credentials)."""
+        if not self.is_url:
+            return open(self, mode)  # noqa: SIM115 - the caller closes it
+        from prefect_pop3mail.tasks.pop3.storage.connect import open_url
+
+        return open_url(self, mode)
+
+    def read_bytes(self) -> bytes:
+        with self.open("rb") as f:
+            return f.read()
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+
+def _moved_url_fields(data: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
+    """Results of the release before this one kept storage locations in ``*_url`` fields
+    (the path fields then empty): read them into the one location field."""
+    if isinstance(data, dict) and any(data.get(url) for _, url in pairs):
+        data = dict(data)
+        for path, url in pairs:
+            if data.get(url) and not data.get(path):
+                data[path] = data[url]
+    return data
+
+
 class SavedAttachment(BaseModel):
-    #: Where it was saved: ``path`` on local disk, ``url`` on storage (the other is None).
-    path: Path | None = None
-    url: str | None = None
+    #: Where it was saved: a local path, or a URL on storage.
+    path: Location | None = None
     filename: str
     content_type: str
     size: int
@@ -227,8 +306,12 @@ class SavedAttachment(BaseModel):
     part: str = ""
     #: The attached message (.eml) or the winmail.dat this file was laid out from; None for
     #: the message's own parts.
-    parent: Path | None = None
-    parent_url: str | None = None
+    parent: Location | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_url_fields(cls, data: Any) -> Any:
+        return _moved_url_fields(data, (("path", "url"), ("parent", "parent_url")))
 
 
 class SignatureInfo(BaseModel):
@@ -274,19 +357,15 @@ class ReceivedMail(BaseModel):
     date: datetime | None = None
     size: int = 0
     sha256: str = ""
-    folder: Path | None = None
-    original_path: Path | None = None
-    text_path: Path | None = None
+    #: Where the message's folder and files are: local paths, or URLs on storage (a save
+    #: directory such as s3://...); each opens with ``.open()`` or ``.read_bytes()``.
+    folder: Location | None = None
+    original_path: Location | None = None
+    text_path: Location | None = None
     text_sha256: str | None = None
-    html_path: Path | None = None
+    html_path: Location | None = None
     html_sha256: str | None = None
     attachments: list[SavedAttachment] = []
-    #: Saved to storage (a URL save directory): where each file is, for ``fsspec.open``;
-    #: the ``*_path`` fields above are then None.
-    folder_url: str | None = None
-    original_url: str | None = None
-    text_url: str | None = None
-    html_url: str | None = None
     decrypted: bool = False
     signature: SignatureInfo | None = None
     deleted: bool = False
@@ -294,20 +373,22 @@ class ReceivedMail(BaseModel):
     quarantined: bool = False
     warnings: list[str] = []
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_url_fields(cls, data: Any) -> Any:
+        return _moved_url_fields(data, (("folder", "folder_url"), ("original_path", "original_url"),
+                                        ("text_path", "text_url"), ("html_path", "html_url")))
+
     @property
-    def saved_paths(self) -> list[Path]:
+    def saved_paths(self) -> list[Location]:
+        """Every file saved for the message (local paths or URLs)."""
         paths = [self.original_path, self.text_path, self.html_path]
         return [p for p in paths if p] + [a.path for a in self.attachments if a.path]
 
     @property
-    def saved_urls(self) -> list[str]:
-        urls = [self.original_url, self.text_url, self.html_url]
-        return [u for u in urls if u] + [a.url for a in self.attachments if a.url]
-
-    @property
     def location(self) -> str:
         """The message's folder, as a local path or a storage URL ("" when not saved)."""
-        return str(self.folder) if self.folder else self.folder_url or ""
+        return str(self.folder or "")
 
 
 class MessageFailure(BaseModel):

@@ -2,8 +2,8 @@
 
 The order per message is the promise of no loss and no duplicate:
 the original reaches the disk, its files are saved, its UIDL is journalled (and the message
-enters the outbox), then DELE is sent. Deletions take effect only at QUIT, after one
-durability barrier.
+enters the outbox), the store reads back its record and its folder's marker, then DELE is
+sent. Deletions take effect only at QUIT, after one durability barrier.
 
 One message never stops a mailbox: whatever goes wrong while saving one message is that
 message's failure, counted in the journal; after ``quarantine_after`` failed runs its
@@ -40,10 +40,10 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3ProtocolError,
     POP3ReplyError,
     SaveDirectoryError,
+    StorageError,
     UIDLNotSupportedError,
 )
 from prefect_pop3mail.tasks.pop3.headers import header_fields
-from prefect_pop3mail.tasks.pop3.journal import Saved, head_digest
 from prefect_pop3mail.tasks.pop3.mime import MAX_HEADER_BYTES, parse_headers
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
@@ -54,9 +54,9 @@ from prefect_pop3mail.tasks.pop3.models import (
     ReceiveReport,
     SaveOptions,
 )
-from prefect_pop3mail.tasks.pop3.remote import open_records, open_store
 from prefect_pop3mail.tasks.pop3.session import POP3Session
-from prefect_pop3mail.tasks.pop3.store import IncomingMessage, MessageStore
+from prefect_pop3mail.tasks.pop3.storage.journal import Saved, head_digest
+from prefect_pop3mail.tasks.pop3.storage.store import IncomingMessage, MessageStore
 
 log = logging.getLogger("pop3mail.receiver")
 
@@ -157,7 +157,9 @@ class MailboxReceiver:
         self.configuration = configuration
         self.connection = connection
         self.options = options
-        self.store = store or open_store(save, connection.mailbox_key, configuration)
+        self.store = store or MessageStore(save, connection.mailbox_key, configuration)
+        # Beside the saved files, on the same storage: the store keeps them.
+        self.journal, self.outbox = self.store.journal, self.store.outbox
         self.progress = progress
         self.report = ReceiveReport(configuration=configuration)
         #: The run's messages: the UIDLs of its first listing (None before it).
@@ -178,12 +180,8 @@ class MailboxReceiver:
         self._regular_left = True
         #: Received in a session that died: deleted by a later session's DELE.
         self._undeleted: dict[str, ReceivedMail] = {}
-        try:
-            # Beside the saved files: in the state folder, or on the storage of a URL.
-            self.journal, self.outbox = open_records(self.store, connection.mailbox_key)
-        except BaseException:
-            self.store.close()
-            raise
+        #: Saved this run but not deleted: their record or marker did not read back.
+        self._kept: set[str] = set()
 
     def __enter__(self) -> MailboxReceiver:
         return self
@@ -192,8 +190,6 @@ class MailboxReceiver:
         self.close()
 
     def close(self) -> None:
-        self.journal.close()
-        self.outbox.close()
         self.store.close()
 
     def run(self) -> ReceiveReport:
@@ -245,6 +241,7 @@ class MailboxReceiver:
         session = self._open()
         self.report.sessions += 1
         pending: list[str] = []  # deleted at this session's QUIT, or by a later session
+        saved: dict[int, tuple[Saved, ReceivedMail]] = {}  # to delete once verified
         plan = _Plan()
         try:
             listing = _Listing(self._uidls(session), session.list())
@@ -263,9 +260,10 @@ class MailboxReceiver:
                 session.dele(number)  # saved by an earlier run that died before QUIT
                 pending.append(listing.uidls[number])
             self._settled.update(pending)
-            stopped = self._retrieve(session, plan.fetch, listing, alone is not None)
+            stopped = self._retrieve(session, plan.fetch, listing, alone is not None, saved)
+            self._delete_verified(session, listing, saved)
             if plan.delete_known or (self.options.remove_after_read and len(received) > first):
-                self.journal.sync()
+                self.store.barrier()
         except _SessionLost:
             session.close()  # no QUIT: the server deletes nothing of this session
             if alone is None:
@@ -312,7 +310,7 @@ class MailboxReceiver:
         self._cap = self._batches + MAX_EXTRA_SESSIONS
         if not self.options.dry_run:
             shared = {e.uidl for e in session.invalid_uidls.values() if e.uidl}
-            self.journal.prune(self._scope | shared)
+            self.store.prune(self._scope | shared)
 
     def _mark_deleted(self, session: POP3Session, listing: _Listing, first: int,
                       delete_known: list[int]) -> None:
@@ -321,6 +319,8 @@ class MailboxReceiver:
         # Deletion is known only after QUIT: the results made before it are completed.
         later = [self._undeleted.pop(listing.uidls[n], None) for n in delete_known]
         for mail in [*received[first:], *filter(None, later)]:
+            if mail.uidl in self._kept:
+                continue  # not sent a DELE: its warning says why
             error = refused.get(mail.uidl)
             mail.deleted = error is None
             if error is not None:
@@ -390,7 +390,7 @@ class MailboxReceiver:
                 continue
             size = sizes.get(number, 0)
             if (saved is not None and opts.new_messages_only and not opts.remove_after_read
-                    and saved.size in (None, size)):
+                    and saved.size == size):
                 known += 1
                 continue
             if self._gives_up_on(number, uidl):
@@ -404,8 +404,11 @@ class MailboxReceiver:
                              "big to check by TOP", self.configuration, uidl)
                 elif opts.remove_after_read and self._is_saved(session, number, uidl, size,
                                                                 saved, alone is not None):
-                    plan.delete_known.append(number)  # settled once its DELE is sent
-                    continue
+                    if (problem := self._marker_problem(uidl, saved)) is None:
+                        plan.delete_known.append(number)  # settled once its DELE is sent
+                        continue
+                    log.warning("%s: UIDL %s: %s; receiving it again", self.configuration,
+                                uidl, problem)
                 else:
                     log.warning("%s: UIDL %s now names another message than the one saved; "
                                 "receiving it as new", self.configuration, uidl)
@@ -470,10 +473,8 @@ class MailboxReceiver:
                   saved: Saved, alone: bool) -> bool:
         """Whether message ``number`` is the one the journal saved under its UIDL (a server
         may give a UIDL to a new message once the old one is gone)."""
-        if saved.size is not None and saved.size != size:
-            return False
-        if not saved.head:
-            return True  # journalled by version 0.1: its size is all we can compare
+        if saved.size != size or not saved.head:
+            return False  # a record that cannot tell the message never deletes it
         try:
             return head_digest(self._top(session, number, uidl, alone)) == saved.head
         except POP3ReplyError:
@@ -483,6 +484,15 @@ class MailboxReceiver:
             # then deleted, rather than checked by TOP in every session.
             self._recheck.add(uidl)
             raise _SessionLost from None
+
+    def _marker_problem(self, uidl: str, saved: Saved) -> str | None:
+        """Why the folder of a journalled message does not show it saved (its marker, read
+        back, must name it); None when it does. The message is then received again, and
+        says why when saved."""
+        problem = self.store.verify({uidl: saved}, recorded_now=False).get(uidl)
+        if problem is not None:
+            self.journal.distrusted[uidl] = f"not deleted unseen: {problem}"
+        return problem
 
     def _gives_up_on(self, number: int, uidl: str) -> bool:
         """A message that hit a cap or broke its session alone, run after run, is left on
@@ -502,8 +512,9 @@ class MailboxReceiver:
     # --- retrieving -----------------------------------------------------------------------
 
     def _retrieve(self, session: POP3Session, numbers: list[int], listing: _Listing,
-                  alone: bool) -> bool:
-        """Retrieve and save; returns True when the run must stop (disk full...)."""
+                  alone: bool, saved: dict[int, tuple[Saved, ReceivedMail]]) -> bool:
+        """Retrieve and save (into ``saved``, what is to be deleted); returns True when the
+        run must stop (disk full...)."""
         room = self._room()
         batch = 1 if alone else self.options.commit_every or None
         if room is not None:
@@ -542,14 +553,10 @@ class MailboxReceiver:
                     return True
                 if mail is None:
                     continue
-                # Outbox first: a crash between the two re-saves the message (into the
-                # same folder) and announces it under the same id, never not at all.
-                self.outbox.add(mail)
-                self.journal.record(uidl, Saved(mail.location.rsplit("/", 1)[-1],
-                                                listing.sizes.get(number), sink.head_digest,
-                                                mail.quarantined))
+                record = self.store.record(mail, listing.sizes.get(number, sink.size),
+                                           sink.head_digest)
                 if self.options.remove_after_read:
-                    session.dele(number)
+                    saved[number] = (record, mail)  # DELE once read back
                 self.report.received.append(mail)
                 self._settled.add(uidl)
                 feed.received += 1
@@ -564,6 +571,24 @@ class MailboxReceiver:
         if feed.left and not alone:
             self._regular_left = True
         return False
+
+    def _delete_verified(self, session: POP3Session, listing: _Listing,
+                         saved: dict[int, tuple[Saved, ReceivedMail]]) -> None:
+        """DELE each message saved this session once the store has read back its journal
+        record and its folder's marker; any other stays on the server, reported."""
+        if not saved:
+            return
+        problems = self.store.verify({listing.uidls[n]: record for n, (record, _) in saved.items()},
+                                     recorded_now=True)
+        for number, (_, mail) in saved.items():
+            problem = problems.get(mail.uidl)
+            if problem is None:
+                session.dele(number)
+                continue
+            self._kept.add(mail.uidl)
+            mail.warnings.append(f"not deleted from the server: {problem}; tried again next run")
+            self._charge(number, mail.uidl, StorageError(f"saved, but not deleted from the "
+                                                         f"server: {problem}"))
 
     def _save(self, number: int, uidl: str, sink: IncomingMessage) -> ReceivedMail | None:
         """Save one message; None when it failed (charged, and set aside when it failed

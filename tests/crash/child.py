@@ -6,7 +6,7 @@ MOMENT is where to die, at its N-th occurrence:
   retr         while a message is arriving (the N-th chunk written)
   mid-upload   some files of a message on storage, not all, no marker (a URL save directory)
   before-journal  a message's files are in place, its UIDL not yet journalled
-  before-dele  its UIDL is journalled, its DELE not yet sent
+  before-dele  its UIDL is journalled and read back, its DELE not yet sent
   before-quit  everything saved and synced, QUIT not sent
   after-quit   QUIT sent, its reply not read
   before-announce  the session is over; no event sent yet
@@ -46,7 +46,9 @@ def record_announcements() -> None:
 
 def arm(moment: str, n: int) -> None:
     from prefect_pop3mail.tasks import activities
-    from prefect_pop3mail.tasks.pop3 import journal, receiver, remote, session, store
+    from prefect_pop3mail.tasks.pop3 import receiver, session
+    from prefect_pop3mail.tasks.pop3.storage import objects, store
+    from prefect_pop3mail.tasks.pop3.storage.manifest import folder_files
 
     record_announcements()
 
@@ -68,25 +70,35 @@ def arm(moment: str, n: int) -> None:
 
         store.IncomingMessage.write = dying_write
     elif moment == "mid-upload":
-        put_all = remote.RemoteTarget.put_all
+        upload = objects.FsspecStorage._upload
 
-        def dying_put_all(self, files):
-            if due():
-                put_all(self, files[: len(files) // 2 or 1])  # some files there, no marker
+        def dying_upload(self, local, relative):
+            if due():  # some files there, not the marker
+                files = [f for f in folder_files(local) if f[0] != ".complete"]
+                for name, path in files[: len(files) // 2 or 1]:
+                    self.fs.put_file(str(path), self.path(f"{relative}/{name}"))
                 die()
-            put_all(self, files)
+            upload(self, local, relative)
 
-        remote.RemoteTarget.put_all = dying_put_all
-    elif moment in ("before-journal", "before-dele"):
-        for kind in (journal.Journal, remote.RemoteJournal):  # on disk, on storage
-            def dying_record(self, uidl, folder, record=kind.record):
-                if moment == "before-journal" and due():
-                    die()
-                record(self, uidl, folder)
-                if moment == "before-dele" and due():
-                    die()
+        objects.FsspecStorage._upload = dying_upload
+    elif moment == "before-journal":
+        record = store.MessageStore.record
 
-            kind.record = dying_record
+        def dying_record(self, *args):
+            if due():
+                die()
+            return record(self, *args)
+
+        store.MessageStore.record = dying_record
+    elif moment == "before-dele":
+        dele = session.POP3Session.dele
+
+        def dying_dele(self, number):
+            if due():
+                die()
+            dele(self, number)
+
+        session.POP3Session.dele = dying_dele
     elif moment in ("before-quit", "after-quit"):
         quit_ = session.POP3Session.quit
 

@@ -1,34 +1,41 @@
 """The journal: which messages of a mailbox are saved, and which keep failing, by UIDL.
 
-One append-only file per mailbox in the private state folder. A record is appended after a
-message's files are in place and before its DELE is sent, so a rerun after a crash neither
-loses nor re-saves it. Each record carries a CRC: a line torn by a crash is ignored, and the
-next record starts on a line of its own.
+One append-only log per mailbox in the state area of the save directory (a file locally,
+segments on storage: the storage's StateLog). A record is appended once a message's folder
+is published, and read back before its DELE is sent, so a rerun after a crash neither loses
+nor re-saves it.
 
-Records (tab-separated):
+Records (tab-separated, one per line, each with the CRC of the rest of its line):
     S  uidl  folder  size  head-digest  crc     saved
     Q  uidl  folder  size  head-digest  crc     set aside in quarantine (counts as saved)
     F  uidl  kind  crc                          one more failed attempt ("save" or "retr")
-    uidl  folder                                saved, written by version 0.1
+
+A record is trusted only when it verifies: its CRC (a line torn by a crash fails it), and
+fields of the shape this code writes (a UIDL as RFC 1939 allows, a folder name as the store
+makes, a size, a 32-digit head digest). Any other line is ignored and reported: a planted
+record with empty size and head fields must never make a run delete mail it never saved.
+Even a record that verifies leads to a DELE only once the message on the server matches it
+(size, header digest) and its folder's marker names the same message (store.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import gc
 import hashlib
 import itertools
+import logging
 import operator
-import os
+import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from prefect_pop3mail.tasks.pop3.statedir import StateFolder
+from prefect_pop3mail.tasks.pop3.storage.base import StateLog
+
+logger = logging.getLogger("pop3mail.journal")
 
 #: Prune once this many journalled messages are gone from the server (and most are gone).
 PRUNE_AT = 1000
@@ -70,8 +77,17 @@ _SAVED = functools.partial(tuple.__new__, Saved)
 _SAVE_KINDS = frozenset(("S", "Q"))
 #: Save records decoded at a time: their fields are six strings each until sorted out.
 _RUN = 10_000
-#: A save record's line without its tab and CRC: what the CRC covers.
+#: A save record's line without its tab and CRC: what the CRC covers; and its CRC.
 _BODY = slice(None, -9)
+_CRC = slice(-8, None)
+#: Records as this code writes them (CRC aside): a UIDL is 1 to 70 characters of 0x21-0x7E
+#: (RFC 1939, as the session accepts them), a folder is what the store names one.
+_SAVE_RECORD = re.compile(rb"[SQ]\t[\x21-\x7e]{1,70}\t(?:[0-9]{8}-[0-9]{6}|undated)-[0-9a-f]{12}"
+                          rb"\t[0-9]{1,15}\t[0-9a-f]{32}\t[0-9a-f]{8}")
+_FAILURE_RECORD = re.compile(rb"F\t[\x21-\x7e]{1,70}\t[\x21-\x7e]{1,32}\t[0-9a-f]{8}")
+_UIDL = re.compile(rb"[\x21-\x7e]{1,70}")
+#: UIDLs whose record did not verify, kept to warn on their message: at most this many.
+MAX_DISTRUSTED = 1000
 
 
 _gc_lock = threading.Lock()
@@ -114,22 +130,24 @@ class Journal:
 
     _replay: _Replay | None = None
 
-    def __init__(self, state: StateFolder, mailbox_key: str):
-        self.state = state
-        self.name = f"journal-{mailbox_digest(mailbox_key)}.log"
+    def __init__(self, log: StateLog):
+        self.log = log
         self.saved: dict[str, Saved] = {}
         self.failures: dict[str, list[str]] = {}
-        self._fd = -1
-        with state.keeping("journal", self.name):
-            data = state.read(self.name)
-            self._fd = state.open_log(self.name, data)
+        #: UIDL -> why its record was not trusted (reported on the message when saved).
+        self.distrusted: dict[str, str] = {}
+        self.rejected = 0  # intact lines that are not records as written here
+        self.damaged = 0  # lines whose CRC fails: torn by a crash, or altered
+        self._reported = False
         try:
+            data = log.read()
             if len(data) < BACKGROUND_BYTES:
                 self._load(data)
+                self._report()
             else:  # replayed while the session connects, logs in and waits for UIDL
                 self._replay = _Replay(self._load, data)
         except BaseException:
-            os.close(self._fd)
+            log.close()
             raise
 
     def _ready(self) -> None:
@@ -137,11 +155,27 @@ class Journal:
         if self._replay is not None:
             self._replay.wait()  # raises each time when it failed: no half-loaded journal
             self._replay = None
+            self._report()
+
+    def _report(self) -> None:
+        """Say once (on the caller's thread, so it reaches the run's log) what was ignored."""
+        if self._reported or not (self.rejected or self.damaged):
+            return
+        self._reported = True
+        if self.rejected:
+            shown = ", ".join(sorted(self.distrusted)[:10])
+            logger.warning("The journal has %d record(s) that do not verify (fields not as "
+                        "written by pop3mail%s); they are ignored, so those messages are "
+                        "received again rather than deleted unseen", self.rejected,
+                        f"; UIDLs {shown}" if shown else "")
+        if self.damaged:
+            logger.info("The journal has %d damaged line(s) (a write torn by a crash, or "
+                     "altered); ignored", self.damaged)
 
     def _load(self, data: bytes) -> None:
         """Replay the records in order. A big journal is read at every run (bench scale),
         so the lines with a save record's five tabs are taken a run at a time, by columns;
-        any other line (a failure, a version 0.1 line, a torn one) alone, in its place."""
+        any other line (a failure, a torn or foreign one) alone, in its place."""
         lines = data.split(b"\n")
         tabs = map(bytes.count, lines, itertools.repeat(b"\t"))
         start = 0
@@ -155,47 +189,51 @@ class Journal:
                 start = end + 1
 
     def _load_saves(self, lines: list[bytes]) -> None:
-        """Lines of five tabs each: save records, or lines that count for nothing (a CRC
-        that does not match, another kind). The CRC is of the line's bytes (records are
-        written as UTF-8) before its last tab: when it matches, the CRC field is eight ASCII
-        characters, so that is all but the last nine bytes."""
-        fields = b"\t".join(lines).decode("utf-8", "replace").split("\t")
-        kinds, uidls, folders, sizes, heads, crcs = (fields[i::6] for i in range(6))
+        """Lines of five tabs each: save records, or lines that are ignored (a CRC that does
+        not match, fields not as written here). A record that verifies is ASCII."""
         computed = map(zlib.crc32, map(operator.getitem, lines, itertools.repeat(_BODY)))
-        good = list(map(operator.and_, map(str.__eq__, map("%08x".__mod__, computed), crcs),
-                        map(_SAVE_KINDS.__contains__, kinds)))
+        intact = map(bytes.__eq__, map(b"%08x".__mod__, computed),
+                     map(operator.getitem, lines, itertools.repeat(_CRC)))
+        good = list(map(operator.and_, intact, map(bool, map(_SAVE_RECORD.fullmatch, lines))))
         if not all(good):
-            kinds, uidls, folders, sizes, heads = (
-                list(itertools.compress(column, good))
-                for column in (kinds, uidls, folders, sizes, heads))
-        numbers = (map(int, sizes) if all(sizes) and "".join(sizes).isdecimal()
-                   else [int(size) if size.isdecimal() else None for size in sizes])
-        records = map(_SAVED, zip(folders, numbers, heads, map("Q".__eq__, kinds), strict=True))
+            for line in itertools.compress(lines, map(operator.not_, good)):
+                self._reject(line)
+            lines = list(itertools.compress(lines, good))
+            if not lines:
+                return
+        fields = b"\t".join(lines).decode("ascii").split("\t")
+        kinds, uidls, folders, sizes, heads = (fields[i::6] for i in range(5))
+        records = map(_SAVED, zip(folders, map(int, sizes), heads, map("Q".__eq__, kinds),
+                                  strict=True))
         self.saved.update(zip(uidls, records, strict=True))
-        if self.failures:  # a save ends the failure count
-            for uidl in self.failures.keys() & set(uidls):
-                del self.failures[uidl]
+        for ended in (self.failures, self.distrusted):  # a save ends both
+            if ended:
+                for uidl in ended.keys() & set(uidls):
+                    del ended[uidl]
 
     def _load_line(self, raw: bytes) -> None:
-        """One line that is not a well-formed save record."""
-        if raw.count(b"\t") == 1:  # version 0.1: uidl, folder
-            uidl, folder = raw.decode("utf-8", "replace").split("\t")
-            if uidl not in ("", "S", "Q", "F"):
-                self.saved[uidl] = Saved(folder)
-                self.failures.pop(uidl, None)
+        """One line that is not a save record: a failure, or one to ignore."""
+        if not raw:
             return
+        if _FAILURE_RECORD.fullmatch(raw) and raw[_CRC] == b"%08x" % zlib.crc32(raw[_BODY]):
+            _, uidl, kind = raw[_BODY].decode("ascii").split("\t")
+            self.failures.setdefault(uidl, []).append(kind)
+            return
+        self._reject(raw)
+
+    def _reject(self, raw: bytes) -> None:
+        """Count a line that is ignored; keep its UIDL when it names one."""
         body, _, crc = raw.rpartition(b"\t")
         if crc != b"%08x" % zlib.crc32(body):
-            return  # torn or damaged
-        fields = body.decode("utf-8", "replace").split("\t")
-        kind, uidl = fields[0], fields[1] if len(fields) > 1 else ""
-        if kind in ("S", "Q") and len(fields) == 5:
-            # isdecimal, not isdigit: int() refuses digits such as "²"
-            size = int(fields[3]) if fields[3].isdecimal() else None
-            self.saved[uidl] = Saved(fields[2], size, fields[4], kind == "Q")
-            self.failures.pop(uidl, None)
-        elif kind == "F" and len(fields) == 3:
-            self.failures.setdefault(uidl, []).append(fields[2])
+            self.damaged += 1
+            return
+        self.rejected += 1
+        fields = body.split(b"\t")
+        if (len(fields) > 1 and _UIDL.fullmatch(fields[1])
+                and len(self.distrusted) < MAX_DISTRUSTED):
+            self.distrusted[fields[1].decode("ascii")] = (
+                "its journal record did not verify (fields not as written by pop3mail) and "
+                "was ignored")
 
     def __contains__(self, uidl: str) -> bool:
         self._ready()
@@ -225,30 +263,29 @@ class Journal:
         return kinds[-1] if kinds else None
 
     def record(self, uidl: str, saved: Saved) -> None:
-        """Append one record. Unbuffered: it is in the OS once this returns."""
+        """Append one record (in the OS once this returns locally; remotely at the next
+        flush)."""
         self._ready()
-        kind = "Q" if saved.quarantined else "S"
-        size = "" if saved.size is None else saved.size
-        os.write(self._fd, _line(kind, uidl, saved.folder, size, saved.head))
+        self.log.append(_save_line(uidl, saved))
         self.saved[uidl] = saved
         self.failures.pop(uidl, None)
+        self.distrusted.pop(uidl, None)
 
     def record_failure(self, uidl: str, kind: str) -> int:
         """Count one more failed attempt at ``uidl``; returns the count."""
         self._ready()
-        os.write(self._fd, _line("F", uidl, kind))
+        self.log.append(_line("F", uidl, kind))
         self.failures.setdefault(uidl, []).append(kind)
         return len(self.failures[uidl])
 
-    def sync(self) -> None:
-        """Make the journal and everything saved on its file system durable.
-
-        Called once before QUIT (where the server applies deletions), instead of an fsync
-        per file: one barrier per session keeps the promise at a fraction of the cost.
-        """
-        os.fsync(self._fd)
-        if not _syncfs(self._fd):
-            os.sync()
+    def read_back(self) -> dict[str, Saved]:
+        """The save records appended since the last read-back, as the storage returns them
+        now, verified as when the journal is opened (the latest record of a UIDL)."""
+        back = Journal.__new__(Journal)
+        back.saved, back.failures, back.distrusted = {}, {}, {}
+        back.rejected = back.damaged = 0
+        back._load(self.log.read_back())
+        return back.saved
 
     def prune(self, on_server: set[str]) -> None:
         """Forget messages no longer on the server once they are most of the journal.
@@ -266,23 +303,29 @@ class Journal:
             del self.saved[uidl]
         for uidl in [u for u in self.failures if u not in on_server]:
             del self.failures[uidl]
-        lines = [
-            _line("Q" if s.quarantined else "S", u, s.folder, "" if s.size is None else s.size,
-                  s.head)
-            for u, s in self.saved.items()
-        ]
+        self.log.rewrite(self._dump())
+
+    def compact(self) -> None:
+        """Rewrite the log when it is in many pieces (segments on storage), so that the next
+        run reads one."""
+        if self.log.fragmented and self._replay is None:
+            self.log.rewrite(self._dump())
+
+    def _dump(self) -> bytes:
+        lines = [_save_line(u, s) for u, s in self.saved.items()]
         lines += [_line("F", u, kind) for u, kinds in self.failures.items() for kind in kinds]
-        self.state.replace(self.name, b"".join(lines))
-        os.close(self._fd)
-        self._fd = self.state.open(self.name, os.O_WRONLY | os.O_APPEND)
+        return b"".join(lines)
 
     def close(self) -> None:
         replay, self._replay = self._replay, None
         if replay is not None:
             replay.join()  # not left running; an error it had no longer matters
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self.log.close()
+
+
+def _save_line(uidl: str, saved: Saved) -> bytes:
+    size = "" if saved.size is None else saved.size
+    return _line("Q" if saved.quarantined else "S", uidl, saved.folder, size, saved.head)
 
 
 class _Replay:
@@ -309,18 +352,3 @@ class _Replay:
         self._thread.join()
         if self._error is not None:  # with the replay's traceback, not every caller's
             raise self._error.with_traceback(self._traceback)
-
-
-def _load_syncfs():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-_SYNCFS = _load_syncfs()
-
-
-def _syncfs(fd: int) -> bool:
-    return _SYNCFS is not None and _SYNCFS(fd) == 0

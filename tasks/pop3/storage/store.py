@@ -1,41 +1,37 @@
-"""Saving messages: one folder per message under the save directory, built in a staging
-folder and renamed into place, so a folder is complete or absent, never half-written.
+"""Saving messages: one folder per message under the save directory, laid out in the
+storage's private work area, sealed with its ``.complete`` marker and published whole, so a
+folder is complete or absent, never half-written. Written once for every storage (base.py).
 
     <date>-<hash of the UIDL>/
         message.eml        the original as received (encrypted, if it was)
         text.txt           the text body, UTF-8            (Save mail text)
         body.html          the HTML body, UTF-8            (Save mail text)
         attachments/...    every other part                (Save mail attachments)
+        long-names/...     files whose full names would pass the storage's limit
+        .complete          the manifest (manifest.py)
 
-What goes where is layout.py; the parsing is mime.py; S/MIME is smime.py.
+What goes where is layout.py; the parsing is mime.py; S/MIME is smime.py. The store also
+keeps the mailbox's journal and outbox, and verifies a saved message (its journal record and
+its marker, read back) before the receiver may delete it from the server.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import logging
 import os
 import shutil
-import stat
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from email.message import Message
 from pathlib import Path
 
 from prefect_pop3mail.tasks.pop3 import smime
-from prefect_pop3mail.tasks.pop3.errors import (
-    DiskFullError,
-    POP3MailError,
-    SaveDirectoryError,
-    SaveError,
-)
+from prefect_pop3mail.tasks.pop3.errors import POP3MailError, SaveDirectoryError
 from prefect_pop3mail.tasks.pop3.headers import header_fields
 from prefect_pop3mail.tasks.pop3.headers import read_head as _read_head
-from prefect_pop3mail.tasks.pop3.journal import HEAD_DIGEST_BYTES, head_digest, mailbox_digest
 from prefect_pop3mail.tasks.pop3.layout import (
     ATTACHMENTS_DIR,
     HTML_NAME,
@@ -46,12 +42,19 @@ from prefect_pop3mail.tasks.pop3.layout import (
 )
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SavedAttachment, SaveOptions
-from prefect_pop3mail.tasks.pop3.statedir import (
-    QUARANTINE_DIR,
-    StateFolder,
-    open_private_dir,
-    shown,
+from prefect_pop3mail.tasks.pop3.storage import manifest
+from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, OUTBOX, QUARANTINE_DIR, Storage
+from prefect_pop3mail.tasks.pop3.storage.journal import (
+    HEAD_DIGEST_BYTES,
+    Journal,
+    Saved,
+    head_digest,
+    mailbox_digest,
 )
+from prefect_pop3mail.tasks.pop3.storage.local import LocalStorage
+from prefect_pop3mail.tasks.pop3.storage.objects import FsspecStorage
+from prefect_pop3mail.tasks.pop3.storage.outbox import Outbox
+from prefect_pop3mail.tasks.pop3.storage.statedir import save_errors
 
 log = logging.getLogger("pop3mail.store")
 
@@ -98,7 +101,7 @@ class IncomingMessage:
 
     def finish(self) -> None:
         """Flush to the OS, so a crash of this process cannot lose it."""
-        with _save_errors(self.path):
+        with save_errors(self.path):
             if self._error is not None:
                 raise self._error
             self._file.close()
@@ -116,36 +119,115 @@ def _header_ended(head: bytes | bytearray) -> bool:
     return b"\n\n" in head or b"\n\r\n" in head
 
 
+def open_storage(options: SaveOptions, mailbox_key: str) -> Storage:
+    """The storage of ``options``' save directory, opened for one mailbox."""
+    digest = mailbox_digest(mailbox_key)
+    if options.directory is not None:
+        return LocalStorage(options.directory, digest, private=options.private)
+    assert options.url is not None
+    return FsspecStorage.open(options.url, options.storage_options, digest,
+                              private=options.private)
+
+
 class MessageStore:
-    """Turns retrieved originals into saved folders for one mailbox."""
+    """Turns retrieved originals into saved folders for one mailbox, and keeps its journal
+    and outbox. Close it (or use it as a context manager) when the run is over."""
 
-    #: The ReceivedMail fields that say where a message's files are: local paths here,
-    #: URLs in RemoteMessageStore (see ``_locate``).
-    WHERE = {"folder": "folder", "original": "original_path", "text": "text_path",
-             "html": "html_path", "file": "path", "parent": "parent"}
-
-    def __init__(self, options: SaveOptions, mailbox_key: str, configuration: str,
-                 state: StateFolder | None = None):
+    def __init__(self, options: SaveOptions, mailbox_key: str, configuration: str):
         self.options = options
         self.configuration = configuration
         self._mailbox = mailbox_key
         self.file_mode = 0o600 if options.private else 0o644
         self.dir_mode = 0o700 if options.private else 0o755
-        self.root = options.directory
         self._keys = smime.KeyStore(options.key_store, options.key_password) if options.key_store else None
-        self._owns_state = state is None
-        self.state = state or StateFolder(self.root, f"work-{mailbox_digest(mailbox_key)}",
-                                          self.dir_mode)
-        self._work = self.state.work
-        with _save_errors(self.root):
-            probe = self._work / f".probe-{uuid.uuid4().hex}"
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            probe.unlink()
-        self.state.remove_leftovers()
+        self.storage = open_storage(options, mailbox_key)
+        try:
+            if self.storage.name_limit < manifest.MIN_NAME_ROOM:
+                raise SaveDirectoryError(
+                    f"save_directory: {self.storage.shown} is too long: names below it may "
+                    f"take only {self.storage.name_limit} bytes on this storage, and saved "
+                    f"mail needs {manifest.MIN_NAME_ROOM}")
+            self.journal = Journal(self.storage.open_log(JOURNAL))
+            try:
+                self.outbox = Outbox(self.storage.open_log(OUTBOX))
+            except BaseException:
+                self.journal.close()
+                raise
+        except BaseException:
+            self.storage.close()
+            raise
+        self._work = self.storage.work
+
+    def __enter__(self) -> MessageStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def close(self) -> None:
-        if self._owns_state:
-            self.state.close()
+        """Write what the logs still buffer (outbox first), then release everything."""
+        try:
+            self.flush()
+            self.journal.compact()
+        except POP3MailError as exc:  # not durable yet: a later run saves these again
+            log.error("The journal or outbox could not be written at the end of the run: "
+                      "%s", exc)
+        finally:
+            self.journal.close()
+            self.outbox.close()
+            self.storage.close()
+
+    # --- the journal and the outbox ----------------------------------------------------------
+
+    def record(self, mail: ReceivedMail, size: int, head: str) -> Saved:
+        """Journal a saved message (listed with ``size``, its header digest ``head``), and
+        put it in the outbox first: a crash between the two saves it again into the same
+        folder and announces it under the same id, never not at all. Returns the record."""
+        record = Saved(_folder_name(mail), size, head, mail.quarantined)
+        self.outbox.add(mail)
+        self.journal.record(mail.uidl, record)
+        if self.journal.log.due or self.outbox.log.due:
+            self.flush()
+        return record
+
+    def prune(self, on_server: set[str]) -> None:
+        """The journal forgets messages gone from the server (journal.py), after the outbox
+        has written what it buffers (the rewrite must not get ahead of it)."""
+        self.outbox.log.flush()
+        self.journal.prune(on_server)
+
+    def flush(self) -> None:
+        """Write what the logs buffer, the outbox first."""
+        self.outbox.log.flush()
+        self.journal.log.flush()
+
+    def barrier(self) -> None:
+        """Everything saved and journalled so far is durable when this returns (before
+        QUIT, where the server applies deletions)."""
+        self.flush()
+        self.storage.barrier()
+
+    def verify(self, saved: dict[str, Saved], *, recorded_now: bool) -> dict[str, str]:
+        """Which of ``saved`` (UIDL -> its journal record) may not be deleted from the
+        server, and why: each record, read back from the storage when ``recorded_now``
+        (this run's records), must be as written, and its folder's marker, read back, must
+        name the same message."""
+        problems: dict[str, str] = {}
+        if recorded_now and saved:
+            self.flush()
+            back = self.journal.read_back()
+            problems = {uidl: "its journal record did not read back as written"
+                        for uidl, record in saved.items() if back.get(uidl) != record}
+        folders = {uidl: _relative(record) for uidl, record in saved.items()
+                   if uidl not in problems}
+        markers = self.storage.read_markers(list(folders.values()))
+        for (uidl, _), data in zip(folders.items(), markers, strict=True):
+            problem = manifest.marker_problem(data, uidl, saved[uidl].head)
+            if problem:
+                problems[uidl] = problem
+        return problems
+
+    # --- saving -----------------------------------------------------------------------------
 
     def incoming(self) -> IncomingMessage:
         return IncomingMessage(os.path.join(self._work, f"incoming-{uuid.uuid4().hex}.eml"),
@@ -155,7 +237,7 @@ class MessageStore:
         """Stable for a message of this mailbox: its date and a hash of its UIDL and
         content, so saving it again replaces its folder, and a message that a server gave
         a reused UIDL gets a folder of its own."""
-        stamp = date.strftime("%Y%m%d-%H%M%S") if date else "undated"
+        stamp = f"{date.year:04d}{date:%m%d-%H%M%S}" if date else "undated"
         return f"{stamp}-{self.stable_id(uidl, sha256)[:12]}"
 
     def stable_id(self, uidl: str, sha256: str) -> str:
@@ -164,27 +246,65 @@ class MessageStore:
 
     def save(self, incoming: IncomingMessage, uidl: str) -> ReceivedMail:
         """Save everything for one message; the incoming file is consumed."""
-        with _save_errors(incoming.path), open(incoming.path, "rb") as f:
+        with save_errors(incoming.path), open(incoming.path, "rb") as f:
             head = _read_head(f)
         header_warnings: list[str] = []
         headers = header_fields(head, header_warnings)
         name = self.folder_name(uidl, headers["date"], incoming.sha256)
-        staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
-        staging = os.path.join(self._work, staging_name)
         findings = Findings(sender=headers["sender"], warnings=header_warnings)
+        self._warn_if_distrusted(uidl, findings)
+
+        def lay_out(staging: str) -> None:
+            original = os.path.join(staging, ORIGINAL_NAME)
+            os.replace(incoming.path, original)
+            self.write_contents(original, staging, findings, uidl, head)
+            if not self.options.save_original:
+                os.unlink(original)
+
+        moved = self._publish(incoming, uidl, name, lay_out)
+        return self._received(incoming, uidl, headers, name, findings, moved)
+
+    def quarantine(self, incoming: IncomingMessage, uidl: str, reason: str) -> ReceivedMail:
+        """Set a message aside: its original alone, under ``quarantine/``, nothing parsed
+        but what the results need (and that only as far as it reads)."""
         try:
-            with _save_errors(staging):
+            with open(incoming.path, "rb") as f:
+                headers = header_fields(_read_head(f))
+        except Exception:  # the message is here because reading it fails
+            headers = {}
+        name = self.folder_name(uidl, headers.get("date"), incoming.sha256)
+        findings = Findings(warnings=[f"set aside in quarantine: {reason}"])
+        self._warn_if_distrusted(uidl, findings)
+        folder = f"{QUARANTINE_DIR}/{name}"
+        moved = self._publish(incoming, uidl, folder, lambda staging: os.replace(
+            incoming.path, os.path.join(staging, ORIGINAL_NAME)))
+        return self._received(incoming, uidl, headers, folder, findings, moved,
+                              quarantined=True)
+
+    def _warn_if_distrusted(self, uidl: str, findings: Findings) -> None:
+        problem = self.journal.distrusted.get(uidl)
+        if problem:
+            findings.warnings.append(f"received again: {problem}")
+
+    def _publish(self, incoming: IncomingMessage, uidl: str, folder: str, lay_out
+                 ) -> dict[str, str]:
+        """Lay out ``folder`` in a staging folder of the work area (``lay_out``), bound its
+        names, seal it with its marker and publish it. Returns the names moved to fit."""
+        staging_name = f"staging-{uuid.uuid4().hex}"
+        staging = os.path.join(self._work, staging_name)
+        try:
+            with save_errors(staging):
                 os.mkdir(staging, self.dir_mode)
-                original = os.path.join(staging, ORIGINAL_NAME)
-                os.replace(incoming.path, original)
-                self.write_contents(original, staging, findings, uidl, head)
-                if not self.options.save_original:
-                    os.unlink(original)
-                self._publish(staging_name, self.state.root_fd, name)
+                lay_out(staging)
+                moved = manifest.seal(staging, folder, self.storage.name_limit, {
+                    "id": self.stable_id(uidl, incoming.sha256), "uidl": uidl,
+                    "head": incoming.head_digest, "sha256": incoming.sha256,
+                    "size": incoming.size}, dir_mode=self.dir_mode, file_mode=self.file_mode)
+            self.storage.publish(staging_name, folder)
         except BaseException:
             self._undo(staging, incoming)
             raise
-        return self._received(incoming, uidl, headers, name, findings)
+        return moved
 
     @staticmethod
     def _undo(staging: str, incoming: IncomingMessage) -> None:
@@ -196,47 +316,17 @@ class MessageStore:
             pass
         shutil.rmtree(staging, ignore_errors=True)
 
-    def quarantine(self, incoming: IncomingMessage, uidl: str, reason: str) -> ReceivedMail:
-        """Set a message aside: its original alone, under ``quarantine/``, nothing parsed
-        but what the results need (and that only as far as it reads)."""
-        try:
-            with open(incoming.path, "rb") as f:
-                headers = header_fields(_read_head(f))
-        except Exception:  # the message is here because reading it fails
-            headers = {}
-        name = self.folder_name(uidl, headers.get("date"), incoming.sha256)
-        staging_name = f"staging-{name}-{uuid.uuid4().hex[:8]}"
-        staging = os.path.join(self._work, staging_name)
-        quarantine_fd = open_private_dir(self.state.root_fd, QUARANTINE_DIR,
-                                         self.root / QUARANTINE_DIR, self.dir_mode,
-                                         private=False)
-        try:
-            with _save_errors(staging):
-                os.mkdir(staging, self.dir_mode)
-                os.replace(incoming.path, os.path.join(staging, ORIGINAL_NAME))
-                self._publish(staging_name, quarantine_fd, name)
-        except BaseException:
-            self._undo(staging, incoming)
-            raise
-        finally:
-            os.close(quarantine_fd)
-        findings = Findings(warnings=[f"set aside in quarantine: {reason}"])
-        return self._received(incoming, uidl, headers, f"{QUARANTINE_DIR}/{name}", findings,
-                              quarantined=True)
-
-    def _locate(self, relative: str) -> Path | str:
-        """Where a saved file is for downstream steps (``relative`` to the save directory)."""
-        return self.root / relative
-
     def _received(self, incoming: IncomingMessage, uidl: str, headers: dict, folder: str,
-                  findings: Findings, *, quarantined: bool = False) -> ReceivedMail:
+                  findings: Findings, moved: dict[str, str], *,
+                  quarantined: bool = False) -> ReceivedMail:
         """The message's result, built once from ``findings``, whose paths are relative to
-        its ``folder`` (itself relative to the save directory)."""
+        its ``folder`` (itself relative to the save directory); ``moved`` gives the stored
+        name of files whose names were too long."""
 
-        def at(path: str | None) -> Path | str | None:
-            return self._locate(f"{folder}/{path}") if path else None
+        def at(path: str | None) -> str | None:
+            return self.storage.locate(f"{folder}/{moved.get(path, path)}") if path else None
 
-        where, text, html = self.WHERE, findings.text, findings.html
+        text, html = findings.text, findings.html
         keep_original = self.options.save_original or quarantined
         return ReceivedMail(
             id=self.stable_id(uidl, incoming.sha256),
@@ -245,16 +335,16 @@ class MessageStore:
             size=incoming.size,
             sha256=incoming.sha256,
             **headers,
-            **{where["folder"]: self._locate(folder),
-               where["original"]: at(ORIGINAL_NAME) if keep_original else None,
-               where["text"]: at(text and text.path), where["html"]: at(html and html.path)},
+            folder=self.storage.locate(folder),
+            original_path=at(ORIGINAL_NAME) if keep_original else None,
+            text_path=at(text and text.path),
             text_sha256=text and text.sha256,
+            html_path=at(html and html.path),
             html_sha256=html and html.sha256,
             attachments=[
-                SavedAttachment(**{where["file"]: at(a.file.path), where["parent"]: at(a.parent)},
-                                filename=a.filename, content_type=a.content_type,
-                                size=a.file.size, sha256=a.file.sha256, inline=a.inline,
-                                part=a.part)
+                SavedAttachment(path=at(a.file.path), parent=at(a.parent), filename=a.filename,
+                                content_type=a.content_type, size=a.file.size,
+                                sha256=a.file.sha256, inline=a.inline, part=a.part)
                 for a in findings.attachments
             ],
             decrypted=findings.decrypted,
@@ -360,29 +450,6 @@ class MessageStore:
         findings.warnings.append("too many S/MIME layers; the innermost content is not saved")
         return None
 
-    def _publish(self, staging_name: str, parent_fd: int, name: str) -> None:
-        """Rename the finished folder into place, replacing an earlier save of it.
-
-        By descriptors: whatever was planted under that name is moved away and removed
-        without following a symlink.
-        """
-        work_fd = self.state.work_fd
-        try:
-            os.rename(staging_name, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                raise
-            old = f"replaced-{name}-{uuid.uuid4().hex[:8]}"
-            os.rename(name, old, src_dir_fd=parent_fd, dst_dir_fd=work_fd)
-            os.rename(staging_name, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
-            try:
-                if stat.S_ISDIR(os.lstat(old, dir_fd=work_fd).st_mode):
-                    shutil.rmtree(old, dir_fd=work_fd)
-                else:
-                    os.unlink(old, dir_fd=work_fd)
-            except OSError:
-                pass  # removed with the leftovers later
-
 
 class _RootBody:
     """A visitor that keeps the decoded body of a single-part message in memory, up to
@@ -417,17 +484,11 @@ class _RootBody:
         pass
 
 
-@contextlib.contextmanager
-def _save_errors(path: str | Path) -> Iterator[None]:
-    """Turns OSError into the store's errors, naming the path."""
-    try:
-        yield
-    except SaveError:
-        raise
-    except OSError as exc:
-        path = shown(path)  # as configured, not the /proc/self/fd path it was reached by
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left to save in {path}") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
-            raise SaveDirectoryError(f"save_directory: cannot write {path}: {exc.strerror}") from exc
-        raise SaveError(f"cannot save in {path}: {exc.strerror or exc}") from exc
+def _folder_name(mail: ReceivedMail) -> str:
+    """The name of a saved message's folder (its last path component)."""
+    return str(mail.folder or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _relative(record: Saved) -> str:
+    """A journalled message's folder below the save directory."""
+    return f"{QUARANTINE_DIR}/{record.folder}" if record.quarantined else record.folder

@@ -18,12 +18,28 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
+from prefect_pop3mail.tasks.pop3.errors import DiskFullError, SaveDirectoryError, SaveError
+from prefect_pop3mail.tasks.pop3.storage.base import STATE_DIR
 
-STATE_DIR = ".pop3mail"
-QUARANTINE_DIR = "quarantine"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PROC_FD = Path("/proc/self/fd")
+
+
+@contextlib.contextmanager
+def save_errors(path: str | Path) -> Iterator[None]:
+    """OSError on this machine's disk becomes the store's errors, naming the path: a full
+    disk or a folder that cannot be written ends the run; anything else is the message's."""
+    try:
+        yield
+    except SaveError:
+        raise
+    except OSError as exc:
+        path = shown(path)  # as configured, not the /proc/self/fd path it was reached by
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left to save in {path}") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+            raise SaveDirectoryError(f"save_directory: cannot write {path}: {exc.strerror}") from exc
+        raise SaveError(f"cannot save in {path}: {exc.strerror or exc}") from exc
 
 
 def _refuse(path: Path, problem: str) -> SaveDirectoryError:
@@ -146,19 +162,24 @@ class StateFolder:
             return f.read()
 
     def open_log(self, name: str, data: bytes) -> int:
-        """Open the append-only file ``name`` (whose content is ``data``) for appending. A
-        last line torn by a crash is ended first, so the next record gets its own line."""
-        fd = self.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        """Open the append-only file ``name`` (whose content is ``data``) for appending, and
+        for reading back what was appended. A last line torn by a crash is ended first, so
+        the next record gets its own line."""
+        fd = self.open(name, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         if data and not data.endswith(b"\n"):
             os.write(fd, b"\n")
         return fd
 
     @contextlib.contextmanager
     def keeping(self, what: str, name: str) -> Iterator[None]:
-        """OSError while keeping a state file becomes an error naming the setting."""
+        """OSError while keeping a state file becomes an error naming the setting: both
+        end the run, for the state of every message is there."""
         try:
             yield
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left to keep the {what} {self.path / name}") \
+                    from exc
             raise SaveDirectoryError(
                 f"save_directory: cannot keep the {what} {self.path / name}: "
                 f"{exc.strerror or exc}"
