@@ -141,12 +141,15 @@ def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 
     from prefect_pop3mail.tasks.activities import TASK_TIMEOUT_SECONDS, receive_report
+    from prefect_pop3mail.tasks.events import announce_failure
 
     # One attempt: a person at a terminal retries on their own. A task run of its own, with
     # no flow around it: its logs stay on the terminal, without Prefect's warning about it.
     # The whole report, not the task's list: a message that failed makes the exit status 1.
+    # A failed receive tells automations, as a flow's does; a dry run changes nothing.
     run = task(receive_report, name="POP3_LIST" if dry_run else "MAIL_RECEIVEALL",
-               cache_policy=NO_CACHE, retries=0, timeout_seconds=TASK_TIMEOUT_SECONDS)
+               cache_policy=NO_CACHE, retries=0, timeout_seconds=TASK_TIMEOUT_SECONDS,
+               on_failure=[] if dry_run else [announce_failure])
     with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
         report = run(name, call, dry_run=dry_run)
     if dry_run:

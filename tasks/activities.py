@@ -268,13 +268,15 @@ def _log_summary(logger, report: ReceiveReport, removed: bool) -> None:
 def _log_listing(logger, report: ReceiveReport) -> None:
     logger.info(
         "%s: dry run: %d message(s) would be received, %d could not be listed, %d already "
-        "saved, %d too large, %d filtered out; nothing was retrieved, saved or deleted",
+        "saved, %d too large, %d filtered out, %d on the server not saved yet; nothing was "
+        "retrieved, saved or deleted",
         report.configuration,
         len(report.listed),
         len(report.failed),
         report.skipped_known,
         len(report.skipped_too_large),
         report.skipped_filtered,
+        report.waiting,
     )
 
 

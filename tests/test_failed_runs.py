@@ -74,6 +74,25 @@ def test_a_wrong_password_sends_one_failed_event_and_no_received_event(mailbox, 
     assert "failed: POP3Auth" in (progress_description(name) or "")
 
 
+@pytest.mark.dovecot
+def test_a_failed_cli_receive_sends_the_failed_event_too(mailbox, tmp_path, capsys):
+    from prefect_pop3mail.flows.cli import FAILED, main
+
+    name = f"failed-cli-{uuid.uuid4().hex[:8]}"
+    secret = f"Wrong-{uuid.uuid4().hex}"
+    mailbox.block(tmp_path, Security.IMPLICIT, password=secret).save(name)
+
+    assert main(["receive", name]) == FAILED
+    events = run_events(name, 1)
+    assert events[EVENT_MAILBOX_RECEIVED] == []
+    [failed] = events[EVENT_MAILBOX_FAILED]
+    assert failed["payload"]["configuration"] == name and secret not in str(failed)
+
+    assert main(["receive", name, "--dry-run"]) == FAILED  # a dry run announces nothing
+    assert len(run_events(name, 2, timeout=3)[EVENT_MAILBOX_FAILED]) == 1
+    assert secret not in capsys.readouterr().err
+
+
 class SilentServer:
     """Accepts connections (the kernel does) and never says a word: a hung POP3 server."""
 

@@ -129,6 +129,17 @@ def test_dry_run_lists_and_changes_nothing(mailbox, tmp_path):
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 
+def test_a_dry_run_counts_what_waits_on_the_server(mailbox, tmp_path):
+    """The dry run's report (and its log line) says how many messages no run has saved."""
+    from prefect_pop3mail.tasks.activities import receive_report
+
+    mailbox.deliver(sample_message(1), sample_message(2))
+    name = saved(mailbox, tmp_path)
+    assert receive_report(name, dry_run=True).waiting == 2
+    receive_all_mail(name, max_messages=1)
+    assert receive_report(name, dry_run=True).waiting == 1
+
+
 def test_header_filters_and_maximum_count(mailbox, tmp_path):
     mailbox.deliver(
         sample_message(1, Subject="Invoice 1"),
