@@ -13,8 +13,14 @@ MIN_PREFECT := 3.4.10
 MIN_VENV := .venv-minprefect
 MIN_PY := $(MIN_VENV)/bin/python
 MIN_PINS := 'prefect==$(MIN_PREFECT)' 'fastapi<0.116' pillow
+# The mailbox lock uses Prefect's concurrency client (tasks/lock.py): its tests run against
+# the lowest Prefect too, with a real server restarted and killed under it.
 MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tests/test_cli.py \
-	tests/test_first_contact.py
+	tests/test_first_contact.py tests/test_lock.py tests/test_lock_retries.py \
+	tests/test_events_bounded.py tests/test_failed_runs.py \
+	tests/test_prefect_outages.py::test_a_holder_keeps_the_mailbox_through_a_restart_and_a_waiter_enters_after_it \
+	tests/test_prefect_outages.py::test_slots_of_a_holder_gone_with_its_lease_are_reclaimed_after_the_grace_period \
+	tests/test_prefect_outages.py::test_a_release_that_finds_its_lease_gone_gives_the_slots_back_by_name
 # A test of the events client that Prefect 3.4 does not have (the events themselves are sent).
 MIN_DESELECT := --deselect tests/test_flows.py::test_receive_all_results_artifacts_and_events
 

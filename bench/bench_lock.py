@@ -65,13 +65,33 @@ def concurrency_cached(name: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def lease_only(name: str) -> Iterator[None]:
+    """The lock before it survived lost leases (issue #30): take the slots with a lease,
+    give them back; no holder record, no check of the lease on the way out."""
+    from prefect.client.orchestration import get_client
+
+    from prefect_pop3mail.tasks.lock import SLOTS, _create_limit, _increment, lock_name
+
+    with get_client(sync_client=True) as client:
+        granted = _increment(client, lock_name(name), SLOTS).json()
+        if not granted.get("limits"):
+            _create_limit(client, lock_name(name))
+            granted = _increment(client, lock_name(name), SLOTS).json()
+        try:
+            yield
+        finally:
+            client.release_concurrency_slots_with_lease(granted["lease_id"])
+
+
 def _variants() -> dict[str, Callable[[str], contextlib.AbstractContextManager]]:
-    from prefect_pop3mail.tasks.publish import mailbox_lock
+    from prefect_pop3mail.tasks.lock import mailbox_lock
 
     return {
         "before: read limit + concurrency(strict)": before,
         "concurrency(strict), limit cached": concurrency_cached,
-        "now: publish.mailbox_lock (client lease)": mailbox_lock,
+        "lease only (2 calls, before #30)": lease_only,
+        "now: lock.mailbox_lock (lease, holder record, checked release)": mailbox_lock,
     }
 
 

@@ -341,8 +341,10 @@ def _record(spy: str, pid: int, path: Path) -> subprocess.Popen:
 
 #: Where a sample of a flow-run process is charged: the first of these met from the
 #: innermost frame out (so an HTTP call made by the lock is the lock's).
-_FLOW_PARTS = (("tasks/pop3/", "engine"), ("tasks/publish.py", "pop3mail publish"),
-               ("tasks/activities.py", "pop3mail task"), ("blocks/", "pop3mail block"),
+_FLOW_PARTS = (("tasks/pop3/", "engine"), ("tasks/lock.py", "pop3mail lock"),
+               ("tasks/events.py", "pop3mail events"), ("tasks/artifacts.py", "pop3mail artifacts"),
+               ("tasks/prefect_api.py", "pop3mail Prefect calls"),
+               ("tasks/", "pop3mail task"), ("blocks/", "pop3mail block"),
                ("prefect/blocks/", "Prefect blocks"), ("prefect/artifacts", "Prefect artifacts"),
                ("prefect/events/", "Prefect events"), ("prefect/logging/", "Prefect logging"),
                ("prefect/utilities/collections", "Prefect visit_collection"),

@@ -141,12 +141,15 @@ def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 
     from prefect_pop3mail.tasks.activities import TASK_TIMEOUT_SECONDS, receive_report
+    from prefect_pop3mail.tasks.events import announce_failure
 
     # One attempt: a person at a terminal retries on their own. A task run of its own, with
     # no flow around it: its logs stay on the terminal, without Prefect's warning about it.
     # The whole report, not the task's list: a message that failed makes the exit status 1.
+    # A failed receive tells automations, as a flow's does; a dry run changes nothing.
     run = task(receive_report, name="POP3_LIST" if dry_run else "MAIL_RECEIVEALL",
-               cache_policy=NO_CACHE, retries=0, timeout_seconds=TASK_TIMEOUT_SECONDS)
+               cache_policy=NO_CACHE, retries=0, timeout_seconds=TASK_TIMEOUT_SECONDS,
+               on_failure=[] if dry_run else [announce_failure])
     with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
         report = run(name, call, dry_run=dry_run)
     if dry_run:
@@ -174,12 +177,20 @@ def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
 
 class _NotTheEngineFailure(logging.Filter):
     """Keeps Prefect's own report of a failed task run (its traceback, "Finished in state
-    Failed") off the terminal: the command prints the one line that matters itself. The
-    run's logs in the Prefect API keep it."""
+    Failed", the failure hook's comings and goings) off the terminal: the command prints the
+    one line that matters itself. The run's logs in the Prefect API keep it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and record.pathname.endswith(("task_engine.py", "flow_engine.py")))
+        if not record.pathname.endswith(("task_engine.py", "flow_engine.py")):
+            return True
+        if record.levelno >= logging.ERROR:
+            return False
+        return not _is_hook_note(record.getMessage())
+
+
+def _is_hook_note(message: str) -> bool:
+    return message.startswith("Running hook ") or (
+        message.startswith("Hook ") and message.endswith(" finished running successfully"))
 
 
 class _Escaped(logging.Formatter):

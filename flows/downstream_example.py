@@ -20,9 +20,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from prefect_pop3mail.tasks.activities import resolve_configuration
+from prefect_pop3mail.tasks.artifacts import artifact_key
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
 from prefect_pop3mail.tasks.pop3.storage.protocols import is_remote, local_path
-from prefect_pop3mail.tasks.publish import artifact_key
 
 MANIFEST_NAME = "received-files.json"
 

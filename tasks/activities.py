@@ -15,7 +15,16 @@ from prefect.exceptions import MissingContextError
 from pydantic import WithJsonSchema
 
 from prefect_pop3mail.blocks import POP3MailConfiguration, POP3MailServiceSettings
+from prefect_pop3mail.tasks.artifacts import ProgressArtifact, publish_artifacts
+from prefect_pop3mail.tasks.events import announce, announce_failure
+from prefect_pop3mail.tasks.lock import MailboxLock, mailbox_lock
 from prefect_pop3mail.tasks.options import LIST, RECEIVE_ALL, RECEIVE_ONE, CallOptions, takes
+from prefect_pop3mail.tasks.outcomes import (
+    PrefectUnavailableError,
+    RunStoppedEarlyError,
+    note_failure,
+    stop_reason,
+)
 from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
 from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
@@ -30,7 +39,7 @@ from prefect_pop3mail.tasks.pop3.models import (
     ReceiveReport,
 )
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
-from prefect_pop3mail.tasks.publish import ProgressArtifact, mailbox_lock, publish_report
+from prefect_pop3mail.tasks.prefect_api import Reporter
 from prefect_pop3mail.tasks.run_logs import engine_logs_to_run
 
 #: A saved configuration's name, or the block itself. Prefect's run form shows a text field
@@ -96,35 +105,89 @@ def _receive(
     *,
     dry_run: bool,
     progress: bool,
+    stop_fails: bool = True,
 ) -> ReceiveReport:
-    config = resolve_configuration(configuration)
+    name = configuration.strip() if isinstance(configuration, str) else "?"
+    secrets: list = []
+    try:
+        config = resolve_configuration(configuration)
+        name = config.configuration_name
+        config.ensure_active()
+        service = POP3MailServiceSettings()  # the environment and .env, read once per run
+        connection = config.connection_settings(service)
+        secrets = [connection.password, config.client_secret, config.public_key_password]
+        # Per-call overrides merge into the options here, once; the engine reads options only.
+        save = config.save_options(service, **call.save_overrides())
+        options = config.receive_options(**call.receive_overrides(), dry_run=dry_run)
+        return _run(config, connection, save, options, progress=progress and not dry_run,
+                    stop_fails=stop_fails)
+    except Exception as exc:
+        note_failure(exc, name, secrets)  # for the run's one failed event
+        raise
+
+
+def _run(config: POP3MailConfiguration, connection: ConnectionSettings, save, options,
+         progress: bool, stop_fails: bool) -> ReceiveReport:
+    """One run under the mailbox's lock. Prefect's calls never decide what happens to the
+    mail: the session ends with QUIT whatever they do, and only then does the run say (by
+    raising) that its mail could not be handed on, or (``stop_fails``) that it stopped
+    early."""
     name = config.configuration_name
-    config.ensure_active()
     logger = _logger()
-    service = POP3MailServiceSettings()  # the environment and .env, read once per run
-    connection = config.connection_settings(service)
-    # Per-call overrides merge into the options here, once; the engine reads options only.
-    save = config.save_options(service, **call.save_overrides())
-    options = config.receive_options(**call.receive_overrides(), dry_run=dry_run)
-    with engine_logs_to_run(logger), mailbox_lock(name):
-        tracker = ProgressArtifact(name) if progress and not dry_run else None
-        with MailboxReceiver(name, connection, save, options, progress=tracker) as receiver:
-            try:
-                report = receiver.run()
-            except POP3MailError as exc:
-                partial = getattr(exc, "partial_report", None)
-                if partial is not None and not dry_run:
-                    _announce(receiver, partial, config)
-                raise
-            if not dry_run:
-                _announce(receiver, report, config)
-        if tracker:
-            tracker.finish()
-    if dry_run:
+    reporter = Reporter(name, logger)
+    stopped = unannounced = None
+    try:
+        with engine_logs_to_run(logger), mailbox_lock(name) as lock:
+            tracker = ProgressArtifact(name, reporter) if progress else None
+            between = _BetweenMessages(lock, tracker)
+            with MailboxReceiver(name, connection, save, options, progress=between) as receiver:
+                try:
+                    report = receiver.run()
+                except POP3MailError as exc:
+                    if tracker:
+                        tracker.stopped(f"failed: {type(exc).__name__}: {exc}")
+                    raise
+                reason = stop_reason(report)
+                if reason:
+                    stopped = RunStoppedEarlyError(report, reason, options.remove_after_read)
+                if not options.dry_run:
+                    unannounced = _announce(receiver, report, config, stopped)
+            if unannounced is not None:
+                reporter.failed("announcing the saved mail", unannounced)
+            if tracker:
+                if stopped or unannounced:
+                    tracker.stopped(str(stopped or "not announced"))
+                else:
+                    tracker.finish()
+            if not options.dry_run:
+                publish_artifacts(report, reporter)
+    finally:
+        reporter.close()
+    if options.dry_run:
         _log_listing(logger, report)
     else:
         _log_summary(logger, report, options.remove_after_read)
+    if unannounced is not None:
+        raise PrefectUnavailableError(report, "announcing the saved mail", unannounced,
+                                      options.remove_after_read,
+                                      stopped.reason if stopped else None) from unannounced
+    if stopped is not None and stop_fails:
+        raise stopped
     return report
+
+
+class _BetweenMessages:
+    """What the engine calls after each message: the lock's check (a run that lost its
+    lock stops), then the progress bar, which never waits on Prefect."""
+
+    def __init__(self, lock: MailboxLock, tracker: ProgressArtifact | None):
+        self.lock = lock
+        self.tracker = tracker
+
+    def __call__(self, done: int, total: int) -> None:
+        self.lock.check()
+        if self.tracker is not None:
+            self.tracker(done, total)
 
 
 def receive_report(configuration: Configuration, call: CallOptions = CallOptions(), *,
@@ -133,8 +196,9 @@ def receive_report(configuration: Configuration, call: CallOptions = CallOptions
     return the whole report: received, failed (left on the server), quarantined, waiting.
 
     For callers that act on failures themselves, such as the ``pop3mail`` command, which
-    exits 1 when a message could not be received. Not a task: wrap it in one to run it as
-    a task run.
+    exits 1 when a message could not be received. A run that stopped early (a full disk)
+    returns its report too: the message it stopped on is in ``failed``, with the cause.
+    Not a task: wrap it in one to run it as a task run.
 
     Example:
         ```python
@@ -146,16 +210,36 @@ def receive_report(configuration: Configuration, call: CallOptions = CallOptions
             print(failure.uidl, failure.error)
         ```
     """
-    return _receive(configuration, call, dry_run=dry_run, progress=not dry_run)
+    return _receive(configuration, call, dry_run=dry_run, progress=not dry_run,
+                    stop_fails=False)
 
 
 def _announce(receiver: MailboxReceiver, report: ReceiveReport,
-              config: POP3MailConfiguration) -> None:
-    """Tell downstream steps of every saved message (late ones too), then take them out of
-    the outbox: a crash in between announces them again, under the same ids."""
-    publish_report(report, str(getattr(config, "_block_document_id", "") or "") or None,
-                   message_events=config.emit_message_events)
-    receiver.acknowledge(report.announcements)
+              config: POP3MailConfiguration, stopped: RunStoppedEarlyError | None
+              ) -> Exception | None:
+    """Hand the run's mail on (events, then the outbox lets go of it); the failure, if the
+    Prefect API did not confirm them, in which case the mail stays in the outbox. A run
+    that stopped early sends its one failed event instead of the summary."""
+    failure = None
+    if stopped is not None:
+        note_failure(stopped, report.configuration)
+        stopped.pop3mail_announced = True  # type: ignore[attr-defined]
+        failure = (stopped, stopped.pop3mail_message, _attempt())  # type: ignore[attr-defined]
+    try:
+        announce(receiver, report, str(getattr(config, "_block_document_id", "") or "") or None,
+                 config.emit_message_events, failure)
+    except Exception as exc:
+        if stopped is not None:
+            stopped.pop3mail_announced = False  # type: ignore[attr-defined]
+        return exc
+    return None
+
+
+def _attempt() -> int:
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    return getattr(getattr(context, "task_run", None), "run_count", 1) or 1
 
 
 def _log_summary(logger, report: ReceiveReport, removed: bool) -> None:
@@ -184,13 +268,15 @@ def _log_summary(logger, report: ReceiveReport, removed: bool) -> None:
 def _log_listing(logger, report: ReceiveReport) -> None:
     logger.info(
         "%s: dry run: %d message(s) would be received, %d could not be listed, %d already "
-        "saved, %d too large, %d filtered out; nothing was retrieved, saved or deleted",
+        "saved, %d too large, %d filtered out, %d on the server not saved yet; nothing was "
+        "retrieved, saved or deleted",
         report.configuration,
         len(report.listed),
         len(report.failed),
         report.skipped_known,
         len(report.skipped_too_large),
         report.skipped_filtered,
+        report.waiting,
     )
 
 
@@ -204,6 +290,7 @@ _RECEIVING = dict(
     retry_delay_seconds=[5, 30],
     retry_condition_fn=_retry_when_transient,
     timeout_seconds=TASK_TIMEOUT_SECONDS,
+    on_failure=[announce_failure],  # the run's one failed event, after its last attempt
 )
 
 

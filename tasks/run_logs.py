@@ -1,14 +1,21 @@
 """The engine logs to the "pop3mail" logger, which knows nothing of Prefect; while a task
-runs, what it logs from the task's thread goes to the run's logs too (the UI shows them)."""
+runs, what it logs goes to the run's logs too (the UI shows them): from the task's thread,
+and from the threads the run starts in a copy of its context (the lock's renewals, the
+progress bar, the events)."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Iterator
 
 ENGINE_LOGGER = "pop3mail"
+
+#: The handler of the run whose context this is.
+_current: contextvars.ContextVar[_ToRunLogger | None] = contextvars.ContextVar(
+    "pop3mail_run_logs", default=None)
 
 
 class _ToRunLogger(logging.Handler):
@@ -19,7 +26,8 @@ class _ToRunLogger(logging.Handler):
 
     def filter(self, record: logging.LogRecord) -> bool:
         # Other mailboxes' tasks run in other threads of the same process.
-        return record.thread == self.thread and super().filter(record)
+        ours = record.thread == self.thread or _current.get() is self
+        return ours and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -30,14 +38,16 @@ class _ToRunLogger(logging.Handler):
 
 @contextlib.contextmanager
 def engine_logs_to_run(target: logging.Logger | logging.LoggerAdapter) -> Iterator[None]:
-    """Forward the engine's records of this thread to ``target`` (a run logger)."""
+    """Forward the engine's records of this run to ``target`` (a run logger)."""
     if isinstance(target, logging.Logger) and target.name.startswith(ENGINE_LOGGER):
         yield  # no run: the engine's logger is the target already
         return
     handler = _ToRunLogger(target)
     engine = logging.getLogger(ENGINE_LOGGER)
     engine.addHandler(handler)
+    token = _current.set(handler)
     try:
         yield
     finally:
+        _current.reset(token)
         engine.removeHandler(handler)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from prefect_pop3mail.tasks.lock import lock_name
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.publish import lock_name
 from tests.conftest import sample_message
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
@@ -183,7 +183,7 @@ def events_stored(configuration: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
-    from prefect_pop3mail.tasks.publish import EVENT_RECEIVED
+    from prefect_pop3mail.tasks.events import EVENT_RECEIVED
 
     wanted = EventFilter(
         event=EventNameFilter(name=[EVENT_RECEIVED]),

@@ -20,8 +20,8 @@ from prefect_pop3mail.flows import (
     receive_mail,
 )
 from prefect_pop3mail.tasks import check_connection, mail_list, mail_receive, mail_receive_all
+from prefect_pop3mail.tasks.artifacts import artifact_key
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.publish import artifact_key
 from tests.conftest import sample_message
 
 FLOWS = [receive_mail, receive_all_mail, list_mail, receive_from_mailboxes,

@@ -17,9 +17,11 @@ from prefect_pop3mail.flows import (
     receive_mail,
 )
 from prefect_pop3mail.tasks.activities import _retry_when_transient
+from prefect_pop3mail.tasks.artifacts import artifact_key
+from prefect_pop3mail.tasks.events import EVENT_RECEIVED
+from prefect_pop3mail.tasks.lock import SLOTS, lock_name
 from prefect_pop3mail.tasks.pop3.errors import POP3AuthError, POP3ConnectionError, POP3InUseError
 from prefect_pop3mail.tasks.pop3.models import ListedMessage, ReceivedMail, Security
-from prefect_pop3mail.tasks.publish import EVENT_RECEIVED, artifact_key, lock_name
 from tests.conftest import sample_message
 
 pytestmark = pytest.mark.dovecot
@@ -127,6 +129,17 @@ def test_dry_run_lists_and_changes_nothing(mailbox, tmp_path):
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 
+def test_a_dry_run_counts_what_waits_on_the_server(mailbox, tmp_path):
+    """The dry run's report (and its log line) says how many messages no run has saved."""
+    from prefect_pop3mail.tasks.activities import receive_report
+
+    mailbox.deliver(sample_message(1), sample_message(2))
+    name = saved(mailbox, tmp_path)
+    assert receive_report(name, dry_run=True).waiting == 2
+    receive_all_mail(name, max_messages=1)
+    assert receive_report(name, dry_run=True).waiting == 1
+
+
 def test_header_filters_and_maximum_count(mailbox, tmp_path):
     mailbox.deliver(
         sample_message(1, Subject="Invoice 1"),
@@ -161,7 +174,7 @@ def test_each_mailbox_gets_its_own_lock(mailbox, tmp_path):
     receive_all_mail(name)
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(lock_name(name))
-    assert limit.limit == 1
+    assert limit.limit == SLOTS  # a run takes them all (see tasks/lock.py)
     assert limit.active_slots == 0  # released after the run
 
 

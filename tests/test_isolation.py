@@ -17,15 +17,12 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
 from prefect_pop3mail.flows import receive_all_mail
+from prefect_pop3mail.tasks.artifacts import artifact_key
+from prefect_pop3mail.tasks.events import EVENT_MAILBOX_RECEIVED, EVENT_RECEIVED
 from prefect_pop3mail.tasks.pop3.errors import POP3ConnectionError
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions, Security
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
 from prefect_pop3mail.tasks.pop3.storage import store as store_module
-from prefect_pop3mail.tasks.publish import (
-    EVENT_MAILBOX_RECEIVED,
-    EVENT_RECEIVED,
-    artifact_key,
-)
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer, cut_after
 from tests.test_faults import settings_for
@@ -211,7 +208,7 @@ def test_every_run_emits_one_summary_event_even_when_nothing_arrived(mailbox, tm
     "[click](javascript:alert(1))", "# heading\n* item", "`code` **bold** _it_ ~~del~~",
 ])
 def test_text_in_a_markdown_artifact_is_inert(text):
-    from prefect_pop3mail.tasks.publish import markdown_cell
+    from prefect_pop3mail.tasks.artifacts import markdown_cell
 
     cell = markdown_cell(text)
     assert "\n" not in cell

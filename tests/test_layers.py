@@ -14,9 +14,12 @@ PACKAGE = "prefect_pop3mail"
 # Each layer and the imports it must never make (module prefixes).
 FORBIDDEN = {
     "tasks/pop3": ("prefect", f"{PACKAGE}.blocks", f"{PACKAGE}.flows", f"{PACKAGE}.tasks.activities",
-                   f"{PACKAGE}.tasks.publish", f"{PACKAGE}.tasks.run_logs"),
+                   f"{PACKAGE}.tasks.lock", f"{PACKAGE}.tasks.events", f"{PACKAGE}.tasks.artifacts",
+                   f"{PACKAGE}.tasks.automations", f"{PACKAGE}.tasks.outcomes",
+                   f"{PACKAGE}.tasks.prefect_api", f"{PACKAGE}.tasks.run_logs"),
     "tasks": (f"{PACKAGE}.flows",),
-    "blocks": (f"{PACKAGE}.flows", f"{PACKAGE}.tasks.activities", f"{PACKAGE}.tasks.publish"),
+    "blocks": (f"{PACKAGE}.flows", f"{PACKAGE}.tasks.activities", f"{PACKAGE}.tasks.lock",
+               f"{PACKAGE}.tasks.events", f"{PACKAGE}.tasks.artifacts"),
 }
 
 

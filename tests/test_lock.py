@@ -15,8 +15,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
+from prefect_pop3mail.tasks.lock import SLOTS, MailboxBusyError, lock_name, mailbox_lock
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.publish import MailboxBusyError, lock_name, mailbox_lock
 from tests.conftest import sample_message
 from tests.test_many_mailboxes import log_sessions, saved_originals, wait_until
 
@@ -35,7 +35,7 @@ def child(code: str, *args: str) -> subprocess.Popen:
 
 HOLD = """
     import sys
-    from prefect_pop3mail.tasks.publish import mailbox_lock
+    from prefect_pop3mail.tasks.lock import mailbox_lock
     with mailbox_lock(sys.argv[1]):
         print("held", flush=True)
         sys.stdin.readline()  # until the test says so
@@ -65,7 +65,7 @@ def test_a_mailbox_held_by_another_process_fails_cleanly_without_a_session(mailb
         holder.kill()
         holder.wait(30)
     with mailbox_lock(name, timeout_seconds=5):  # free again, at once
-        assert active_slots(name) == 1
+        assert active_slots(name) == SLOTS
     assert active_slots(name) == 0
 
 

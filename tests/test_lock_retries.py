@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from prefect_pop3mail.tasks import publish
+from prefect_pop3mail.tasks import lock
 
 GRANTED = {"lease_id": str(uuid.uuid4()), "limits": [{"id": str(uuid.uuid4()), "name": "x",
                                                       "limit": 1}]}
@@ -49,30 +49,30 @@ class Client:
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
-    monkeypatch.setattr(publish.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(lock.time, "sleep", lambda seconds: None)
 
 
 @pytest.mark.parametrize("dropped", ["RemoteProtocolError", "ReadError", "ConnectError"])
 def test_a_dropped_connection_is_tried_again_at_once(dropped):
     server = Server(dropped, dropped, 200)
     client = Client(server)
-    response = publish._increment(client, "mailbox")
+    response = lock._increment(client, "mailbox", lock.SLOTS)
     assert response.json() == GRANTED
     assert len(server.bodies) == 3 and client.fallbacks == 0
-    assert server.bodies[0]["names"] == ["mailbox"] and server.bodies[0]["slots"] == 1
+    assert server.bodies[0]["names"] == ["mailbox"] and server.bodies[0]["slots"] == lock.SLOTS
 
 
 def test_busy_answers_are_tried_again_without_prefects_back_off():
     server = Server(503, 503, "RemoteProtocolError", 503, 200)
     client = Client(server)
-    assert publish._increment(client, "mailbox").json() == GRANTED
+    assert lock._increment(client, "mailbox", lock.SLOTS).json() == GRANTED
     assert client.fallbacks == 0 and server.script == []
 
 
 def test_a_connection_that_keeps_dropping_goes_to_prefects_client():
-    server = Server(*["RemoteProtocolError"] * (publish.DROPPED_RETRIES + 1))
+    server = Server(*["RemoteProtocolError"] * (lock.DROPPED_RETRIES + 1))
     client = Client(server)
-    assert publish._increment(client, "mailbox").json() == GRANTED
+    assert lock._increment(client, "mailbox", lock.SLOTS).json() == GRANTED
     assert client.fallbacks == 1 and server.script == []
 
 
@@ -80,7 +80,7 @@ def test_a_connection_that_keeps_dropping_goes_to_prefects_client():
 def test_another_transport_error_goes_to_prefects_client_at_once(error):
     server = Server(error)
     client = Client(server)
-    assert publish._increment(client, "mailbox").json() == GRANTED
+    assert lock._increment(client, "mailbox", lock.SLOTS).json() == GRANTED
     assert client.fallbacks == 1 and server.script == []
 
 
@@ -88,5 +88,5 @@ def test_a_held_mailbox_is_reported_to_the_caller():
     server = Server(423)
     client = Client(server)
     with pytest.raises(httpx.HTTPStatusError) as caught:
-        publish._increment(client, "mailbox")
+        lock._increment(client, "mailbox", lock.SLOTS)
     assert caught.value.response.status_code == 423 and client.fallbacks == 0

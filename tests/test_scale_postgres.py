@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from prefect_pop3mail.flows.receiving import MAILBOX_WORKERS
-from prefect_pop3mail.tasks.publish import LOCK_LEASE_SECONDS, lock_name
+from prefect_pop3mail.tasks.lock import LEASE_SECONDS, RENEW_EVERY, SLOTS, lock_name, record_name
 from tests.conftest import IN_CI, require_dovecot, sample_message
 from tests.fleet import (
     TERMINAL,
@@ -60,9 +60,9 @@ SHARED = 20
 EVERY = 30
 #: A new message every this many seconds, to a mailbox picked at random, all along.
 MAIL_EVERY = 0.25
-#: The lease is renewed every third of its duration: a dead holder's lease lapses at the
-#: earliest this long after its last renewal, so after the kill.
-LAPSE_AT_LEAST = LOCK_LEASE_SECONDS * 2 / 3 - 5
+#: The lease is renewed every ``RENEW_EVERY``: a dead holder's lease lapses at the earliest
+#: this long after the kill (less a margin for the clocks of the log and of this process).
+LAPSE_AT_LEAST = LEASE_SECONDS - RENEW_EVERY - 5
 
 
 def require_postgres() -> None:
@@ -259,15 +259,19 @@ def run_scenario(stack: Stack, work: Path) -> Facts:
 
 
 def hold(stack: Stack, names: list[str]) -> dict[str, str]:
-    """Take the mailboxes' locks through the API, as another run would; lease ids."""
+    """Take the mailboxes' locks through the API, as another run would (all the limit's
+    slots, and the holder record that names the lease, so that no waiter reclaims them);
+    lease ids."""
     leases = {}
     for name in names:
         stack.prefect.api("POST", "/v2/concurrency_limits/",
-                          {"name": lock_name(name), "limit": 1})
+                          {"name": lock_name(name), "limit": SLOTS})
         granted = stack.prefect.api("POST", "/v2/concurrency_limits/increment-with-lease", {
-            "names": [lock_name(name)], "slots": 1, "mode": "concurrency",
+            "names": [lock_name(name)], "slots": SLOTS, "mode": "concurrency",
             "lease_duration": 900})
         leases[name] = granted["lease_id"]
+        stack.prefect.api("POST", "/variables/", {"name": record_name(name), "value": {
+            "lease": granted["lease_id"], "slots": SLOTS, "holder": "the scale test"}})
     return leases
 
 

@@ -255,6 +255,7 @@ class MailboxReceiver:
             plan = self._plan(session, listing, alone)
             if self.options.dry_run:
                 session.quit()
+                self.report.waiting = self._waiting(listing)
                 return self._next(), None
             for number in plan.delete_known:
                 session.dele(number)  # saved by an earlier run that died before QUIT
@@ -277,12 +278,16 @@ class MailboxReceiver:
             session.close()  # no QUIT: the server deletes nothing of this session
             raise
         session.quit()
-        self.report.waiting = len(listing.uidls) - self.journal.count_saved(listing.uidls.values())
+        self.report.waiting = self._waiting(listing)
         if self.options.remove_after_read:  # QUIT succeeded: the deletions are applied
             self._mark_deleted(session, listing, first, plan.delete_known)
         if stopped:
             return False, None
         return self._after(alone)
+
+    def _waiting(self, listing: _Listing) -> int:
+        """Messages on the server that no run has saved."""
+        return len(listing.uidls) - self.journal.count_saved(listing.uidls.values())
 
     def _after(self, alone: str | None) -> tuple[bool, str | None]:
         """What comes after a session: regular messages left, else the next suspect."""

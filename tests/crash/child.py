@@ -29,19 +29,19 @@ def die() -> None:
 
 
 def record_announcements() -> None:
-    from prefect_pop3mail.tasks import publish
+    from prefect_pop3mail.tasks import events
 
     log = os.environ.get("POP3MAIL_ANNOUNCE_LOG")
     if not log:
         return
-    emit = publish.emit_received
+    build = events.message_event
 
     def recorded(mail, *args, **kwargs):
         with open(log, "a") as f:
             f.write(f"{os.getpid()} {mail.id} {mail.sha256}\n")
-        return emit(mail, *args, **kwargs)
+        return build(mail, *args, **kwargs)
 
-    publish.emit_received = recorded
+    events.message_event = recorded
 
 
 def arm(moment: str, n: int) -> None:
@@ -112,14 +112,14 @@ def arm(moment: str, n: int) -> None:
 
         session.POP3Session.quit = dying_quit
     elif moment == "before-announce":
-        publish = activities.publish_report
+        announce = activities.announce
 
-        def dying_publish(*args, **kwargs):
+        def dying_announce(*args, **kwargs):
             if due():
                 die()
-            return publish(*args, **kwargs)
+            return announce(*args, **kwargs)
 
-        activities.publish_report = dying_publish
+        activities.announce = dying_announce
     elif moment == "before-ack":
         acknowledge = receiver.MailboxReceiver.acknowledge
 

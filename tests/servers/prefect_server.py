@@ -89,7 +89,9 @@ class PrefectServer:
         return env
 
     def start(self, timeout: float = 90.0) -> PrefectServer:
-        self.port = free_port()
+        """Start the server; again on the same port and home (the same database) once it
+        has been stopped or killed."""
+        self.port = self.port or free_port()
         log = open(self.log_file, "ab")
         self.process = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
@@ -185,6 +187,21 @@ class PrefectServer:
             _stop_group(child)
         if self.process is not None:
             _stop_group(self.process, grace=15.0)
+
+    def kill(self) -> None:
+        """SIGKILL the server and what it started: an outage with no goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self, timeout: float = 90.0, grace: float = 5.0) -> PrefectServer:
+        """Stop the server (SIGTERM, as an upgrade would; SIGKILL after ``grace`` seconds,
+        as it waits for open websockets) and start it again on the same port and
+        database. Its default lease storage is in memory: leases are gone."""
+        if self.process is not None:
+            _stop_group(self.process, grace=grace)
+        return self.start(timeout)
 
 
 def start_prefect_server(**server_env: str) -> PrefectServer:

@@ -34,6 +34,7 @@ def save_errors(path: str | Path) -> Iterator[None]:
     except SaveError:
         raise
     except OSError as exc:
+        path = shown(path)  # as configured, not the /proc/self/fd path it was reached by
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"no space left to save in {path}") from exc
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
@@ -108,10 +109,28 @@ def open_private_dir(parent_fd: int, name: str, shown: Path, mode: int = 0o700, 
     return fd
 
 
+#: The name each folder reached through ``fd_path`` was opened under, by descriptor.
+_NAMES: dict[int, Path] = {}
+
+
 def fd_path(fd: int, fallback: Path) -> Path:
     """A path that resolves to the folder behind ``fd`` even if its name is swapped later."""
     path = _PROC_FD / str(fd)
-    return path if path.is_dir() else fallback
+    if not path.is_dir():
+        return fallback
+    _NAMES[fd] = fallback
+    return path
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as the user would name it (under the save directory as configured), not
+    through /proc/self/fd: for messages."""
+    text = str(path)
+    number, _, rest = text.removeprefix(f"{_PROC_FD}/").partition("/")
+    name = _NAMES.get(int(number)) if text.startswith(f"{_PROC_FD}/") and number.isdigit() else None
+    if name is None:
+        return text
+    return str(name / rest) if rest else str(name)
 
 
 class StateFolder:
@@ -202,6 +221,7 @@ class StateFolder:
                 continue
 
     def close(self) -> None:
+        _NAMES.pop(getattr(self, "work_fd", -1), None)
         for attr in ("work_fd", "fd", "root_fd"):
             fd = getattr(self, attr, -1)
             if fd >= 0:
