@@ -34,7 +34,7 @@ import pytest
 
 from prefect_pop3mail.flows.receiving import MAILBOX_WORKERS
 from prefect_pop3mail.tasks.lock import LEASE_SECONDS, RENEW_EVERY, SLOTS, lock_name, record_name
-from tests.conftest import IN_CI, require_dovecot, sample_message
+from tests.conftest import require_dovecot, require_server, sample_message
 from tests.fleet import (
     TERMINAL,
     Session,
@@ -67,12 +67,7 @@ LAPSE_AT_LEAST = LEASE_SECONDS - RENEW_EVERY - 5
 
 def require_postgres() -> None:
     require_dovecot()  # the mailboxes
-    reason = postgres_unavailable_reason()
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must run the PostgreSQL tests, but: {reason}")
-    pytest.skip(reason)
+    require_server("the PostgreSQL tests", postgres_unavailable_reason())
 
 
 @dataclass
