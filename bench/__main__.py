@@ -1,4 +1,5 @@
-"""Run benchmarks: ``python -m bench`` runs all, ``python -m bench session store`` some."""
+"""Run benchmarks: ``python -m bench`` runs all, ``python -m bench session store`` some
+(``scale-out`` and ``scale_out`` name the same one)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def available() -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    names = argv or available()
+    names = [name.replace("-", "_") for name in argv] or available()
     unknown = set(names) - set(available())
     if unknown:
         sys.exit(f"unknown benchmark(s) {sorted(unknown)}; available: {available()}")

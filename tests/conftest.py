@@ -24,13 +24,17 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _failing_login_sources = (f"127.0.0.{i}" for i in itertools.count(3))
 
 
-def require_dovecot() -> None:
-    reason = dovecot_unavailable_reason()
+def require_server(what: str, reason: str | None) -> None:
+    """Skip when ``reason`` says a real server cannot run here; in CI, fail instead."""
     if reason is None:
         return
     if IN_CI:
-        pytest.fail(f"CI must run the Dovecot tests, but: {reason}")
+        pytest.fail(f"CI must run {what}, but: {reason}")
     pytest.skip(reason)
+
+
+def require_dovecot() -> None:
+    require_server("the Dovecot tests", dovecot_unavailable_reason())
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -34,7 +34,7 @@ from prefect_pop3mail.tasks.pop3.models import (
 )
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
 from prefect_pop3mail.tasks.pop3.session import POP3Session
-from tests.conftest import IN_CI, sample_message
+from tests.conftest import require_server, sample_message
 from tests.servers import matrix
 
 pytestmark = pytest.mark.interop
@@ -44,11 +44,7 @@ METHODS = [LoginMethod.USER_PASS, LoginMethod.APOP, LoginMethod.PLAIN]
 
 
 def require(name: str) -> None:
-    reason = matrix.unavailable(name)
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI must run the interoperability matrix, but: {reason}")
-        pytest.skip(reason)
+    require_server("the interoperability matrix", matrix.unavailable(name))
 
 
 @pytest.fixture(scope="module", params=list(matrix.SERVERS))

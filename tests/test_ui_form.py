@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_pop3mail.blocks import POP3MailConfiguration
-from tests.conftest import IN_CI
+from tests.conftest import require_server
 from tests.servers.prefect_server import PrefectServer, shared_prefect_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -121,11 +121,7 @@ def deployed(registered: PrefectServer) -> dict:
 def browser():
     if os.environ.get("POP3MAIL_BROWSER_TESTS", "1") == "0":
         pytest.skip("POP3MAIL_BROWSER_TESTS=0")
-    reason = browser_unavailable_reason()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI must run the browser tests, but: {reason}")
-        pytest.skip(reason)
+    require_server("the browser tests", browser_unavailable_reason())
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

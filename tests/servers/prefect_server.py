@@ -56,6 +56,8 @@ class PrefectServer:
     home: Path
     port: int = 0
     process: subprocess.Popen | None = None
+    #: Settings for the server process only, e.g. PREFECT_API_DATABASE_CONNECTION_URL.
+    server_env: dict[str, str] = field(default_factory=dict)
     _children: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -94,7 +96,7 @@ class PrefectServer:
         self.process = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
              "--analytics-off"],
-            env=self.env(),
+            env=self.env(**self.server_env),
             cwd=self.home,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -202,10 +204,11 @@ class PrefectServer:
         return self.start(timeout)
 
 
-def start_prefect_server() -> PrefectServer:
-    """Start a server in a fresh PREFECT_HOME; call ``stop()`` (and remove ``home``) after."""
+def start_prefect_server(**server_env: str) -> PrefectServer:
+    """Start a server in a fresh PREFECT_HOME; call ``stop()`` (and remove ``home``) after.
+    ``server_env``: settings of the server process only (its database, say)."""
     home = Path(tempfile.mkdtemp(prefix="pop3mail-prefect-"))
-    return PrefectServer(home=home).start()
+    return PrefectServer(home=home, server_env=server_env).start()
 
 
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use, when missing and when we are root; with the
 # argument "demo", only what `make demo` uses (Dovecot).
-# Dovecot is installed without starting a system-wide instance: the tests start their own.
+# Dovecot and PostgreSQL are installed without starting a system-wide instance (policy-rc.d
+# below): the tests start their own, in temporary folders. PostgreSQL's package still
+# creates its "main" cluster, which stays stopped and unused.
 set -euo pipefail
 packages=(dovecot-core dovecot-pop3d openssl ca-certificates)
 if [ "${1:-}" != demo ]; then
-  packages+=(openssh-server)
+  packages+=(openssh-server postgresql)
   [ "${POP3MAIL_BROWSER_TESTS:-1}" = 1 ] && packages+=(chromium chromium-driver)
 fi
 missing=()
