@@ -228,7 +228,7 @@ class MessageStore:
             back = self.journal.read_back()
             problems = {uidl: "its journal record did not read back as written"
                         for uidl, record in saved.items() if back.get(uidl) != record}
-        folders = {uidl: _relative(record) for uidl, record in saved.items()
+        folders = {uidl: record_folder(record) for uidl, record in saved.items()
                    if uidl not in problems}
         markers = self.storage.read_markers(list(folders.values()))
         for (uidl, _), data in zip(folders.items(), markers, strict=True):
@@ -510,6 +510,6 @@ def _folder_name(mail: ReceivedMail) -> str:
     return str(mail.folder or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-def _relative(record: Saved) -> str:
+def record_folder(record: Saved) -> str:
     """A journalled message's folder below the save directory."""
     return f"{QUARANTINE_DIR}/{record.folder}" if record.quarantined else record.folder
