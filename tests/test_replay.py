@@ -387,3 +387,44 @@ def test_replay_events_stay_under_the_event_bound():
     assert len(summary.payload["messages"]) == MAX_ITEMS
     assert summary.payload["messages_more"] == 1000 - MAX_ITEMS
     assert summary.payload["not_announced"] == 4000
+
+
+# --- pop3mail replay ------------------------------------------------------------------------
+
+
+def test_the_command_replays_a_window_of_an_inactive_configuration(capsys, mailbox, tmp_path):
+    from tests.test_cli import OK, run
+
+    save = SaveOptions(directory=tmp_path / "mail")
+    early = receive(mailbox, save, sample_message(1, Subject="early \x1b[31mred"))
+    start = datetime.now(UTC)
+    later = receive(mailbox, save, sample_message(2), sample_message(3))
+    name = f"cli-replay-{uuid.uuid4().hex[:8]}"
+    mailbox.block(save.directory, status="Inactive").save(name)
+
+    code, out, err = run(capsys, "replay", name, "--since", start.isoformat(),
+                         "--no-announce")
+    assert code == OK, err
+    assert out.splitlines()[-1] == "2 message(s) replayed (no events sent)."
+    listed = [line.split()[0] for line in out.splitlines()
+              if line.startswith("  ") and not line.startswith("    ")]
+    assert listed == [m.id for m in later]
+    assert f"    {later[0].folder}" in out.splitlines()
+    code, out, err = run(capsys, "replay", name, "--message-id", early[0].id, "--no-announce")
+    assert code == OK, err
+    assert early[0].id in out and "\\x1b[31mred" in out and "\x1b" not in out
+
+
+@pytest.mark.parametrize(("argv", "field"), [
+    (("--since", "last tuesday"), "since"),
+    (("--since", "2026-12-02", "--until", "2026-12-01"), "until"),
+    (("--message-id", "nope"), "message_ids[0]"),
+])
+def test_the_command_names_a_bad_window_in_one_line(capsys, mailbox, tmp_path, argv, field):
+    from tests.test_cli import FAILED, run
+
+    name = f"cli-replay-{uuid.uuid4().hex[:8]}"
+    mailbox.block(tmp_path / "mail").save(name)
+    code, out, err = run(capsys, "replay", name, *argv)
+    assert code == FAILED and out == ""
+    assert err.startswith(f"pop3mail replay {name}: {field}: ") and err.count("\n") == 1
