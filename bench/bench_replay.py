@@ -93,30 +93,39 @@ def fill(root: Path, count: int) -> None:
                                                     stamp)))
 
 
-def measure(root: Path) -> dict:
+def measure(roots: list[Path]) -> list[dict]:
     """Time runs, then memory runs (traced: every Python allocation's peak, which RSS
-    hides below the peak the imports left)."""
-    timed = [child_peak_rss(CHILD, str(root), KEY, "time") for _ in range(REPEAT)]
-    traced = [child_peak_rss(CHILD, str(root), KEY, "memory") for _ in range(REPEAT)]
-    count = timed[0]["count"]
-    assert all(r["count"] == count and not r["problems"] for r in timed + traced), timed
-    return {
-        "messages": count,
-        "us_per_message": statistics.median(r["seconds"] for r in timed) / count * 1e6,
-        "heap_peak_mb": statistics.median(r["heap"] for r in traced) / 2**20,
-        "rss_growth_mb": statistics.median(r["peak"] - r["baseline"] for r in timed) / 2**20,
-    }
+    hides below the peak the imports left), the sizes interleaved run by run so that the
+    load of the machine falls on both alike."""
+    timed: dict[Path, list[dict]] = {root: [] for root in roots}
+    traced: dict[Path, list[dict]] = {root: [] for root in roots}
+    for runs, mode in ((timed, "time"), (traced, "memory")):
+        for _ in range(REPEAT):
+            for root in roots:
+                runs[root].append(child_peak_rss(CHILD, str(root), KEY, mode))
+    rows = []
+    for root in roots:
+        count = timed[root][0]["count"]
+        every = timed[root] + traced[root]
+        assert all(r["count"] == count and not r["problems"] for r in every), every
+        rows.append({
+            "messages": count,
+            "us_per_message": statistics.median(r["seconds"] for r in timed[root])
+            / count * 1e6,
+            "heap_peak_mb": statistics.median(r["heap"] for r in traced[root]) / 2**20,
+            "rss_growth_mb": statistics.median(r["peak"] - r["baseline"]
+                                               for r in timed[root]) / 2**20,
+        })
+    return rows
 
 
 def main() -> None:
     top = Path(tempfile.mkdtemp(prefix="pop3mail-bench-replay-"))
     try:
-        rows = []
-        for count in (BASELINE, LARGE):
-            root = top / f"n{count}"
+        roots = [top / f"n{count}" for count in (BASELINE, LARGE)]
+        for root, count in zip(roots, (BASELINE, LARGE), strict=True):
             fill(root, count)
-            rows.append(measure(root))
-            shutil.rmtree(root)
+        rows = measure(roots)
         small, large = rows
         print(table([{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()}
                      for r in rows], ["messages", "us_per_message", "heap_peak_mb",

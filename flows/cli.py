@@ -60,42 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = commands.add_parser(
-        "check",
-        help="connect, log in and count the waiting messages; receives nothing",
-        description="Connect to the configuration's server, show its greeting, TLS and "
-        "capabilities, log in and count the waiting messages. Retrieves and deletes nothing.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check.add_argument("name", metavar="NAME", help="the saved configuration's name")
-    receive = commands.add_parser(
-        "receive",
-        help="receive the mailbox's messages once (MAIL_RECEIVEALL)",
-        description="Receive every message once, as the MAIL_RECEIVEALL task does, and list "
-        "what was saved where. Deletes from the server only when the configuration says so. "
-        "The options are those of the receive-all-mail flow.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    receive.add_argument("name", metavar="NAME", help="the saved configuration's name")
+    _command(commands, "check",
+             "connect, log in and count the waiting messages; receives nothing",
+             "Connect to the configuration's server, show its greeting, TLS and capabilities, "
+             "log in and count the waiting messages. Retrieves and deletes nothing.")
+    receive = _command(
+        commands, "receive", "receive the mailbox's messages once (MAIL_RECEIVEALL)",
+        "Receive every message once, as the MAIL_RECEIVEALL task does, and list what was "
+        "saved where. Deletes from the server only when the configuration says so. The "
+        "options are those of the receive-all-mail flow.")
     receive.add_argument("--dry-run", action="store_true",
                          help="list the messages that would be received; retrieve nothing")
     for name in RECEIVE_ALL:
         flag, keywords = cli_flag(name)
         receive.add_argument(flag, **keywords)
     receive.set_defaults(subparser=receive)
-    replay = commands.add_parser(
-        "replay",
-        help="hand saved mail on again (its events, marked replay); never contacts the server",
-        description="List the saved messages of a window of saving times (or of message "
-        "ids) from the save directory's journal, and send each one's "
-        "pop3mail.message.received event again, marked replay: true. Never contacts the "
-        "server, changes nothing saved, and works when the configuration is inactive.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    replay.add_argument("name", metavar="NAME", help="the saved configuration's name")
+    replay = _command(
+        commands, "replay",
+        "hand saved mail on again (its events, marked replay); never contacts the server",
+        "List the saved messages of a window of saving times (or of message ids) from the "
+        "save directory's journal, and send each one's pop3mail.message.received event "
+        "again, marked replay: true. Never contacts the server, changes nothing saved, and "
+        "works when the configuration is inactive.")
     replay.add_argument("--since", metavar="TIME",
                         help="messages saved at or after TIME (ISO 8601; UTC without a zone)")
     replay.add_argument("--until", metavar="TIME", help="messages saved before TIME")
@@ -106,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--no-announce", dest="announce", action="store_false",
                         help="list the messages only; send no events")
     return parser
+
+
+def _command(commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand taking a configuration's NAME."""
+    command = commands.add_parser(name, help=summary, description=description,
+                                  epilog=_EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.add_argument("name", metavar="NAME", help="the saved configuration's name")
+    return command
 
 
 def _given(args: argparse.Namespace) -> CallOptions:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
@@ -111,16 +113,7 @@ def test_replay_by_message_id_and_by_the_date_header(mailbox, where):
 
 def test_quarantined_messages_are_listed_apart_and_replayed_only_when_asked(
         mailbox, where, monkeypatch):
-    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
-
-    write_contents = MessageStore.write_contents
-
-    def breaks_on_poison(self, original, folder, findings, uidl, head=None):
-        if b"Subject: poison" in Path(original).read_bytes():
-            raise ValueError("a parser bug")
-        return write_contents(self, original, folder, findings, uidl, head)
-
-    monkeypatch.setattr(MessageStore, "write_contents", breaks_on_poison)
+    storage_backends.break_parsing_of_poison(monkeypatch)
     mailbox.deliver(sample_message(1, Subject="poison"), sample_message(2))
     options = ReceiveOptions(quarantine_after=1)
     first = receive_mailbox("cfg", mailbox.settings(), where, options)
@@ -428,3 +421,19 @@ def test_the_command_names_a_bad_window_in_one_line(capsys, mailbox, tmp_path, a
     code, out, err = run(capsys, "replay", name, *argv)
     assert code == FAILED and out == ""
     assert err.startswith(f"pop3mail replay {name}: {field}: ") and err.count("\n") == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 40), max_size=3000),
+       st.integers(1, 64))
+def test_the_set_of_folders_handed_on_answers_as_a_set_does(keys, recent):
+    from prefect_pop3mail.tasks.pop3.replay import Digests
+
+    digests, reference = Digests(), set()
+    digests.RECENT = recent  # small: many merges
+    for key in keys:
+        assert (key in digests) == (key in reference)
+        if key not in digests:
+            digests.add(key)
+            reference.add(key)
+    assert all(key in digests for key in reference)

@@ -138,6 +138,7 @@ class LocalStorage(Storage):
         self._logs: list[LocalLog] = []
         #: Message folders to make durable at the next barrier.
         self._unsynced: set[str] = set()
+        self._read_only = read_only
         if read_only:
             return
         try:
@@ -232,8 +233,10 @@ class LocalStorage(Storage):
 
     def read_markers(self, folders: list[str]) -> list[bytes | None]:
         found = [self._read_marker(folder) for folder in folders]
-        # A folder a deletion is to rely on is made durable by the barrier, too.
-        self._unsynced.update(f for f, data in zip(folders, found, strict=True) if data)
+        # A folder a deletion is to rely on is made durable by the barrier, too (a reader's
+        # storage has no barrier: it keeps nothing per folder read).
+        if not self._read_only:
+            self._unsynced.update(f for f, data in zip(folders, found, strict=True) if data)
         return found
 
     def _read_marker(self, relative: str) -> bytes | None:
