@@ -129,7 +129,7 @@ def _where(config: POP3MailConfiguration) -> tuple[Any, str]:
     """The save directory and the mailbox's key (what names its journal), from the
     configuration alone: nothing is contacted."""
     service = POP3MailServiceSettings()
-    return config.save_options(service), config.connection_settings(service).mailbox_key
+    return config.save_options(service), config.mailbox_key(service)
 
 
 def _log(report: ReplayReport, announcer: _Announcer | None) -> None:
@@ -141,6 +141,9 @@ def _log(report: ReplayReport, announcer: _Announcer | None) -> None:
                 "replayed, %d could not be read, %d saved before replay existed",
                 report.configuration, report.replayed, announced, report.quarantined_count,
                 report.problems_count, report.undated)
+    for mail in report.quarantined:  # listed apart: replay_saved_mail(quarantined=True)
+        logger.info("%s: replay: quarantined, not replayed: %s %r (%s)", report.configuration,
+                    mail.id, mail.subject[:200], mail.location)
     for problem in report.problems:
         logger.warning("%s: replay: %s (%s): %s", report.configuration, problem.folder,
                        problem.uidl, problem.problem)

@@ -437,3 +437,16 @@ def test_the_set_of_folders_handed_on_answers_as_a_set_does(keys, recent):
             digests.add(key)
             reference.add(key)
     assert all(key in digests for key in reference)
+
+
+def test_a_configuration_without_its_password_replays_its_mail(mailbox, tmp_path):
+    """Replay needs no secret: the mailbox's user, server and port name its journal."""
+    from prefect_pop3mail.flows import replay_saved_mail
+
+    save = SaveOptions(directory=tmp_path / "mail")
+    saved = receive(mailbox, save, sample_message(1))
+    block = mailbox.block(save.directory, status="Inactive")
+    assert block.mailbox_key() == block.connection_settings().mailbox_key
+    without = block.model_copy(update={"password": None})
+
+    assert [m.id for m in replay_saved_mail(without, announce=False)] == [saved[0].id]
