@@ -32,19 +32,22 @@ from prefect_pop3mail.tasks.pop3.replay import (
 from prefect_pop3mail.tasks.pop3.storage.journal import PRUNE_AT
 from tests import storage_backends
 from tests.conftest import sample_message
-from tests.storage_backends import use_s3
+from tests.storage_backends import use_s3, use_sftp
 
 pytestmark = pytest.mark.dovecot
 
-s3_server = storage_backends.s3_server
+s3_server, sftp_server = storage_backends.s3_server, storage_backends.sftp_server
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "sftp"])
 def where(request, tmp_path, monkeypatch) -> SaveOptions:
-    """A save directory: a local folder, or a bucket of moto's S3 server."""
+    """A save directory: a local folder, a bucket of moto's S3 server, or a folder of a
+    private OpenSSH sftp server."""
     if request.param == "local":
         return SaveOptions(directory=tmp_path / "mail")
-    return SaveOptions(url=use_s3(request.getfixturevalue("s3_server"), monkeypatch))
+    if request.param == "s3":
+        return SaveOptions(url=use_s3(request.getfixturevalue("s3_server"), monkeypatch))
+    return SaveOptions(url=use_sftp(request.getfixturevalue("sftp_server"), monkeypatch))
 
 
 def receive(mailbox, save: SaveOptions, *messages: bytes, **options) -> list[ReceivedMail]:
