@@ -453,3 +453,18 @@ def test_a_configuration_without_its_password_replays_its_mail(mailbox, tmp_path
     without = block.model_copy(update={"password": None})
 
     assert [m.id for m in replay_saved_mail(without, announce=False)] == [saved[0].id]
+
+
+def test_a_message_journalled_twice_is_replayed_once(mailbox, tmp_path):
+    save = SaveOptions(directory=tmp_path / "mail")
+    saved = receive(mailbox, save, sample_message(1), sample_message(2))
+    journal = next((save.directory / ".pop3mail").glob("journal-*.log"))
+    lines = journal.read_bytes().splitlines(keepends=True)
+    first = next(line for line in lines if saved[0].uidl.encode() in line)
+    os.chmod(journal, 0o600)
+    journal.write_bytes(b"".join(lines) + first)  # saved again into its folder, as after a crash
+
+    mails, report = replay_saved("cfg", save, mailbox.settings().mailbox_key)
+
+    assert [m.id for m in mails] == [saved[0].id, saved[1].id]
+    assert report.replayed == 2
