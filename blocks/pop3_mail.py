@@ -441,6 +441,15 @@ class POP3MailConfiguration(Block):
         if self.status is not Status.ACTIVE:
             raise InactiveConfigurationError(self.configuration_name)
 
+    def mailbox_key(self, service: POP3MailServiceSettings | None = None) -> str:
+        """What names the mailbox's journal (user, server, port), as ``connection_settings``
+        has it, without needing a secret: replay reads saved mail with it."""
+        service = service or POP3MailServiceSettings()
+        return ConnectionSettings(
+            host=self.server or service.server or "-", user=self.user or service.user or "-",
+            port=self.port or DEFAULT_PORTS[self.security], security=self.security,
+        ).mailbox_key
+
     def connection_settings(self, service: POP3MailServiceSettings | None = None
                             ) -> ConnectionSettings:
         """Everything the engine needs to connect and log in, complete: empty fields come

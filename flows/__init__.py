@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["receive_mail", "receive_all_mail", "list_mail", "receive_from_mailboxes",
-           "check_pop3_connection", "MailboxesFailedError"]
+           "check_pop3_connection", "MailboxesFailedError", "replay_saved_mail"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "replay_saved_mail":
+        from prefect_pop3mail.flows import replaying
+
+        return replaying.replay_saved_mail
     if name in __all__:
         from prefect_pop3mail.flows import receiving
 
@@ -25,3 +29,4 @@ if TYPE_CHECKING:
         receive_from_mailboxes,
         receive_mail,
     )
+    from prefect_pop3mail.flows.replaying import replay_saved_mail

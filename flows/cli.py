@@ -2,7 +2,8 @@
 
 ``pop3mail check NAME`` says whether a saved POP3 Mail Configuration can reach its server and
 log in; ``pop3mail receive NAME`` receives its mail once (or, with ``--dry-run``, lists what
-would be received). Both load the configuration from the Prefect API the current profile
+would be received); ``pop3mail replay NAME`` hands saved mail on again, from the save
+directory alone. Both load the configuration from the Prefect API the current profile
 points at (``PREFECT_API_URL``). Exit status: 0 ok, 1 failed (also when any message could
 not be received), 2 wrong usage.
 
@@ -59,32 +60,47 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = commands.add_parser(
-        "check",
-        help="connect, log in and count the waiting messages; receives nothing",
-        description="Connect to the configuration's server, show its greeting, TLS and "
-        "capabilities, log in and count the waiting messages. Retrieves and deletes nothing.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check.add_argument("name", metavar="NAME", help="the saved configuration's name")
-    receive = commands.add_parser(
-        "receive",
-        help="receive the mailbox's messages once (MAIL_RECEIVEALL)",
-        description="Receive every message once, as the MAIL_RECEIVEALL task does, and list "
-        "what was saved where. Deletes from the server only when the configuration says so. "
-        "The options are those of the receive-all-mail flow.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    receive.add_argument("name", metavar="NAME", help="the saved configuration's name")
+    _command(commands, "check",
+             "connect, log in and count the waiting messages; receives nothing",
+             "Connect to the configuration's server, show its greeting, TLS and capabilities, "
+             "log in and count the waiting messages. Retrieves and deletes nothing.")
+    receive = _command(
+        commands, "receive", "receive the mailbox's messages once (MAIL_RECEIVEALL)",
+        "Receive every message once, as the MAIL_RECEIVEALL task does, and list what was "
+        "saved where. Deletes from the server only when the configuration says so. The "
+        "options are those of the receive-all-mail flow.")
     receive.add_argument("--dry-run", action="store_true",
                          help="list the messages that would be received; retrieve nothing")
     for name in RECEIVE_ALL:
         flag, keywords = cli_flag(name)
         receive.add_argument(flag, **keywords)
     receive.set_defaults(subparser=receive)
+    replay = _command(
+        commands, "replay",
+        "hand saved mail on again (its events, marked replay); never contacts the server",
+        "List the saved messages of a window of saving times (or of message ids) from the "
+        "save directory's journal, and send each one's pop3mail.message.received event "
+        "again, marked replay: true. Never contacts the server, changes nothing saved, and "
+        "works when the configuration is inactive.")
+    replay.add_argument("--since", metavar="TIME",
+                        help="messages saved at or after TIME (ISO 8601; UTC without a zone)")
+    replay.add_argument("--until", metavar="TIME", help="messages saved before TIME")
+    replay.add_argument("--message-id", metavar="ID", action="append", dest="message_ids",
+                        help="only this message (its id, 32 hex digits); may be repeated")
+    replay.add_argument("--quarantined", action="store_true",
+                        help="replay messages set aside in quarantine too")
+    replay.add_argument("--no-announce", dest="announce", action="store_false",
+                        help="list the messages only; send no events")
     return parser
+
+
+def _command(commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand taking a configuration's NAME."""
+    command = commands.add_parser(name, help=summary, description=description,
+                                  epilog=_EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.add_argument("name", metavar="NAME", help="the saved configuration's name")
+    return command
 
 
 def _given(args: argparse.Namespace) -> CallOptions:
@@ -175,6 +191,36 @@ def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
     return FAILED
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from prefect_pop3mail.tasks.pop3.replay import window
+    from prefect_pop3mail.tasks.replaying import replay_report
+
+    chosen = window(args.since, args.until, args.message_ids, quarantined=args.quarantined)
+    # Not a task run: nothing changes, and the events go out from here all the same.
+    _, report = replay_report(args.name, chosen, announce=args.announce, each=_say_replayed,
+                              keep=False)
+    say(f"{report.replayed} message(s) replayed"
+        + ("" if args.announce else " (no events sent)") + ".")
+    if report.quarantined_count:
+        say(f"{report.quarantined_count} quarantined message(s) not replayed "
+            "(--quarantined replays them):")
+        for mail in report.quarantined:
+            say(f"  {mail.id}  {mail.subject!r} from {mail.sender}  {mail.location}")
+    if report.problems_count:
+        say(f"pop3mail replay {args.name}: {report.problems_count} saved message(s) could "
+            "not be read:", error=True)
+        for problem in report.problems:
+            say(f"  {problem.folder} ({problem.uidl}): {problem.problem}", error=True)
+        return FAILED
+    return OK
+
+
+def _say_replayed(mail) -> None:
+    saved = f"{mail.saved_at:%Y-%m-%d %H:%M:%S} UTC" if mail.saved_at else "?"
+    say(f"  {mail.id}  saved {saved}  {mail.subject!r} from {mail.sender}")
+    say(f"    {mail.location}")
+
+
 class _NotTheEngineFailure(logging.Filter):
     """Keeps Prefect's own report of a failed task run (its traceback, "Finished in state
     Failed", the failure hook's comings and goings) off the terminal: the command prints the
@@ -245,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.name)
+        if args.command == "replay":
+            return _replay(args)
         return _receive(args.name, call or CallOptions(), args.dry_run)
     except POP3MailError as exc:  # the error names the field or the server's reply
         say(f"{what}: {exc}", error=True)

@@ -3,6 +3,13 @@
 arrived - each saved file's size and SHA-256 - in a manifest beside the message and in a
 table artifact. Replace its body with your own processing (parse the CSV, file the PDF...).
 
+It is idempotent by the message's id (``ReceivedMail.id``, the event's ``id``): a message
+can be announced again (``replay_saved_mail`` marks those events ``replay: true``, and a
+run that could not confirm its events announces them again), so the step records the id
+with what it did, and a message whose id it has recorded already is not processed twice.
+Keep such a record wherever your step's effect is (here the manifest beside the message; a
+database's unique key on the id, an "already filed" table...), and check it first.
+
 An event's paths are not trusted: anyone who may emit events could name any file. The flow
 loads the configuration the event names and reads and writes only inside a message folder
 under that configuration's save directory (symbolic links resolved, the hidden state
@@ -67,6 +74,18 @@ def _inside(parent: Path, path: str, name: str, configuration: str) -> Path:
     return resolved
 
 
+def _recorded(manifest_path: Path, mail_id: str) -> dict | None:
+    """The manifest recorded for the message ``mail_id`` already, if any (a message
+    without an id is recorded every time)."""
+    if not mail_id:
+        return None
+    try:
+        recorded = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # none yet, or torn: record it (again)
+    return recorded if isinstance(recorded, dict) and recorded.get("id") == mail_id else None
+
+
 def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text, encoding="utf-8")
@@ -82,6 +101,8 @@ def record_received_mail(
     attachments: list[str] | None = None,
     configuration: str = "",
     subject: str = "",
+    mail_id: str = "",
+    replay: bool = False,
 ) -> dict:
     """Record the files saved for one received message.
 
@@ -94,13 +115,22 @@ def record_received_mail(
         configuration: The POP3 Mail Configuration the message came from (event payload
             ``configuration``). Only paths under its save directory are read.
         subject: The message's subject, for the record.
+        mail_id: The message's id (event payload ``id``): what makes the step idempotent.
+        replay: True when the event is a replay's (event payload ``replay``).
 
     Returns:
-        The manifest: configuration, subject, folder and one entry per saved file. It is
-        also written to ``received-files.json`` in the message's folder.
+        The manifest: configuration, subject, folder, the message's id and one entry per
+        saved file. It is also written to ``received-files.json`` in the message's folder.
+        For a message recorded already (the same id), the manifest as recorded then, with
+        ``already_recorded``: True.
     """
     message_folder = _inside(_save_directory(configuration), folder, "folder", configuration)
     manifest_path = message_folder / MANIFEST_NAME
+    if recorded := _recorded(manifest_path, mail_id):  # idempotent: once per message id
+        get_run_logger().info("%s: message %s was recorded already%s; nothing to do",
+                              subject or "(no subject)", mail_id,
+                              " (a replay)" if replay else "")
+        return {**recorded, "already_recorded": True}
     named = [(original_path, "original", "original_path"), (text_path, "text", "text_path"),
              (html_path, "html", "html_path")]
     named += [(path, "attachment", "attachments") for path in attachments or []]
@@ -113,6 +143,7 @@ def record_received_mail(
         "configuration": configuration,
         "subject": subject,
         "folder": str(message_folder),
+        "id": mail_id,
         "attachment_count": sum(f["role"] == "attachment" for f in files),
         "attachment_bytes": sum(f["size"] for f in files if f["role"] == "attachment"),
         "files": files,

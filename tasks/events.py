@@ -127,6 +127,7 @@ def message_event(mail: ReceivedMail, configuration_id: str | None = None) -> Ev
             "deleted": mail.deleted,
             "quarantined": mail.quarantined,
             "warnings": len(mail.warnings),
+            "replay": False,  # replay_saved_mail's events say true
         }),
     )
 

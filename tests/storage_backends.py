@@ -135,3 +135,18 @@ def backend(request, monkeypatch, tmp_path) -> Backend:
 def file_system(request, monkeypatch, tmp_path) -> Backend:
     """A fresh save directory on each storage that has modes and links."""
     return make_backend(request.param, request, monkeypatch, tmp_path)
+
+
+def break_parsing_of_poison(monkeypatch) -> None:
+    """The store's parsing fails (a bug) for messages whose subject is "poison", run after
+    run: what sets a message aside in quarantine."""
+    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
+
+    write_contents = MessageStore.write_contents
+
+    def breaks_on_poison(self, original, folder, findings, uidl, head=None):
+        if b"Subject: poison" in Path(original).read_bytes():
+            raise ValueError("a parser bug")
+        return write_contents(self, original, folder, findings, uidl, head)
+
+    monkeypatch.setattr(MessageStore, "write_contents", breaks_on_poison)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def test_deployment_runs_on_a_process_worker_and_triggers_downstream(
         def diagnostics() -> str:
             return f"worker log:\n{worker_log.read_text(errors='replace')[-6000:]}"
 
+        started = datetime.now(UTC)
         # The UI's "Run > Custom run": the deployment's parameters, one of them changed.
         run = server.api("POST", f"/deployments/{receive['id']}/create_flow_run", {
             "parameters": {"configuration": CONFIGURATION},
@@ -141,6 +143,42 @@ def test_deployment_runs_on_a_process_worker_and_triggers_downstream(
             return None
 
         runs = wait_for("the triggered downstream runs", downstream_done, 120, diagnostics)
+        recorded_first = {r["parameters"]["folder"]: (Path(r["parameters"]["folder"])
+                                                      / MANIFEST_NAME).read_bytes()
+                          for r in runs}
+
+        # The replay deployment, from the UI with a window: the same messages announced
+        # again, marked replay; the downstream step runs for each and records nothing twice.
+        replay = deployment(server, "replay-saved-mail/replay")
+        assert {"since", "until", "message_ids"} <= set(
+            replay["parameter_openapi_schema"]["properties"])
+        again = server.api("POST", f"/deployments/{replay['id']}/create_flow_run", {
+            "parameters": {"configuration": CONFIGURATION, "since": started.isoformat()},
+            "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI"},
+        })
+
+        def replayed() -> dict | None:
+            state = server.api("GET", f"/flow_runs/{again['id']}")["state"]
+            return state if state["type"] in TERMINAL else None
+
+        final = wait_for("the replay run", replayed, 120, diagnostics)
+        assert final["type"] == "COMPLETED", f"{final}\n{diagnostics()}"
+
+        def downstream_again() -> list[dict] | None:
+            runs = flow_runs_of(server, downstream["id"])
+            if len(runs) >= 4 and all(r["state"]["type"] in TERMINAL for r in runs):
+                return runs
+            return None
+
+        every = wait_for("the downstream runs of the replay", downstream_again, 120,
+                         diagnostics)
+    again_runs = [r for r in every if r["parameters"].get("replay") is True]
+    assert len(every) == 4 and len(again_runs) == 2, [r["parameters"] for r in every]
+    assert all(r["state"]["type"] == "COMPLETED" for r in again_runs)
+    assert {r["parameters"]["mail_id"] for r in again_runs} == {
+        r["parameters"]["mail_id"] for r in runs} != {""}
+    assert {folder: (Path(folder) / MANIFEST_NAME).read_bytes()
+            for folder in recorded_first} == recorded_first, "recorded twice"
 
     assert len(runs) == 2, runs
     assert all(r["state"]["type"] == "COMPLETED" for r in runs), [r["state"] for r in runs]

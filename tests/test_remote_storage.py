@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from pathlib import Path
 
 import fsspec
 import pytest
@@ -328,16 +327,7 @@ def test_a_local_folder_or_file_url_is_a_directory_and_storage_a_url(mailbox, tm
 
 def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_url,
                                                                    monkeypatch):
-    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
-
-    write_contents = MessageStore.write_contents
-
-    def breaks_on_poison(self, original, folder, findings, uidl, head=None):
-        if b"Subject: poison" in Path(original).read_bytes():
-            raise ValueError("a parser bug")
-        return write_contents(self, original, folder, findings, uidl, head)
-
-    monkeypatch.setattr(MessageStore, "write_contents", breaks_on_poison)
+    storage_backends.break_parsing_of_poison(monkeypatch)
     mailbox.deliver(sample_message(1, Subject="poison"), sample_message(2))
     save, options = SaveOptions(url=s3_url), ReceiveOptions(quarantine_after=2)
 

@@ -31,7 +31,7 @@ from prefect_pop3mail.tasks.pop3.session import POP3Session
 from prefect_pop3mail.tasks.pop3.storage import manifest
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, MARKER
 from prefect_pop3mail.tasks.pop3.storage.journal import Journal, _line, head_digest
-from prefect_pop3mail.tasks.pop3.storage.store import _relative, open_storage
+from prefect_pop3mail.tasks.pop3.storage.store import open_storage, record_folder
 from tests import storage_backends
 from tests.conftest import sample_message
 
@@ -110,7 +110,7 @@ class Reader:
             records = {u: journal.saved.get(u) for u in uidls}
             journal.close()
             found = {u: r for u, r in records.items() if r is not None}
-            data = storage.read_markers([_relative(r) for r in found.values()])
+            data = storage.read_markers([record_folder(r) for r in found.values()])
         finally:
             storage.close()
         problems = {u: "no journal record" for u, r in records.items() if r is None}

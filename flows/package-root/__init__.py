@@ -33,6 +33,7 @@ _EXPORTS = {
     "list_mail": "prefect_pop3mail.flows",
     "receive_from_mailboxes": "prefect_pop3mail.flows",
     "check_pop3_connection": "prefect_pop3mail.flows",
+    "replay_saved_mail": "prefect_pop3mail.flows",
     "CallOptions": "prefect_pop3mail.tasks.options",
     "ReceivedMail": "prefect_pop3mail.tasks.pop3.models",
 }
@@ -41,7 +42,7 @@ __all__ = [
     "POP3MailConfiguration", "POP3MailServiceSettings",
     "mail_receive", "mail_receive_all", "mail_list", "check_connection",
     "receive_mail", "receive_all_mail", "list_mail", "receive_from_mailboxes",
-    "check_pop3_connection", "CallOptions", "ReceivedMail", "__version__",
+    "check_pop3_connection", "replay_saved_mail", "CallOptions", "ReceivedMail", "__version__",
 ]
 
 
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
         receive_all_mail,
         receive_from_mailboxes,
         receive_mail,
+        replay_saved_mail,
     )
     from prefect_pop3mail.tasks import check_connection, mail_list, mail_receive, mail_receive_all
     from prefect_pop3mail.tasks.options import CallOptions

@@ -4,11 +4,13 @@ into these, and downstream steps receive ``ReceivedMail``."""
 from __future__ import annotations
 
 import os
+import posixpath
 import re
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, get_args, runtime_checkable
 
 from pydantic import (
     BaseModel,
@@ -372,6 +374,9 @@ class ReceivedMail(BaseModel):
     #: Failed too often to be laid out: only the original was saved, under quarantine/.
     quarantined: bool = False
     warnings: list[str] = []
+    #: When it was saved (UTC): what replay's window is about. None in results of releases
+    #: before replay.
+    saved_at: datetime | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -389,6 +394,55 @@ class ReceivedMail(BaseModel):
     def location(self) -> str:
         """The message's folder, as a local path or a storage URL ("" when not saved)."""
         return str(self.folder or "")
+
+
+def _locations(model: type[BaseModel]) -> tuple[str, ...]:
+    """The model's fields that hold a Location."""
+    return tuple(name for name, field in model.model_fields.items()
+                 if Location in (field.annotation, *get_args(field.annotation)))
+
+
+_MAIL_LOCATIONS = _locations(ReceivedMail)
+_ATTACHMENT_LOCATIONS = _locations(SavedAttachment)
+
+
+def locate_result(data: dict[str, Any], folder: str, locate: Callable[[str], str]
+                  ) -> dict[str, Any]:
+    """A result as a ``.complete`` marker keeps it (``ReceivedMail`` as JSON, its
+    locations relative to the save directory) with each location where ``locate`` puts
+    it: the store builds what a run returns this way, and replay what it hands on again.
+    Every location must lie in the message's ``folder`` (relative too); ValueError names
+    the one that does not."""
+
+    def place(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+        placed = dict(item)
+        for name in fields:
+            relative = item.get(name)
+            if not relative:
+                continue
+            if not isinstance(relative, str) or not _within(relative, folder):
+                raise ValueError(f"{name}: {str(relative)[:200]!r} is not in the message's "
+                                 f"folder {folder}")
+            placed[name] = locate(relative)
+        return placed
+
+    if data.get("folder") != folder:
+        raise ValueError(f"folder: {str(data.get('folder'))[:200]!r} is not {folder}")
+    placed = place({**data, "folder": None}, _MAIL_LOCATIONS)
+    placed["folder"] = locate(folder)
+    attachments = data.get("attachments") or []
+    if not isinstance(attachments, list):
+        raise ValueError("attachments: not a list")
+    placed["attachments"] = [place(a, _ATTACHMENT_LOCATIONS) if isinstance(a, dict) else a
+                             for a in attachments]
+    return placed
+
+
+def _within(relative: str, folder: str) -> bool:
+    """``relative`` names something inside ``folder``, with no way out of it."""
+    return (relative.startswith(f"{folder}/") and not relative.startswith("/")
+            and posixpath.normpath(relative) == relative
+            and ".." not in relative.split("/"))
 
 
 class MessageFailure(BaseModel):

@@ -9,8 +9,12 @@ storage's local work area (``work``), then published whole.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
+
+from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
 
 #: The private state folder under the save directory: journal, outbox, work area.
 STATE_DIR = ".pop3mail"
@@ -53,12 +57,59 @@ class StateLog(ABC):
         """Replace the whole log with ``data``, atomically."""
 
     @abstractmethod
+    def archive(self, data: bytes) -> str:
+        """Keep ``data`` (records the next ``rewrite`` forgets) as a new piece of this log's
+        archive, durably; returns the piece's name (20 digits). Receiving runs never read
+        it; ``Storage.open_archive`` does."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the log; buffered appends not flushed are dropped."""
 
 
+#: What a reader of a copied log gets at a time.
+CHUNK = 1 << 20
+
+
+class FileCopy:
+    """A state file as it was when opened: a descriptor of this machine and the size then,
+    read as often as needed, a chunk at a time (whatever is appended or renamed over it
+    meanwhile). Owns the descriptor; ``shown`` names the file in errors."""
+
+    def __init__(self, fd: int, shown: str):
+        self.fd = fd
+        self.shown = shown
+        self.size = os.fstat(fd).st_size
+
+    def chunks(self) -> Iterator[bytes]:
+        offset = 0
+        while offset < self.size:  # bounded by the size when opened
+            try:
+                chunk = os.pread(self.fd, min(CHUNK, self.size - offset), offset)
+            except OSError as exc:
+                raise SaveDirectoryError(f"save_directory: cannot read {self.shown}: "
+                                         f"{exc.strerror or exc}") from exc
+            if not chunk:
+                return  # cut short since: what is there is all there is
+            offset += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> FileCopy:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 class Storage(ABC):
-    """One save directory, opened for one mailbox."""
+    """One save directory, opened for one mailbox. Opened ``read_only`` (replay), it
+    creates, writes and removes nothing in the save directory: it reads the logs
+    (``copy_log``, ``open_archive``) and the markers, and says where things are."""
 
     #: The local folder where a message is laid out before it is published; private.
     work: Path
@@ -85,6 +136,15 @@ class Storage(ABC):
     @abstractmethod
     def barrier(self) -> None:
         """Make everything published and appended so far durable (before QUIT)."""
+
+    @abstractmethod
+    def copy_log(self, kind: str) -> FileCopy | None:
+        """This mailbox's JOURNAL or OUTBOX log as stored now, for reading without holding
+        it in memory; None when there is none. Works on a storage opened read-only."""
+
+    @abstractmethod
+    def open_archive(self, kind: str, piece: str) -> FileCopy | None:
+        """A piece of the log's archive (``StateLog.archive``); None when it is gone."""
 
     @abstractmethod
     def locate(self, relative: str) -> str:

@@ -31,6 +31,7 @@ import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from prefect_pop3mail.tasks.pop3.storage.base import StateLog
@@ -60,6 +61,13 @@ def head_digest(data: bytes) -> str:
     return hashlib.sha256(head[: end + 1] if end >= 0 else head).hexdigest()[:32]
 
 
+def saved_stamp(moment: datetime | None) -> str:
+    """A time of saving as the journal writes it (UTC, to the microsecond); "" for None."""
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 class Saved(NamedTuple):
     """What the journal knows of a saved message, enough to tell a reused UIDL.
 
@@ -70,21 +78,32 @@ class Saved(NamedTuple):
     size: int | None = None
     head: str = ""
     quarantined: bool = False
+    #: When it was saved, as ``saved_stamp`` writes it; "" when a release before replay
+    #: saved it (its record has no such field).
+    saved: str = ""
 
 
 #: Saved from a tuple of its fields, without a Python call per record.
 _SAVED = functools.partial(tuple.__new__, Saved)
 _SAVE_KINDS = frozenset(("S", "Q"))
-#: Save records decoded at a time: their fields are six strings each until sorted out.
+#: Save records decoded at a time: their fields are seven strings each until sorted out.
 _RUN = 10_000
+#: Tabs in a save record's line: without a time of saving (releases before replay), with.
+_SAVE_TABS = (5, 6)
 #: A save record's line without its tab and CRC: what the CRC covers; and its CRC.
 _BODY = slice(None, -9)
 _CRC = slice(-8, None)
 #: Records as this code writes them (CRC aside): a UIDL is 1 to 70 characters of 0x21-0x7E
 #: (RFC 1939, as the session accepts them), a folder is what the store names one.
 _SAVE_RECORD = re.compile(rb"[SQ]\t[\x21-\x7e]{1,70}\t(?:[0-9]{8}-[0-9]{6}|undated)-[0-9a-f]{12}"
-                          rb"\t[0-9]{1,15}\t[0-9a-f]{32}\t[0-9a-f]{8}")
+                          rb"\t[0-9]{1,15}\t[0-9a-f]{32}(?:\t[0-9]{8}T[0-9]{6}\.[0-9]{6}Z)?"
+                          rb"\t[0-9a-f]{8}")
 _FAILURE_RECORD = re.compile(rb"F\t[\x21-\x7e]{1,70}\t[\x21-\x7e]{1,32}\t[0-9a-f]{8}")
+#: An archive piece's name: the storage's stamp, 20 digits.
+_ARCHIVE_RECORD = re.compile(rb"A\t[0-9]{20}\t[0-9]{1,15}\t[0-9a-f]{8}")
+#: A line longer than this is no record (the longest is about 200 bytes): a streaming
+#: reader skips it without holding it.
+MAX_LINE = 4096
 _UIDL = re.compile(rb"[\x21-\x7e]{1,70}")
 #: UIDLs whose record did not verify, kept to warn on their message: at most this many.
 MAX_DISTRUSTED = 1000
@@ -136,6 +155,8 @@ class Journal:
         self.failures: dict[str, list[str]] = {}
         #: UIDL -> why its record was not trusted (reported on the message when saved).
         self.distrusted: dict[str, str] = {}
+        #: The archive's pieces, oldest first: (name, records in it). One per prune.
+        self.archives: list[tuple[str, int]] = []
         self.rejected = 0  # intact lines that are not records as written here
         self.damaged = 0  # lines whose CRC fails: torn by a crash, or altered
         self._reported = False
@@ -174,23 +195,26 @@ class Journal:
 
     def _load(self, data: bytes) -> None:
         """Replay the records in order. A big journal is read at every run (bench scale),
-        so the lines with a save record's five tabs are taken a run at a time, by columns;
-        any other line (a failure, a torn or foreign one) alone, in its place."""
+        so the lines with a save record's tabs are taken a run at a time, by columns; any
+        other line (a failure, an archive piece, a torn or foreign one) alone, in its
+        place."""
         lines = data.split(b"\n")
-        tabs = map(bytes.count, lines, itertools.repeat(b"\t"))
         start = 0
         with _gc_paused():
-            for end in [*itertools.compress(range(len(lines)), map((5).__ne__, tabs)),
-                        len(lines)]:
-                for run in range(start, end, _RUN):  # runs of a bounded size: bounded memory
-                    self._load_saves(lines[run:min(run + _RUN, end)])
-                if end < len(lines):
-                    self._load_line(lines[end])
-                start = end + 1
+            for tabs, group in itertools.groupby(map(bytes.count, lines, itertools.repeat(b"\t"))):
+                end = start + len(list(group))
+                if tabs in _SAVE_TABS:
+                    for run in range(start, end, _RUN):  # runs of a bounded size: bounded memory
+                        self._load_saves(lines[run:min(run + _RUN, end)], tabs + 1)
+                else:
+                    for line in lines[start:end]:
+                        self._load_line(line)
+                start = end
 
-    def _load_saves(self, lines: list[bytes]) -> None:
-        """Lines of five tabs each: save records, or lines that are ignored (a CRC that does
-        not match, fields not as written here). A record that verifies is ASCII."""
+    def _load_saves(self, lines: list[bytes], width: int) -> None:
+        """Lines of ``width`` fields each: save records, or lines that are ignored (a CRC
+        that does not match, fields not as written here). A record that verifies is
+        ASCII."""
         computed = map(zlib.crc32, map(operator.getitem, lines, itertools.repeat(_BODY)))
         intact = map(bytes.__eq__, map(b"%08x".__mod__, computed),
                      map(operator.getitem, lines, itertools.repeat(_CRC)))
@@ -202,9 +226,10 @@ class Journal:
             if not lines:
                 return
         fields = b"\t".join(lines).decode("ascii").split("\t")
-        kinds, uidls, folders, sizes, heads = (fields[i::6] for i in range(5))
+        kinds, uidls, folders, sizes, heads = (fields[i::width] for i in range(5))
+        stamps = fields[5::width] if width == 7 else itertools.repeat("", len(uidls))
         records = map(_SAVED, zip(folders, map(int, sizes), heads, map("Q".__eq__, kinds),
-                                  strict=True))
+                                  stamps, strict=True))
         self.saved.update(zip(uidls, records, strict=True))
         for ended in (self.failures, self.distrusted):  # a save ends both
             if ended:
@@ -212,12 +237,17 @@ class Journal:
                     del ended[uidl]
 
     def _load_line(self, raw: bytes) -> None:
-        """One line that is not a save record: a failure, or one to ignore."""
+        """One line that is not a save record: a failure, an archive piece, or one to
+        ignore."""
         if not raw:
             return
-        if _FAILURE_RECORD.fullmatch(raw) and raw[_CRC] == b"%08x" % zlib.crc32(raw[_BODY]):
+        if _FAILURE_RECORD.fullmatch(raw) and _intact(raw):
             _, uidl, kind = raw[_BODY].decode("ascii").split("\t")
             self.failures.setdefault(uidl, []).append(kind)
+            return
+        if _ARCHIVE_RECORD.fullmatch(raw) and _intact(raw):
+            _, piece, count = raw[_BODY].decode("ascii").split("\t")
+            self.archives.append((piece, int(count)))
             return
         self._reject(raw)
 
@@ -291,7 +321,8 @@ class Journal:
         """Forget messages no longer on the server once they are most of the journal.
 
         Never on an empty listing (a server fault or an emptied mailbox cannot tell "gone"
-        from "not shown"), and by an atomic rewrite.
+        from "not shown"), and by an atomic rewrite. What it forgets goes to a new piece of
+        the archive first, which the rewritten journal names (replay reads it).
         """
         if not on_server:
             return
@@ -299,6 +330,8 @@ class Journal:
         stale = [u for u in self.saved if u not in on_server]
         if len(stale) < PRUNE_AT or len(stale) * 2 < len(self.saved):
             return
+        piece = self.log.archive(b"".join(_save_line(u, self.saved[u]) for u in stale))
+        self.archives.append((piece, len(stale)))
         for uidl in stale:
             del self.saved[uidl]
         for uidl in [u for u in self.failures if u not in on_server]:
@@ -312,7 +345,8 @@ class Journal:
             self.log.rewrite(self._dump())
 
     def _dump(self) -> bytes:
-        lines = [_save_line(u, s) for u, s in self.saved.items()]
+        lines = [_line("A", piece, count) for piece, count in self.archives]
+        lines += [_save_line(u, s) for u, s in self.saved.items()]
         lines += [_line("F", u, kind) for u, kinds in self.failures.items() for kind in kinds]
         return b"".join(lines)
 
@@ -325,7 +359,47 @@ class Journal:
 
 def _save_line(uidl: str, saved: Saved) -> bytes:
     size = "" if saved.size is None else saved.size
-    return _line("Q" if saved.quarantined else "S", uidl, saved.folder, size, saved.head)
+    kind = "Q" if saved.quarantined else "S"
+    if not saved.saved:  # kept as a release before replay wrote it
+        return _line(kind, uidl, saved.folder, size, saved.head)
+    return _line(kind, uidl, saved.folder, size, saved.head, saved.saved)
+
+
+def _intact(raw: bytes) -> bool:
+    """The line's CRC matches the rest of it."""
+    return raw[_CRC] == b"%08x" % zlib.crc32(raw[_BODY])
+
+
+def read_records(chunks: Iterable[bytes]) -> Iterator[tuple[str, Saved] | tuple[str, int]]:
+    """The records of a journal (or of an archive piece) given in ``chunks``, in order,
+    checked as the journal checks them when it opens, one line at a time: ``(uidl,
+    Saved)`` per save record, ``(piece, count)`` per archive piece. Memory is bounded by
+    a chunk and ``MAX_LINE``, whatever the journal's size; a line that does not verify is
+    skipped."""
+    for raw in _lines(chunks):
+        if _SAVE_RECORD.fullmatch(raw) and _intact(raw):
+            kind, uidl, folder, size, head, *stamp = raw[_BODY].decode("ascii").split("\t")
+            yield uidl, Saved(folder, int(size), head, kind == "Q", *stamp)
+        elif _ARCHIVE_RECORD.fullmatch(raw) and _intact(raw):
+            _, piece, count = raw[_BODY].decode("ascii").split("\t")
+            yield piece, int(count)
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of ``chunks``; a line over ``MAX_LINE`` is dropped as it streams by."""
+    tail = b""
+    overlong = False  # dropping a line until its end
+    for chunk in chunks:  # bounded by the log: each chunk once
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            if not overlong:
+                yield line
+            overlong = False
+        if len(tail) > MAX_LINE:
+            tail, overlong = b"", True
+    if tail and not overlong:
+        yield tail
 
 
 class _Replay:

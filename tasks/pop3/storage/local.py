@@ -19,6 +19,7 @@ import errno
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from prefect_pop3mail.tasks.pop3.storage.base import (
     MARKER,
     OUTBOX,
     QUARANTINE_DIR,
+    FileCopy,
     StateLog,
     Storage,
 )
@@ -47,11 +49,15 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LOG_NAMES = {JOURNAL: "journal-{}.log", OUTBOX: "outbox-{}.jsonl"}
 
 
-class LocalLog(StateLog):
-    """An append-only file of the state folder."""
+def _archive_name(kind: str, digest: str, piece: str) -> str:
+    return f"{kind}-{digest}-{piece}.archive"
 
-    def __init__(self, state: StateFolder, name: str, what: str):
-        self._state, self.name, self._what = state, name, what
+
+class LocalLog(StateLog):
+    """An append-only file of the state folder; its archive pieces are files beside it."""
+
+    def __init__(self, state: StateFolder, name: str, what: str, digest: str):
+        self._state, self.name, self._what, self._digest = state, name, what, digest
         self._fd = -1
         with state.keeping(what, name):
             self._data = state.read(name)
@@ -92,6 +98,20 @@ class LocalLog(StateLog):
             self._fd = self._state.open(self.name, os.O_RDWR | os.O_APPEND)
             self._mark = len(data)
 
+    def archive(self, data: bytes) -> str:
+        with self._state.keeping(f"{self._what} archive", self.name):
+            stamp = time.time_ns()
+            while True:  # a stamp of its own, past any piece already there
+                piece = f"{stamp:020d}"
+                name = _archive_name(self._what, self._digest, piece)
+                try:
+                    os.close(self._state.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+                    break
+                except FileExistsError:
+                    stamp += 1
+            self._state.replace(name, data)
+        return piece
+
     def sync(self) -> None:
         if self._fd >= 0:
             with self._state.keeping(self._what, self.name):
@@ -106,13 +126,21 @@ class LocalLog(StateLog):
 class LocalStorage(Storage):
     """A folder of this machine, opened for one mailbox (``digest``)."""
 
-    def __init__(self, root: Path, digest: str, *, private: bool = True):
+    def __init__(self, root: Path, digest: str, *, private: bool = True,
+                 read_only: bool = False):
         self.root = root
         self.shown = str(root)
         self.file_mode = 0o600 if private else 0o644
         self.dir_mode = 0o700 if private else 0o755
         self._digest = digest
-        self.state = StateFolder(root, f"work-{digest}", self.dir_mode)
+        self.state = StateFolder(root, f"work-{digest}", self.dir_mode, read_only=read_only)
+        self.name_limit = PATH_MAX - len(os.fsencode(root)) - 1
+        self._logs: list[LocalLog] = []
+        #: Message folders to make durable at the next barrier.
+        self._unsynced: set[str] = set()
+        self._read_only = read_only
+        if read_only:
+            return
         try:
             self.work = self.state.work
             with save_errors(root):
@@ -124,17 +152,32 @@ class LocalStorage(Storage):
         except BaseException:
             self.state.close()
             raise
-        self.name_limit = PATH_MAX - len(os.fsencode(root)) - 1
-        self._logs: list[LocalLog] = []
-        #: Message folders to make durable at the next barrier.
-        self._unsynced: set[str] = set()
 
     # --- state ----------------------------------------------------------------------------
 
     def open_log(self, kind: str) -> LocalLog:
-        log = LocalLog(self.state, _LOG_NAMES[kind].format(self._digest), kind)
+        log = LocalLog(self.state, _LOG_NAMES[kind].format(self._digest), kind, self._digest)
         self._logs.append(log)
         return log
+
+    def copy_log(self, kind: str) -> FileCopy | None:
+        return self._copy(kind, _LOG_NAMES[kind].format(self._digest))
+
+    def open_archive(self, kind: str, piece: str) -> FileCopy | None:
+        return self._copy(f"{kind} archive", _archive_name(kind, self._digest, piece))
+
+    def _copy(self, what: str, name: str) -> FileCopy | None:
+        """The state file ``name`` as it is now (its descriptor); None when there is none."""
+        with self.state.keeping(what, name):
+            try:
+                fd = self.state.open(name, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            try:
+                return FileCopy(fd, str(self.state.path / name))
+            except BaseException:
+                os.close(fd)
+                raise
 
     def _adopt_legacy_state(self) -> None:
         """Move the state the release before kept for a ``file://`` URL (legacy.py) into
@@ -190,8 +233,10 @@ class LocalStorage(Storage):
 
     def read_markers(self, folders: list[str]) -> list[bytes | None]:
         found = [self._read_marker(folder) for folder in folders]
-        # A folder a deletion is to rely on is made durable by the barrier, too.
-        self._unsynced.update(f for f, data in zip(folders, found, strict=True) if data)
+        # A folder a deletion is to rely on is made durable by the barrier, too (a reader's
+        # storage has no barrier: it keeps nothing per folder read).
+        if not self._read_only:
+            self._unsynced.update(f for f, data in zip(folders, found, strict=True) if data)
         return found
 
     def _read_marker(self, relative: str) -> bytes | None:

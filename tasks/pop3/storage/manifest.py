@@ -4,8 +4,15 @@ The store writes the marker into a message folder before it publishes it (rename
 the folder, or uploaded last), so a folder with its marker is complete. It lists the
 folder's files and names the message it holds:
 
-    {"version": 2, "id": "...", "uidl": "...", "head": "...", "sha256": "...", "size": 123,
-     "files": [{"path": "long-names/1f3e....pdf", "name": "attachments/...", "size": 45}]}
+    {"version": 3, "id": "...", "uidl": "...", "head": "...", "sha256": "...", "size": 123,
+     "files": [{"path": "long-names/1f3e....pdf", "name": "attachments/...", "size": 45}],
+     "result": {...}}
+
+``result`` is the message's ``ReceivedMail`` as the run that saved it returned it, with its
+locations relative to the save directory (``models.locate_result`` places them): what
+replay hands on again, the same object with the same id. It is left out when it would make
+the marker larger than a reader takes (``MAX_MARKER_BYTES``: thousands of attachments);
+markers of version 2 (releases before replay) never have it.
 
 ``path`` is where a file is stored, ``name`` the name the layout gave it. They differ only
 when the full name below the save directory would pass the storage's limit (S3, GCS and
@@ -20,11 +27,14 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect_pop3mail.tasks.pop3.storage.base import MARKER
 
-VERSION = 2
+VERSION = 3
+#: Versions whose markers name their message (uidl, head): 2 came before ``result``.
+NAMING_VERSIONS = (2, 3)
 LONG_NAMES = "long-names"
 #: Room that names below the save directory need at least: a message folder and a
 #: shortened name in it, the state folder's logs.
@@ -59,12 +69,13 @@ def short_name(name: str) -> str:
 
 
 def seal(staging: str | Path, folder: str, limit: int, identity: dict, *, dir_mode: int,
-         file_mode: int) -> dict[str, str]:
+         file_mode: int, result: Callable[[dict[str, str]], dict] | None = None
+         ) -> dict[str, str]:
     """Finish ``staging``, laid out as the message folder ``folder``: move each file whose
     name below the save directory would pass ``limit`` bytes to its short name, then write
-    the marker (the files under their stored and laid-out names, and the message's
-    ``identity``: id, uidl, head, sha256, size). Returns the stored name of each file moved,
-    by its laid-out name."""
+    the marker (the files under their stored and laid-out names, the message's
+    ``identity``: id, uidl, head, sha256, size, and its ``result``, given the names moved,
+    when it fits). Returns the stored name of each file moved, by its laid-out name."""
     moved: dict[str, str] = {}
     files = []
     for name, path in folder_files(staging):
@@ -75,7 +86,10 @@ def seal(staging: str | Path, folder: str, limit: int, identity: dict, *, dir_mo
             moved[name], path = short, os.path.join(staging, short)
         files.append({"path": moved.get(name, name), "name": name, "size": os.stat(path).st_size})
     _remove_emptied(staging, moved)
-    data = json.dumps({"version": VERSION, **identity, "files": files}).encode()
+    marker = {"version": VERSION, **identity, "files": files}
+    data = json.dumps({**marker, "result": result(moved)} if result else marker).encode()
+    if len(data) > MAX_MARKER_BYTES and result:  # too large for a reader: without it
+        data = json.dumps(marker).encode()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(os.path.join(staging, MARKER), flags, file_mode)
     try:
@@ -98,19 +112,25 @@ def _remove_emptied(staging: str | Path, moved: dict[str, str]) -> None:
             parent = posixpath.dirname(parent)
 
 
-def marker_problem(data: bytes | None, uidl: str, head: str) -> str | None:
-    """Why a folder's marker (as read back) does not show the message ``uidl`` with the
-    header digest ``head`` saved there; None when it does."""
+def read_marker(data: bytes | None, uidl: str, head: str) -> tuple[dict, None] | tuple[None, str]:
+    """A folder's marker (as read back), when it shows the message ``uidl`` with the
+    header digest ``head`` saved there: ``(marker, None)``; else ``(None, why not)``."""
     if data is None:
-        return "its folder has no .complete marker"
+        return None, "its folder has no .complete marker"
     if len(data) > MAX_MARKER_BYTES:
-        return "its .complete marker is too large to be one"
+        return None, "its .complete marker is too large to be one"
     try:
         marker = json.loads(data)
     except ValueError:
-        return "its .complete marker cannot be read"
-    if not isinstance(marker, dict) or marker.get("version") != VERSION:
-        return "its .complete marker does not name the message (an older release wrote it)"
+        return None, "its .complete marker cannot be read"
+    if not isinstance(marker, dict) or marker.get("version") not in NAMING_VERSIONS:
+        return None, "its .complete marker does not name the message (an older release wrote it)"
     if marker.get("uidl") != uidl or marker.get("head") != head:
-        return "its .complete marker names another message"
-    return None
+        return None, "its .complete marker names another message"
+    return marker, None
+
+
+def marker_problem(data: bytes | None, uidl: str, head: str) -> str | None:
+    """Why a folder's marker (as read back) does not show the message ``uidl`` with the
+    header digest ``head`` saved there; None when it does."""
+    return read_marker(data, uidl, head)[1]

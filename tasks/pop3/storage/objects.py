@@ -9,7 +9,8 @@
 - The journal and the outbox live beside the mail under ``.pop3mail/<mailbox digest>/``,
   each a log of segments (``SegmentLog``): ``<stamp>.log`` per flush, ``<stamp>.snap`` per
   rewrite, which makes the earlier ones obsolete. Opening lists that folder once and reads
-  the segments from the latest snapshot on.
+  the segments from the latest snapshot on. A prune's archive pieces are objects of
+  ``<kind>-archive/``, never read by a receiving run.
 - A call returns once the store has acknowledged the write: that is the durability
   barrier, so before QUIT there is nothing to do but flush the logs.
 - A write that fails is that message's failure when the store still answers a probe (a
@@ -31,10 +32,12 @@ from typing import Any
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError, SaveError, StorageError
 from prefect_pop3mail.tasks.pop3.storage import legacy
 from prefect_pop3mail.tasks.pop3.storage.base import (
+    CHUNK,
     JOURNAL,
     MARKER,
     OUTBOX,
     STATE_DIR,
+    FileCopy,
     StateLog,
     Storage,
 )
@@ -60,6 +63,22 @@ FLUSH_SECONDS = 10.0
 #: A log in more segments than this is rewritten as one at the end of the run.
 MAX_SEGMENTS = 8
 _SEGMENT = re.compile(r"([0-9]{20})\.(log|snap)")
+#: A log copied for reading (copy_log) is listed again this many times when a segment
+#: vanished under the copy (a receiving run rewrote the log meanwhile).
+COPY_ATTEMPTS = 3
+
+
+def _live(entries: dict[str, int]) -> tuple[list[str], list[str]]:
+    """A log folder's segment names (with sizes ``entries``): those made obsolete by the
+    latest snapshot, and the latest snapshot with what follows it (the log), in order."""
+    names = sorted(n for n in entries if _SEGMENT.fullmatch(n))
+    snaps = [i for i, name in enumerate(names) if name.endswith(".snap")]
+    first = snaps[-1] if snaps else 0
+    return names[:first], names[first:]
+
+
+def _archive_folder(kind: str) -> str:
+    return f"{kind}-archive"
 
 
 class FsspecStorage(Storage):
@@ -67,15 +86,17 @@ class FsspecStorage(Storage):
 
     @staticmethod
     def open(url: str, storage_options: dict[str, Any] | None, digest: str, *,
-             private: bool = True) -> FsspecStorage:
+             private: bool = True, read_only: bool = False) -> FsspecStorage:
         if protocol(url) in ("sftp", "ssh"):
             from prefect_pop3mail.tasks.pop3.storage.sftp import SFTPStorage
 
-            return SFTPStorage(url, storage_options, digest, private=private)
-        return FsspecStorage(url, storage_options, digest, private=private)
+            return SFTPStorage(url, storage_options, digest, private=private,
+                               read_only=read_only)
+        return FsspecStorage(url, storage_options, digest, private=private,
+                             read_only=read_only)
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, digest: str, *,
-                 private: bool = True):
+                 private: bool = True, read_only: bool = False):
         self.secret_url = url.rstrip("/")
         self.shown = self.url = public_url(self.secret_url)
         self.file_mode = 0o600 if private else 0o644
@@ -93,10 +114,12 @@ class FsspecStorage(Storage):
             self._put = {"chunksize": UPLOAD_PART}
         self.work = Path(tempfile.mkdtemp(prefix="pop3mail-"))  # 0700, this user's
         try:
-            self._prepare()
-            self.probe()
+            if not read_only:
+                self._prepare()
+                self.probe()
             self._entries = self._list(self.state)
-            self._adopt_legacy_state()
+            if not read_only:
+                self._adopt_legacy_state()
         except BaseException:
             self.close()
             raise
@@ -184,6 +207,47 @@ class FsspecStorage(Storage):
                    if n.startswith(prefix)}
         return SegmentLog(self, f"{self.state}/{kind}", entries)
 
+    def state_folder(self, relative: str) -> None:
+        """Make sure the state folder ``relative`` exists before a file is written in it
+        (an object store needs nothing)."""
+
+    def copy_log(self, kind: str) -> FileCopy | None:
+        """The log's segments, from the latest snapshot on, copied in order into one local
+        file: a consistent copy, listed again when a segment vanished under it."""
+        folder = f"{self.state}/{kind}"
+        for _ in range(COPY_ATTEMPTS):
+            names = _live(self._list(folder))[1]
+            if not names:
+                return None
+            try:
+                return self._copy([f"{folder}/{name}" for name in names], f"the {kind}")
+            except FileNotFoundError:
+                continue  # rewritten meanwhile: its new snapshot holds the same records
+        raise SaveDirectoryError(f"save_directory: {self.url}/{folder}: the {kind} was "
+                                 f"rewritten {COPY_ATTEMPTS} times while it was read; try again")
+
+    def open_archive(self, kind: str, piece: str) -> FileCopy | None:
+        try:
+            return self._copy([f"{self.state}/{_archive_folder(kind)}/{piece}.log"],
+                              f"the {kind} archive")
+        except FileNotFoundError:
+            return None
+
+    def _copy(self, relatives: list[str], what: str) -> FileCopy:
+        """The objects ``relatives``, one after the other (each ended by a line break), in
+        a private temporary file of this machine, streamed: memory stays flat."""
+        with tempfile.TemporaryFile(dir=self.work) as out:
+            for relative in relatives:
+                ended = True
+                with self.call(f"read {what}", self.fs.open, self.path(relative), "rb") as f:
+                    while chunk := self.call(f"read {what}", f.read, CHUNK):
+                        out.write(chunk)
+                        ended = chunk.endswith(b"\n")
+                if not ended:
+                    out.write(b"\n")  # a segment cut short must not run into the next
+            out.flush()
+            return FileCopy(os.dup(out.fileno()), f"{self.url}/{relatives[-1]}")
+
     def _adopt_legacy_state(self) -> None:
         """Move the state the release before kept here (legacy.py) into the logs, unless
         they were started already; then remove it."""
@@ -264,10 +328,8 @@ class SegmentLog(StateLog):
 
     def __init__(self, storage: FsspecStorage, folder: str, entries: dict[str, int]):
         self._storage, self._folder = storage, folder
-        names = sorted(n for n in entries if _SEGMENT.fullmatch(n))
-        snaps = [i for i, name in enumerate(names) if name.endswith(".snap")]
-        first = snaps[-1] if snaps else 0
-        obsolete, self._names = names[:first], names[first:]
+        obsolete, self._names = _live(entries)
+        names = obsolete + self._names
         self._last = int(names[-1][:20]) if names else 0
         self.fragmented = len(self._names) > MAX_SEGMENTS
         wanted = [self._at(n) for n in self._names if entries[n]]  # empty ones: nothing to read
@@ -324,6 +386,13 @@ class SegmentLog(StateLog):
         contents = self._storage.read_objects(wanted)
         self._unread.clear()
         return b"".join(_ended(contents[path]) for path in wanted)
+
+    def archive(self, data: bytes) -> str:
+        piece = self._next("log")[:20]
+        folder = f"{self._folder}-archive"
+        self._storage.state_folder(folder)
+        self._storage.write(f"{folder}/{piece}.log", data)
+        return piece
 
     def rewrite(self, data: bytes) -> None:
         name = self._next("snap")

@@ -52,6 +52,9 @@ class SFTPStorage(FsspecStorage):
             self._folder(relative, 0o700, private=True)
         self._remove_leftovers()
 
+    def state_folder(self, relative: str) -> None:
+        self._folder(relative, 0o700, private=True)
+
     def _refuse(self, relative: str, problem: str) -> SaveDirectoryError:
         return SaveDirectoryError(f"save_directory: {self.url}/{relative}: {problem}")
 

@@ -75,15 +75,27 @@ def open_root(root: Path, dir_mode: int) -> int:
         raise _refuse(root, f"cannot open or create it: {_os_problem(exc)}") from exc
 
 
+def open_existing_root(root: Path) -> int:
+    """Open the save directory itself for reading; it must exist (nothing is created)."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise _refuse(root, "does not exist: nothing was saved there") from exc
+    except OSError as exc:
+        raise _refuse(root, f"cannot be read: {_os_problem(exc)}") from exc
+
+
 def open_private_dir(parent_fd: int, name: str, shown: Path, mode: int = 0o700, *,
-                     private: bool = True) -> int:
-    """Open the folder ``name`` under ``parent_fd``, creating it with ``mode``.
+                     private: bool = True, create: bool = True) -> int:
+    """Open the folder ``name`` under ``parent_fd``, creating it with ``mode`` (unless not
+    ``create``: FileNotFoundError when it is missing).
 
     Never through a symlink. With ``private``, refused unless owned by this user with no
     access for group or others.
     """
     try:
-        os.mkdir(name, mode, dir_fd=parent_fd)
+        if create:
+            os.mkdir(name, mode, dir_fd=parent_fd)
     except FileExistsError:
         pass
     except OSError as exc:
@@ -91,6 +103,8 @@ def open_private_dir(parent_fd: int, name: str, shown: Path, mode: int = 0o700, 
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
+        if not create and isinstance(exc, FileNotFoundError):
+            raise  # the caller's "nothing here"
         problem = _os_problem(exc)
         with contextlib.suppress(OSError):
             if stat.S_ISLNK(os.lstat(name, dir_fd=parent_fd).st_mode):
@@ -134,13 +148,23 @@ def shown(path: str | Path) -> str:
 
 
 class StateFolder:
-    """``<save directory>/.pop3mail`` and one mailbox's work folder in it."""
+    """``<save directory>/.pop3mail`` and one mailbox's work folder in it. ``read_only``:
+    nothing is created (the save directory must exist; a missing state folder reads as
+    empty) and there is no work folder."""
 
-    def __init__(self, root: Path, work_name: str, dir_mode: int = 0o700):
+    fd = work_fd = root_fd = -1
+
+    def __init__(self, root: Path, work_name: str, dir_mode: int = 0o700, *,
+                 read_only: bool = False):
         self.root = root
         self.path = root / STATE_DIR
-        self.root_fd = open_root(root, dir_mode)
+        self.root_fd = open_existing_root(root) if read_only else open_root(root, dir_mode)
         try:
+            if read_only:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fd = open_private_dir(self.root_fd, STATE_DIR, self.path, create=False)
+                self.work = None
+                return
             self.fd = open_private_dir(self.root_fd, STATE_DIR, self.path)
             self.work_fd = open_private_dir(self.fd, work_name, self.path / work_name)
         except BaseException:
@@ -151,6 +175,8 @@ class StateFolder:
 
     def open(self, name: str, flags: int, mode: int = 0o600) -> int:
         """Open a file of the state folder; never through a symlink."""
+        if self.fd < 0:
+            raise FileNotFoundError(name)  # read-only, and nothing was ever kept here
         return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
 
     def read(self, name: str) -> bytes:

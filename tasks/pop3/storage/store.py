@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 
@@ -41,7 +41,12 @@ from prefect_pop3mail.tasks.pop3.layout import (
     LayoutOptions,
 )
 from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
-from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SavedAttachment, SaveOptions
+from prefect_pop3mail.tasks.pop3.models import (
+    ReceivedMail,
+    SavedAttachment,
+    SaveOptions,
+    locate_result,
+)
 from prefect_pop3mail.tasks.pop3.storage import manifest
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, OUTBOX, QUARANTINE_DIR, Storage
 from prefect_pop3mail.tasks.pop3.storage.journal import (
@@ -50,6 +55,7 @@ from prefect_pop3mail.tasks.pop3.storage.journal import (
     Saved,
     head_digest,
     mailbox_digest,
+    saved_stamp,
 )
 from prefect_pop3mail.tasks.pop3.storage.local import LocalStorage
 from prefect_pop3mail.tasks.pop3.storage.objects import FsspecStorage
@@ -119,14 +125,17 @@ def _header_ended(head: bytes | bytearray) -> bool:
     return b"\n\n" in head or b"\n\r\n" in head
 
 
-def open_storage(options: SaveOptions, mailbox_key: str) -> Storage:
-    """The storage of ``options``' save directory, opened for one mailbox."""
+def open_storage(options: SaveOptions, mailbox_key: str, *, read_only: bool = False
+                 ) -> Storage:
+    """The storage of ``options``' save directory, opened for one mailbox; ``read_only``
+    (replay): nothing in it is created, written or removed."""
     digest = mailbox_digest(mailbox_key)
     if options.directory is not None:
-        return LocalStorage(options.directory, digest, private=options.private)
+        return LocalStorage(options.directory, digest, private=options.private,
+                            read_only=read_only)
     assert options.url is not None
     return FsspecStorage.open(options.url, options.storage_options, digest,
-                              private=options.private)
+                              private=options.private, read_only=read_only)
 
 
 class MessageStore:
@@ -183,7 +192,8 @@ class MessageStore:
         """Journal a saved message (listed with ``size``, its header digest ``head``), and
         put it in the outbox first: a crash between the two saves it again into the same
         folder and announces it under the same id, never not at all. Returns the record."""
-        record = Saved(_folder_name(mail), size, head, mail.quarantined)
+        record = Saved(_folder_name(mail), size, head, mail.quarantined,
+                       saved_stamp(mail.saved_at))
         self.outbox.add(mail)
         self.journal.record(mail.uidl, record)
         if self.journal.log.due or self.outbox.log.due:
@@ -218,7 +228,7 @@ class MessageStore:
             back = self.journal.read_back()
             problems = {uidl: "its journal record did not read back as written"
                         for uidl, record in saved.items() if back.get(uidl) != record}
-        folders = {uidl: _relative(record) for uidl, record in saved.items()
+        folders = {uidl: record_folder(record) for uidl, record in saved.items()
                    if uidl not in problems}
         markers = self.storage.read_markers(list(folders.values()))
         for (uidl, _), data in zip(folders.items(), markers, strict=True):
@@ -261,8 +271,8 @@ class MessageStore:
             if not self.options.save_original:
                 os.unlink(original)
 
-        moved = self._publish(incoming, uidl, name, lay_out)
-        return self._received(incoming, uidl, headers, name, findings, moved)
+        return self._publish(incoming, uidl, name, lay_out, lambda moved: self._result(
+            incoming, uidl, headers, name, findings, moved))
 
     def quarantine(self, incoming: IncomingMessage, uidl: str, reason: str) -> ReceivedMail:
         """Set a message aside: its original alone, under ``quarantine/``, nothing parsed
@@ -276,35 +286,45 @@ class MessageStore:
         findings = Findings(warnings=[f"set aside in quarantine: {reason}"])
         self._warn_if_distrusted(uidl, findings)
         folder = f"{QUARANTINE_DIR}/{name}"
-        moved = self._publish(incoming, uidl, folder, lambda staging: os.replace(
-            incoming.path, os.path.join(staging, ORIGINAL_NAME)))
-        return self._received(incoming, uidl, headers, folder, findings, moved,
-                              quarantined=True)
+        return self._publish(
+            incoming, uidl, folder,
+            lambda staging: os.replace(incoming.path, os.path.join(staging, ORIGINAL_NAME)),
+            lambda moved: self._result(incoming, uidl, headers, folder, findings, moved,
+                                       quarantined=True))
 
     def _warn_if_distrusted(self, uidl: str, findings: Findings) -> None:
         problem = self.journal.distrusted.get(uidl)
         if problem:
             findings.warnings.append(f"received again: {problem}")
 
-    def _publish(self, incoming: IncomingMessage, uidl: str, folder: str, lay_out
-                 ) -> dict[str, str]:
+    def _publish(self, incoming: IncomingMessage, uidl: str, folder: str, lay_out, result
+                 ) -> ReceivedMail:
         """Lay out ``folder`` in a staging folder of the work area (``lay_out``), bound its
-        names, seal it with its marker and publish it. Returns the names moved to fit."""
+        names, seal it with its marker and publish it. The marker keeps the message's
+        ``result`` (given the names moved to fit); the result returned is built from it as
+        replay builds it (``locate_result``), so both are the same."""
         staging_name = f"staging-{uuid.uuid4().hex}"
         staging = os.path.join(self._work, staging_name)
+        kept: list[dict] = []
+
+        def keep(moved: dict[str, str]) -> dict:
+            kept.append(result(moved))
+            return kept[0]
+
         try:
             with save_errors(staging):
                 os.mkdir(staging, self.dir_mode)
                 lay_out(staging)
-                moved = manifest.seal(staging, folder, self.storage.name_limit, {
+                manifest.seal(staging, folder, self.storage.name_limit, {
                     "id": self.stable_id(uidl, incoming.sha256), "uidl": uidl,
                     "head": incoming.head_digest, "sha256": incoming.sha256,
-                    "size": incoming.size}, dir_mode=self.dir_mode, file_mode=self.file_mode)
+                    "size": incoming.size}, dir_mode=self.dir_mode, file_mode=self.file_mode,
+                    result=keep)
             self.storage.publish(staging_name, folder)
         except BaseException:
             self._undo(staging, incoming)
             raise
-        return moved
+        return ReceivedMail.model_validate(locate_result(kept[0], folder, self.storage.locate))
 
     @staticmethod
     def _undo(staging: str, incoming: IncomingMessage) -> None:
@@ -316,15 +336,15 @@ class MessageStore:
             pass
         shutil.rmtree(staging, ignore_errors=True)
 
-    def _received(self, incoming: IncomingMessage, uidl: str, headers: dict, folder: str,
-                  findings: Findings, moved: dict[str, str], *,
-                  quarantined: bool = False) -> ReceivedMail:
-        """The message's result, built once from ``findings``, whose paths are relative to
-        its ``folder`` (itself relative to the save directory); ``moved`` gives the stored
-        name of files whose names were too long."""
+    def _result(self, incoming: IncomingMessage, uidl: str, headers: dict, folder: str,
+                findings: Findings, moved: dict[str, str], *,
+                quarantined: bool = False) -> dict:
+        """The message's result as its marker keeps it, built once from ``findings``: JSON,
+        every location relative to the save directory (``folder`` is); ``moved`` gives the
+        stored name of files whose names were too long."""
 
         def at(path: str | None) -> str | None:
-            return self.storage.locate(f"{folder}/{moved.get(path, path)}") if path else None
+            return f"{folder}/{moved.get(path, path)}" if path else None
 
         text, html = findings.text, findings.html
         keep_original = self.options.save_original or quarantined
@@ -335,7 +355,7 @@ class MessageStore:
             size=incoming.size,
             sha256=incoming.sha256,
             **headers,
-            folder=self.storage.locate(folder),
+            folder=folder,
             original_path=at(ORIGINAL_NAME) if keep_original else None,
             text_path=at(text and text.path),
             text_sha256=text and text.sha256,
@@ -351,7 +371,8 @@ class MessageStore:
             signature=findings.signature,
             quarantined=quarantined,
             warnings=findings.warnings,
-        )
+            saved_at=datetime.now(UTC),
+        ).model_dump(mode="json")
 
     def write_contents(self, original: str, folder: str, findings: Findings, uidl: str,
                        head: Message | None = None) -> None:
@@ -489,6 +510,6 @@ def _folder_name(mail: ReceivedMail) -> str:
     return str(mail.folder or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-def _relative(record: Saved) -> str:
+def record_folder(record: Saved) -> str:
     """A journalled message's folder below the save directory."""
     return f"{QUARANTINE_DIR}/{record.folder}" if record.quarantined else record.folder
