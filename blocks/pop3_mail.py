@@ -504,13 +504,15 @@ class POP3MailConfiguration(Block):
         save_mail_text: bool | None = None,
         save_mail_attachments: bool | None = None,
         save_directory: str | None = None,
+        decrypting: bool = True,
     ) -> SaveOptions:
-        """What to save, with optional per-call overrides."""
+        """What to save, with optional per-call overrides. Without `decrypting` (a replay
+        reads what was saved), the key store is neither needed nor looked up."""
         directory = save_directory or self.save_directory
         if not directory:
             raise ConfigurationError("save_directory", "must be set to save mail")
         key_store = None
-        if self.public_key_name:
+        if self.public_key_name and decrypting:
             service = service or POP3MailServiceSettings()
             key_store = service.key_store_for(self.public_key_name)
             if key_store is None:

@@ -129,7 +129,7 @@ def _where(config: POP3MailConfiguration) -> tuple[Any, str]:
     """The save directory and the mailbox's key (what names its journal), from the
     configuration alone: nothing is contacted."""
     service = POP3MailServiceSettings()
-    return config.save_options(service), config.mailbox_key(service)
+    return config.save_options(service, decrypting=False), config.mailbox_key(service)
 
 
 def _log(report: ReplayReport, announcer: _Announcer | None) -> None:

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from prefect_pop3mail.tasks.pop3.replay import (
@@ -453,6 +454,23 @@ def test_a_configuration_without_its_password_replays_its_mail(mailbox, tmp_path
     without = block.model_copy(update={"password": None})
 
     assert [m.id for m in replay_saved_mail(without, announce=False)] == [saved[0].id]
+
+
+def test_a_configuration_whose_key_store_is_gone_replays_its_mail(mailbox, tmp_path,
+                                                                 monkeypatch):
+    """Replay reads what was saved, decrypted or not: the key store is not needed, while
+    receiving with the same configuration still refuses to run without it."""
+    from prefect_pop3mail.flows import replay_saved_mail
+
+    save = SaveOptions(directory=tmp_path / "mail")
+    saved = receive(mailbox, save, sample_message(1))
+    monkeypatch.delenv("POP3MAIL_KEY_STORE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env with a key store here
+    block = mailbox.block(save.directory, status="Inactive", public_key_name="gone")
+    with pytest.raises(ConfigurationError, match="public_key_name"):
+        block.save_options()
+
+    assert [m.id for m in replay_saved_mail(block, announce=False)] == [saved[0].id]
 
 
 def test_a_message_journalled_twice_is_replayed_once(mailbox, tmp_path):
