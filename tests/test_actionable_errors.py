@@ -18,7 +18,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
     WrongSecurityModeError,
 )
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import sample_message
 
 pytestmark = pytest.mark.dovecot

@@ -49,7 +49,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3TimeoutError,
 )
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session, connect_error
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session, connect_error
 from tests.conftest import sample_message
 from tests.servers.dovecot import free_port
 from tests.servers.faultserver import FaultServer, drop, reply

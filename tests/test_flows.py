@@ -195,7 +195,7 @@ def test_connection_check_reports_without_retrieving(mailbox, tmp_path):
 
 
 def test_connection_check_reports_a_refused_login(mailbox, failing_login_source):
-    from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
+    from prefect_pop3mail.tasks.pop3.protocol.diagnostics import check_mailbox
 
     settings = mailbox.settings(
         Security.EXPLICIT, password=__import__("pydantic").SecretStr("wrong-password"),

@@ -15,9 +15,9 @@ from email.utils import getaddresses
 
 import pytest
 
-from prefect_pop3mail.tasks.pop3 import charsets, headers, htmltext, layout, mime
-from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047
-from prefect_pop3mail.tasks.pop3.headers import (
+from prefect_pop3mail.tasks.pop3.message import charsets, headers, htmltext, layout, mime
+from prefect_pop3mail.tasks.pop3.message.filenames import NameAllocator, decode_rfc2047
+from prefect_pop3mail.tasks.pop3.message.headers import (
     header_fields,
     parse_date,
     parse_headers,

@@ -32,8 +32,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     SaveOptions,
     Security,
 )
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
-from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import IN_CI, sample_message
 from tests.servers import matrix
 

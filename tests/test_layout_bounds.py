@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import layout, smime
-from prefect_pop3mail.tasks.pop3.layout import (
+from prefect_pop3mail.tasks.pop3.message import layout
+from prefect_pop3mail.tasks.pop3.message.layout import (
     MAX_COPY_FACTOR,
     MAX_SIGNED_PARTS,
     MAX_WRITE_FACTOR,
@@ -33,6 +33,7 @@ from prefect_pop3mail.tasks.pop3.layout import (
 from prefect_pop3mail.tasks.pop3.models import SaveOptions
 from prefect_pop3mail.tasks.pop3.storage import store as store_module
 from prefect_pop3mail.tasks.pop3.storage.store import ORIGINAL_NAME, MessageStore
+from prefect_pop3mail.tasks.pop3.trust import smime
 from tests.hostile import CLASSES, CRLF, _filler, message
 from tests.test_smime_trust import SIGNED_TYPE, _message, _signed_body, pki  # noqa: F401
 

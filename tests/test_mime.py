@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import mime
+from prefect_pop3mail.tasks.pop3.message import mime
 from tests.test_mime_differential import lay_out
 from tests.test_store_corpus import CORPUS
 

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3.layout import FolderLayout, LayoutOptions
-from prefect_pop3mail.tasks.pop3.mime import (
+from prefect_pop3mail.tasks.pop3.message.layout import FolderLayout, LayoutOptions
+from prefect_pop3mail.tasks.pop3.message.mime import (
     DECODED_ENCODINGS,
     UUENCODE,
     Part,

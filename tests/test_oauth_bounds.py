@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from prefect_pop3mail.tasks.pop3 import oauth
 from prefect_pop3mail.tasks.pop3.errors import OAuth2EndpointUnreachableError, OAuth2ResponseError
+from prefect_pop3mail.tasks.pop3.protocol.oauth import providers as oauth
 from tests.test_oauth_tokens import ENDPOINTS, fresh_providers, idp, provider_for  # noqa: F401
 
 

@@ -11,11 +11,11 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import oauth
-from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox, token_scopes
 from prefect_pop3mail.tasks.pop3.errors import OAuth2InvalidClientError, POP3AuthError
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.diagnostics import check_mailbox, token_scopes
+from prefect_pop3mail.tasks.pop3.protocol.oauth import providers as oauth
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests import test_oauth_tokens as token_tests
 from tests.conftest import Mailbox, require_dovecot, sample_message
 from tests.servers.dovecot import Dovecot, start_dovecot

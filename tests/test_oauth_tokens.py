@@ -16,8 +16,6 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import oauth
-from prefect_pop3mail.tasks.pop3.diagnostics import token_scopes
 from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
     OAuth2EndpointUnreachableError,
@@ -27,6 +25,8 @@ from prefect_pop3mail.tasks.pop3.errors import (
     OAuth2ResponseError,
     OAuth2TLSError,
 )
+from prefect_pop3mail.tasks.pop3.protocol.diagnostics import token_scopes
+from prefect_pop3mail.tasks.pop3.protocol.oauth import providers as oauth
 from tests.servers.dovecot import free_port
 from tests.servers.idp import (
     ENTRA_RESOURCE,

@@ -18,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
+from prefect_pop3mail.tasks.pop3.locations import public_url
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from prefect_pop3mail.tasks.pop3.storage import objects
@@ -26,7 +27,6 @@ from prefect_pop3mail.tasks.pop3.storage.connect import connect
 from prefect_pop3mail.tasks.pop3.storage.journal import PRUNE_AT, Journal, Saved, mailbox_digest
 from prefect_pop3mail.tasks.pop3.storage.objects import FsspecStorage
 from prefect_pop3mail.tasks.pop3.storage.outbox import Outbox
-from prefect_pop3mail.tasks.pop3.storage.protocols import public_url
 from tests import storage_backends
 from tests.conftest import sample_message
 from tests.storage_backends import use_s3, use_sftp

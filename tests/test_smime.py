@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import smime
 from prefect_pop3mail.tasks.pop3.errors import (
     SMIMEDecryptError,
     SMIMEKeyNotFoundError,
@@ -24,6 +23,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
 )
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
+from prefect_pop3mail.tasks.pop3.trust import smime
 from tests.conftest import sample_message
 from tests.test_store_corpus import CORPUS, KEY_PASSWORD
 

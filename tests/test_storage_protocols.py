@@ -22,12 +22,12 @@ from pydantic import ValidationError
 
 from prefect_pop3mail.blocks import POP3MailConfiguration
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
-from prefect_pop3mail.tasks.pop3.models import Location, ReceivedMail, SaveOptions
-from prefect_pop3mail.tasks.pop3.storage.protocols import (
+from prefect_pop3mail.tasks.pop3.locations import (
     LOCAL_PROTOCOLS,
     REMOTE_PROTOCOLS,
     location_problem,
 )
+from prefect_pop3mail.tasks.pop3.models import Location, ReceivedMail, SaveOptions
 from tests.conftest import sample_message
 
 REFUSED = ["memory://mail", "http://collector.example/mail", "https://collector.example/x",

@@ -9,7 +9,7 @@ import pytest
 from prefect_pop3mail.flows import receive_all_mail
 from prefect_pop3mail.tasks.pop3.errors import InactiveConfigurationError
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import sample_message
 
 MODES = [Security.NONE, Security.EXPLICIT, Security.IMPLICIT]

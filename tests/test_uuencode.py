@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import mime
-from prefect_pop3mail.tasks.pop3.mime import MAX_UU_LINE, OctalToken, UUDecoder
+from prefect_pop3mail.tasks.pop3.message import mime
+from prefect_pop3mail.tasks.pop3.message.mime import MAX_UU_LINE, OctalToken, UUDecoder
 
 EXAMPLES = 5000 if os.environ.get("POP3MAIL_SOAK") else 400
 

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from prefect_pop3mail.tasks.pop3.storage.protocols import (
+from prefect_pop3mail.tasks.pop3.locations import (
     is_remote,
     is_url,
     local_path,
@@ -29,7 +29,7 @@ from prefect_pop3mail.tasks.pop3.storage.protocols import (
 )
 
 if TYPE_CHECKING:
-    from prefect_pop3mail.tasks.pop3.oauth import AccessToken
+    from prefect_pop3mail.tasks.pop3.protocol.oauth.providers import AccessToken
 
 
 class _CaseInsensitiveEnum(StrEnum):
@@ -76,7 +76,7 @@ class LoginMethod(_CaseInsensitiveEnum):
 
 @runtime_checkable
 class TokenSource(Protocol):
-    """Where OAuth2 access tokens come from: ``tasks/pop3/oauth.py``'s providers."""
+    """Where OAuth2 access tokens come from: ``tasks/pop3/protocol/oauth/providers.py``'s providers."""
 
     client_id: str
     #: Microsoft Entra ID issues the tokens: the connection check's hints are Microsoft's.
@@ -97,7 +97,7 @@ def _token_source(value: Any) -> TokenSource | None:
     if value is None or isinstance(value, TokenSource):
         return value
     if callable(value):
-        from prefect_pop3mail.tasks.pop3.oauth import CallableTokenSource
+        from prefect_pop3mail.tasks.pop3.protocol.oauth.providers import CallableTokenSource
 
         return CallableTokenSource(value)
     raise ValueError("token_provider: must be a TokenSource or a function returning a token")
@@ -140,7 +140,7 @@ class SaveOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     directory: Path | None = None
-    #: An fsspec URL of a protocol storage/protocols.py allows (s3://, gs://, az://, sftp://).
+    #: An fsspec URL of a protocol locations.py allows (s3://, gs://, az://, sftp://).
     url: str | None = None
     #: Extra arguments for the fsspec file system (endpoint, key file...); not secrets.
     storage_options: dict[str, Any] = {}

@@ -46,7 +46,8 @@ def record_announcements() -> None:
 
 def arm(moment: str, n: int) -> None:
     from prefect_pop3mail.tasks import activities
-    from prefect_pop3mail.tasks.pop3 import receiver, session
+    from prefect_pop3mail.tasks.pop3 import receiver
+    from prefect_pop3mail.tasks.pop3.protocol import session
     from prefect_pop3mail.tasks.pop3.storage import objects, store
     from prefect_pop3mail.tasks.pop3.storage.manifest import folder_files
 

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError, SaveError
-from prefect_pop3mail.tasks.pop3.storage.protocols import REMOTE_PROTOCOLS, protocol, public_url
+from prefect_pop3mail.tasks.pop3.locations import REMOTE_PROTOCOLS, protocol, public_url
 
 
 class KnownHostsPolicy:

@@ -10,9 +10,10 @@ folder is complete or absent, never half-written. Written once for every storage
         long-names/...     files whose full names would pass the storage's limit
         .complete          the manifest (manifest.py)
 
-What goes where is layout.py; the parsing is mime.py; S/MIME is smime.py. The store also
-keeps the mailbox's journal and outbox, and verifies a saved message (its journal record and
-its marker, read back) before the receiver may delete it from the server.
+What goes where is message/layout.py; the parsing is message/mime.py; S/MIME is
+trust/smime.py. The store also keeps the mailbox's journal and outbox, and verifies a saved
+message (its journal record and its marker, read back) before the receiver may delete it
+from the server.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from datetime import datetime
 from email.message import Message
 from pathlib import Path
 
-from prefect_pop3mail.tasks.pop3 import smime
 from prefect_pop3mail.tasks.pop3.errors import POP3MailError, SaveDirectoryError
-from prefect_pop3mail.tasks.pop3.headers import header_fields
-from prefect_pop3mail.tasks.pop3.headers import read_head as _read_head
-from prefect_pop3mail.tasks.pop3.layout import (
+from prefect_pop3mail.tasks.pop3.message.headers import header_fields
+from prefect_pop3mail.tasks.pop3.message.headers import read_head as _read_head
+from prefect_pop3mail.tasks.pop3.message.layout import (
     ATTACHMENTS_DIR,
     HTML_NAME,
     TEXT_NAME,
@@ -40,7 +40,7 @@ from prefect_pop3mail.tasks.pop3.layout import (
     FolderLayout,
     LayoutOptions,
 )
-from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
+from prefect_pop3mail.tasks.pop3.message.mime import Part, parse_file
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SavedAttachment, SaveOptions
 from prefect_pop3mail.tasks.pop3.storage import manifest
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, OUTBOX, QUARANTINE_DIR, Storage
@@ -55,6 +55,7 @@ from prefect_pop3mail.tasks.pop3.storage.local import LocalStorage
 from prefect_pop3mail.tasks.pop3.storage.objects import FsspecStorage
 from prefect_pop3mail.tasks.pop3.storage.outbox import Outbox
 from prefect_pop3mail.tasks.pop3.storage.statedir import save_errors
+from prefect_pop3mail.tasks.pop3.trust import smime
 
 log = logging.getLogger("pop3mail.store")
 

@@ -17,7 +17,7 @@ from email.message import Message
 from functools import lru_cache
 from typing import BinaryIO, Protocol
 
-from prefect_pop3mail.tasks.pop3.headers import (
+from prefect_pop3mail.tasks.pop3.message.headers import (
     MAX_HEADER_BYTES,
     MAX_PARAMS,
     Headers,

@@ -49,8 +49,8 @@ from prefect_pop3mail.tasks.pop3.errors import (
     OAuth2ResponseError,
     OAuth2TLSError,
 )
+from prefect_pop3mail.tasks.pop3.protocol.tls import client_context
 from prefect_pop3mail.tasks.pop3.redaction import Redactor
-from prefect_pop3mail.tasks.pop3.tls import client_context
 
 log = logging.getLogger("pop3mail.oauth")
 
