@@ -177,12 +177,20 @@ def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
 
 class _NotTheEngineFailure(logging.Filter):
     """Keeps Prefect's own report of a failed task run (its traceback, "Finished in state
-    Failed") off the terminal: the command prints the one line that matters itself. The
-    run's logs in the Prefect API keep it."""
+    Failed", the failure hook's comings and goings) off the terminal: the command prints the
+    one line that matters itself. The run's logs in the Prefect API keep it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and record.pathname.endswith(("task_engine.py", "flow_engine.py")))
+        if not record.pathname.endswith(("task_engine.py", "flow_engine.py")):
+            return True
+        if record.levelno >= logging.ERROR:
+            return False
+        return not _is_hook_note(record.getMessage())
+
+
+def _is_hook_note(message: str) -> bool:
+    return message.startswith("Running hook ") or (
+        message.startswith("Hook ") and message.endswith(" finished running successfully"))
 
 
 class _Escaped(logging.Formatter):
