@@ -32,7 +32,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     Security,
     Status,
 )
-from prefect_pop3mail.tasks.pop3.protocol.oauth.providers import client_credentials, oauth_problems
+from prefect_pop3mail.tasks.pop3.protocol.oauth.endpoints import oauth_problems
+from prefect_pop3mail.tasks.pop3.protocol.oauth.providers import client_credentials
 
 _OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
 #: Never in a pickle: they are loaded again from the saved document on the other side.

@@ -13,8 +13,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     LoginMethod,
     Security,
     Status,
-    TokenSource,
 )
+from prefect_pop3mail.tasks.pop3.tokens import TokenSource
 
 SEED_FIELDS = [
     "description", "status", "server", "user", "password", "port", "security",

@@ -8,7 +8,7 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -26,10 +26,9 @@ from prefect_pop3mail.tasks.pop3.locations import (
     is_url,
     local_path,
     location_problem,
+    open_url,
 )
-
-if TYPE_CHECKING:
-    from prefect_pop3mail.tasks.pop3.protocol.oauth.providers import AccessToken
+from prefect_pop3mail.tasks.pop3.tokens import CallableTokenSource, TokenSource
 
 
 class _CaseInsensitiveEnum(StrEnum):
@@ -74,31 +73,11 @@ class LoginMethod(_CaseInsensitiveEnum):
     OAUTHBEARER = "oauthbearer"
 
 
-@runtime_checkable
-class TokenSource(Protocol):
-    """Where OAuth2 access tokens come from: ``tasks/pop3/protocol/oauth/providers.py``'s providers."""
-
-    client_id: str
-    #: Microsoft Entra ID issues the tokens: the connection check's hints are Microsoft's.
-    is_microsoft: bool
-
-    def __call__(self) -> SecretStr:
-        """A token that is valid now."""
-
-    def fetch(self) -> AccessToken:
-        """That token with what is known about it (expiry, scope, from the cache or not)."""
-
-    def forget_token(self) -> None:
-        """Drop a cached token the server refused, so the next one is new."""
-
-
 def _token_source(value: Any) -> TokenSource | None:
     """A plain function returning a token is accepted too, wrapped as a TokenSource."""
     if value is None or isinstance(value, TokenSource):
         return value
     if callable(value):
-        from prefect_pop3mail.tasks.pop3.protocol.oauth.providers import CallableTokenSource
-
         return CallableTokenSource(value)
     raise ValueError("token_provider: must be a TokenSource or a function returning a token")
 
@@ -270,8 +249,6 @@ class Location(str):
         """Open it: a local file, or through fsspec (with the worker's credentials)."""
         if not self.is_url:
             return open(self, mode)  # noqa: SIM115 - the caller closes it
-        from prefect_pop3mail.tasks.pop3.storage.connect import open_url
-
         return open_url(self, mode)
 
     def read_bytes(self) -> bytes:
