@@ -110,7 +110,7 @@ def test_flow_saves_to_storage_and_a_rerun_saves_no_duplicate(mailbox, storage):
 
 
 def objects_options(url: str) -> dict:
-    from prefect_pop3mail.tasks.pop3.storage.connect import connection_options
+    from prefect_pop3mail.tasks.pop3.locations import connection_options
 
     return connection_options(url.split(":")[0], {})
 
@@ -328,16 +328,16 @@ def test_a_local_folder_or_file_url_is_a_directory_and_storage_a_url(mailbox, tm
 
 def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_url,
                                                                    monkeypatch):
-    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.message.contents import ContentWriter
 
-    write_contents = MessageStore.write_contents
+    write = ContentWriter.write
 
-    def breaks_on_poison(self, original, folder, findings, uidl, head=None):
+    def breaks_on_poison(self, original, folder, findings, uidl, **kwargs):
         if b"Subject: poison" in Path(original).read_bytes():
             raise ValueError("a parser bug")
-        return write_contents(self, original, folder, findings, uidl, head)
+        return write(self, original, folder, findings, uidl, **kwargs)
 
-    monkeypatch.setattr(MessageStore, "write_contents", breaks_on_poison)
+    monkeypatch.setattr(ContentWriter, "write", breaks_on_poison)
     mailbox.deliver(sample_message(1, Subject="poison"), sample_message(2))
     save, options = SaveOptions(url=s3_url), ReceiveOptions(quarantine_after=2)
 

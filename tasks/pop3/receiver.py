@@ -55,8 +55,9 @@ from prefect_pop3mail.tasks.pop3.models import (
     SaveOptions,
 )
 from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
+from prefect_pop3mail.tasks.pop3.storage.incoming import IncomingMessage
 from prefect_pop3mail.tasks.pop3.storage.journal import Saved, head_digest
-from prefect_pop3mail.tasks.pop3.storage.store import IncomingMessage, MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
 log = logging.getLogger("pop3mail.receiver")
 
