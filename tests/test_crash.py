@@ -25,7 +25,7 @@ from prefect_pop3mail.tasks.lock import lock_name
 from prefect_pop3mail.tasks.pop3.models import Security
 from tests.conftest import sample_message
 
-pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
+pytestmark = [pytest.mark.dovecot, pytest.mark.slow, pytest.mark.prefect]
 
 MESSAGES = int(os.environ.get("POP3MAIL_CRASH_MESSAGES", "300"))
 KILLS = int(os.environ.get("POP3MAIL_CRASH_KILLS", "30"))

@@ -24,7 +24,7 @@ from prefect_pop3mail.tasks.pop3.errors import POP3AuthError, POP3ConnectionErro
 from prefect_pop3mail.tasks.pop3.models import ListedMessage, ReceivedMail, Security
 from tests.conftest import sample_message
 
-pytestmark = pytest.mark.dovecot
+pytestmark = [pytest.mark.dovecot, pytest.mark.prefect]
 
 
 def saved(mailbox, tmp_path, **fields) -> str:

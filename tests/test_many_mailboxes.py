@@ -19,7 +19,7 @@ from prefect_pop3mail.tasks.pop3.models import Security
 from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import Mailbox, sample_message
 
-pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
+pytestmark = [pytest.mark.dovecot, pytest.mark.slow, pytest.mark.prefect]
 
 MAILBOXES = 20
 MESSAGES_EACH = 3

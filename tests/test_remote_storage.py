@@ -38,12 +38,11 @@ HEAD = "0123456789abcdef" * 2
 KEY = "me@host:110"
 
 
-@pytest.fixture(params=["s3", "sftp"])
+@pytest.fixture(params=[storage_backends.S3, storage_backends.SFTP])
 def storage(request, monkeypatch) -> str:
     """A storage URL on a fresh bucket or folder of each remote back-end."""
-    if request.param == "s3":
-        return use_s3(request.getfixturevalue("s3_server"), monkeypatch)
-    return use_sftp(request.getfixturevalue("sftp_server"), monkeypatch)
+    server = storage_backends.server_for(request.param, request)
+    return (use_s3 if request.param == "s3" else use_sftp)(server, monkeypatch)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from tests.servers.prefect_server import PROJECT_ROOT, PrefectServer, shared_prefect_server
 from tests.test_deployment_server import TERMINAL, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prefect]
 
 SUBPACKAGES = ("blocks", "tasks", "tasks/pop3", "flows")
 # What a checkout has that a build must not see: other builds, caches, virtualenvs.
