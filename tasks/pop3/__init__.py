@@ -7,6 +7,7 @@
 
 At the root, what one run needs and every part shares: ``receiver`` (one run of one
 mailbox), ``models`` (the plain data it takes and returns), ``errors``, ``redaction``,
-``sinks`` (where bytes go), ``locations`` (where saved mail may be).
-tests/test_layers.py holds which part may import which.
+``sinks`` (where bytes go), ``locations`` (where saved mail may be), ``tokens`` (OAuth2
+tokens, as the settings, the session and the providers speak of them).
+tests/test_layers.py holds which part may import which (a DAG; CONTRIBUTING.md, the map).
 """
