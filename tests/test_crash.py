@@ -87,6 +87,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(mailbox, tmp_pat
                MESSAGES, KILLS, MOMENTS)
 
 
+@pytest.mark.s3
 def test_sigkill_with_s3_storage_loses_and_duplicates_nothing(mailbox, tmp_path, monkeypatch):
     """The same promises with the save directory on S3 (a real S3-compatible server): no
     rename, no append; a folder counts once its marker is there."""

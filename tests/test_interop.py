@@ -260,6 +260,7 @@ def test_pipelining_used_where_offered(server, box, tmp_path, pipelining):
     assert box.count() == 0
 
 
+@pytest.mark.prefect
 def test_flow_receive_all_mail(server, box, tmp_path):
     """One run of the flow per server, through a saved POP3MailConfiguration block."""
     from prefect_pop3mail.blocks import POP3MailConfiguration

@@ -236,6 +236,7 @@ def test_check_says_when_the_server_lacks_the_mechanism(dovecot, idp):
 # --- through Prefect ----------------------------------------------------------------------
 
 
+@pytest.mark.prefect
 @pytest.mark.parametrize("kind", ENDPOINTS)
 def test_receive_all_mail_flow_with_an_oauth2_configuration(account, kind, tmp_path,
                                                            secret_logs):
@@ -254,6 +255,7 @@ def test_receive_all_mail_flow_with_an_oauth2_configuration(account, kind, tmp_p
     )
 
 
+@pytest.mark.prefect
 def test_check_pop3_connection_flow_reports_the_token(account, tmp_path, secret_logs):
     from prefect_pop3mail.flows import check_pop3_connection
 
@@ -299,6 +301,7 @@ def assert_no_secrets(*texts_then_secret_and_provider) -> None:
         assert token not in text
 
 
+@pytest.mark.prefect
 def test_a_wrong_secret_fails_the_flow_at_once_naming_the_field(account, tmp_path, secret_logs):
     from prefect.states import State
 

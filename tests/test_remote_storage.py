@@ -114,6 +114,7 @@ def objects_options(url: str) -> dict:
     return connection_options(url.split(":")[0], {})
 
 
+@pytest.mark.s3
 def test_a_run_costs_the_same_requests_whatever_the_journal_holds(mailbox, s3_server,
                                                                   monkeypatch):
     """The journal and outbox are read in a bounded number of requests (a listing, the
@@ -143,6 +144,7 @@ def test_a_run_costs_the_same_requests_whatever_the_journal_holds(mailbox, s3_se
     assert len(counts[40]) <= 6, counts[40]
 
 
+@pytest.mark.s3
 def test_a_large_attachment_is_uploaded_in_parts(mailbox, s3_url, s3_server):
     payload = hashlib.sha256(b"seed").digest() * (17 * 1024 * 1024 // 32 + 1)
     mailbox.deliver(with_attachment(1, payload))
@@ -205,6 +207,7 @@ def test_the_journal_on_storage_keeps_latest_records_failures_and_prunes(storage
     close_state(*state)
 
 
+@pytest.mark.s3
 def test_a_journal_in_many_segments_is_read_as_one_after_the_run(s3_url):
     for i in range(objects.MAX_SEGMENTS + 2):  # a run per record: a segment each
         state = open_state(s3_url)
@@ -237,6 +240,7 @@ def test_pending_announcements_survive_runs_in_order(storage):
     close_state(*state)
 
 
+@pytest.mark.s3
 def test_the_state_the_previous_release_kept_on_storage_is_adopted(mailbox, s3_url, s3_server):
     """The release before kept one object per record (``S~stamp~uidl~folder~size~head``,
     the UIDL in base32), with a pending announcement (``*_url`` fields) as its content."""
@@ -270,6 +274,7 @@ def test_the_state_the_previous_release_kept_on_storage_is_adopted(mailbox, s3_u
     assert left == [], "the old records stay beside the adopted ones"
 
 
+@pytest.mark.sftp
 def test_sftp_refuses_a_server_whose_host_key_is_not_known(sftp_server, monkeypatch, tmp_path):
     use_sftp(sftp_server, monkeypatch)
     empty = tmp_path / "known_hosts"
@@ -294,6 +299,7 @@ def test_a_password_in_the_url_never_shows_and_the_block_refuses_it(mailbox):
     assert "s3cret-pw" not in str(refused.value.errors(include_input=False))
 
 
+@pytest.mark.s3
 def test_a_missing_bucket_is_named_and_never_created(mailbox, s3_server, s3_url):
     missing = f"mail-missing-{uuid.uuid4().hex[:8]}"
     mailbox.deliver(sample_message(1))
@@ -325,6 +331,7 @@ def test_a_local_folder_or_file_url_is_a_directory_and_storage_a_url(mailbox, tm
     assert mailbox.block("s3://bucket/prefix").save_options().url == "s3://bucket/prefix"
 
 
+@pytest.mark.s3
 def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_url,
                                                                    monkeypatch):
     from prefect_pop3mail.tasks.pop3.message.contents import ContentWriter
