@@ -79,6 +79,7 @@ def folder(i: int) -> str:
     return f"20261125-110200-{i:012x}"
 
 
+@pytest.mark.prefect
 def test_flow_saves_to_storage_and_a_rerun_saves_no_duplicate(mailbox, storage):
     from prefect_pop3mail.flows import receive_all_mail
 
