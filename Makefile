@@ -70,7 +70,7 @@ test:
 	bash tests/setup/run-tests.sh
 
 test-fast: venv
-	$(PY) -m pytest -n auto $(FAST_MARKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist worksteal $(FAST_MARKERS) $(PYTEST_ARGS)
 
 test-suite: venv packages
 	$(PY) -m pytest $(PYTEST_ARGS)
