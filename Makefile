@@ -1,5 +1,5 @@
 # The commands of the README: `make demo` (the main job), `make test-fast` (every test that
-# needs neither a real server nor a Prefect server, spread over the cores: about a minute)
+# needs neither a real server nor a Prefect server, spread over the cores: under 90 s on 2 cores)
 # and `make test` (every test: `make test-suite`, the whole suite, then `make test-min`, the
 # Prefect-facing tests without Dovecot against the lowest Prefect that pyproject.toml allows).
 PYTHON ?= python3
