@@ -1,6 +1,7 @@
-# The two commands of the README: `make demo` (the main job) and `make test` (every test:
-# `make test-suite`, the whole suite, then `make test-min`, a fast subset against the lowest
-# Prefect that pyproject.toml allows).
+# The commands of the README: `make demo` (the main job), `make test-fast` (every test that
+# needs neither a real server nor a Prefect server, spread over the cores: under 90 s on 2 cores)
+# and `make test` (every test: `make test-suite`, the whole suite, then `make test-min`, the
+# Prefect-facing tests without Dovecot against the lowest Prefect that pyproject.toml allows).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,8 +24,14 @@ MIN_TESTS := tests/test_block.py tests/test_flows.py tests/test_thin_path.py tes
 	tests/test_prefect_outages.py::test_a_release_that_finds_its_lease_gone_gives_the_slots_back_by_name
 # A test of the events client that Prefect 3.4 does not have (the events themselves are sent).
 MIN_DESELECT := --deselect tests/test_flows.py::test_receive_all_results_artifacts_and_events
+# What meets Prefect's API (blocks, the CLI, the lock, events) needs no POP3 server: the
+# Dovecot runs are the whole suite's.
+MIN_MARKERS := -m 'not dovecot'
+# The markers of every real server (pyproject.toml; tests/conftest.py fails a test that
+# starts one without its marker), and of the long and opt-in runs.
+FAST_MARKERS := -m 'not (dovecot or interop or browser or prefect or s3 or sftp or postgres or slow or soak)'
 
-.PHONY: demo test test-suite test-min venv venv-min packages bench lint
+.PHONY: demo test test-fast test-suite test-min venv venv-min packages bench lint
 
 # $(call install,EXTRA): .venv with the project editable and the packages of EXTRA.
 define install
@@ -62,12 +69,15 @@ demo: $(VENV)/.demo-installed
 test:
 	bash tests/setup/run-tests.sh
 
+test-fast: venv
+	$(PY) -m pytest -n auto --dist worksteal $(FAST_MARKERS) $(PYTEST_ARGS)
+
 test-suite: venv packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-min: venv-min packages
 	$(MIN_PY) -c 'import prefect; assert prefect.__version__ == "$(MIN_PREFECT)", prefect.__version__'
-	$(MIN_PY) -m pytest $(MIN_TESTS) $(MIN_DESELECT) $(PYTEST_ARGS)
+	$(MIN_PY) -m pytest $(MIN_MARKERS) $(MIN_TESTS) $(MIN_DESELECT) $(PYTEST_ARGS)
 
 bench: venv packages
 	$(PY) -m bench

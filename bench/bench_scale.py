@@ -92,7 +92,7 @@ def _settings(dovecot, user: str, password: str):
 def _known_state(settings, template: Path) -> None:
     """A save directory whose journal knows every message but the last NEW ones."""
     from prefect_pop3mail.tasks.pop3.models import SaveOptions
-    from prefect_pop3mail.tasks.pop3.session import POP3Session
+    from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
     from prefect_pop3mail.tasks.pop3.storage.journal import Saved
     from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 

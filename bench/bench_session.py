@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from bench.common import child_peak_rss, median_seconds, table
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.servers.dovecot import dovecot_unavailable_reason, start_dovecot
 from tests.servers.latency_proxy import LatencyProxy
 
@@ -108,7 +108,7 @@ port = int(port)
 if mode == "engine":
     from pydantic import SecretStr
     from prefect_pop3mail.tasks.pop3.models import ConnectionSettings
-    from prefect_pop3mail.tasks.pop3.session import POP3Session
+    from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 else:
     import email, email.policy, poplib, ssl
 base = high_water_kb()

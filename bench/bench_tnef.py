@@ -1,5 +1,5 @@
 """Why winmail.dat has a reader of our own: tnefparse (the usual Python TNEF library, a
-test dependency here) against tasks/pop3/tnef.py on hostile TNEF, each parse in a child
+test dependency here) against tasks/pop3/message/tnef.py on hostile TNEF, each parse in a child
 process with a time limit and a 2 GB address-space limit.
 
     .venv/bin/python -m bench tnef
@@ -81,7 +81,7 @@ def child(reader: str, case: str, size: int) -> None:
 
                 files = len(tnefparse.TNEF(data).attachments)
             else:
-                from prefect_pop3mail.tasks.pop3 import tnef
+                from prefect_pop3mail.tasks.pop3.message import tnef
 
                 found = tnef.read_tnef(io.BytesIO(data), len(data))
                 files = len(found.files)

@@ -19,6 +19,7 @@ from pydantic import (
 
 from prefect_pop3mail.blocks.service_settings import POP3MailServiceSettings, key_name_problem
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, InactiveConfigurationError
+from prefect_pop3mail.tasks.pop3.locations import is_remote, local_path, location_problem
 from prefect_pop3mail.tasks.pop3.models import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PORTS,
@@ -31,8 +32,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     Security,
     Status,
 )
-from prefect_pop3mail.tasks.pop3.oauth import client_credentials, oauth_problems
-from prefect_pop3mail.tasks.pop3.storage.protocols import is_remote, local_path, location_problem
+from prefect_pop3mail.tasks.pop3.protocol.oauth.endpoints import oauth_problems
+from prefect_pop3mail.tasks.pop3.protocol.oauth.providers import client_credentials
 
 _OAUTH_METHODS = {LoginMethod.XOAUTH2, LoginMethod.OAUTHBEARER}
 #: Never in a pickle: they are loaded again from the saved document on the other side.

@@ -29,7 +29,7 @@ from prefect.artifacts import create_table_artifact
 from prefect_pop3mail.tasks.activities import resolve_configuration
 from prefect_pop3mail.tasks.artifacts import artifact_key
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
-from prefect_pop3mail.tasks.pop3.storage.protocols import is_remote, local_path
+from prefect_pop3mail.tasks.pop3.locations import is_remote, local_path
 
 MANIFEST_NAME = "received-files.json"
 

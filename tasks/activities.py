@@ -25,7 +25,6 @@ from prefect_pop3mail.tasks.outcomes import (
     note_failure,
     stop_reason,
 )
-from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
 from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
     MessagesNotReceivedError,
@@ -38,6 +37,7 @@ from prefect_pop3mail.tasks.pop3.models import (
     ReceivedMail,
     ReceiveReport,
 )
+from prefect_pop3mail.tasks.pop3.protocol.diagnostics import check_mailbox
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
 from prefect_pop3mail.tasks.prefect_api import Reporter
 from prefect_pop3mail.tasks.run_logs import engine_logs_to_run

@@ -1,9 +1,11 @@
-"""Fixtures: a session-wide Prefect test harness, a real Dovecot, a throwaway CA."""
+"""Fixtures: a Prefect test harness (for the tests marked ``prefect``), a real Dovecot, a
+throwaway CA; and the checks that keep the server markers complete (tests/servers/)."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +13,10 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
+import tests.servers as servers
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
 from tests.servers.dovecot import Dovecot, dovecot_unavailable_reason, start_dovecot
+from tests.servers.tripwire import Tripwire
 
 # Tests talk to loopback only: no telemetry from Prefect's test server.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -37,12 +41,94 @@ def require_dovecot() -> None:
     require_server("the Dovecot tests", dovecot_unavailable_reason())
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
+#: Fixtures that hand out a running real server, and the markers a test using one must carry
+#: (a server's own start checks the same: tests/servers/__init__.py).
+SERVER_FIXTURES = {
+    "dovecot": ("Dovecot", ("dovecot", "interop")),
+    "prefect_harness": ("the Prefect test server", ("prefect",)),
+    "prefect_server": ("a Prefect server", ("prefect",)),
+    "s3_server": ("moto's S3 server", ("s3",)),
+    "sftp_server": ("sshd (SFTP)", ("sftp",)),
+    "browser": ("Chromium", ("browser",)),
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.get_closest_marker("prefect"):
+            item.fixturenames.append("prefect_harness")  # started once, on first use
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Before any fixture starts a server: the test carries the marker of each it uses."""
+    for fixture, (server, markers) in SERVER_FIXTURES.items():
+        if fixture in item.fixturenames:
+            servers.require_marker(item, server, *markers)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    servers.current_test = item
+    try:
+        return (yield)
+    finally:
+        servers.current_test = None
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if servers.unmarked and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for problem in servers.unmarked:
+        terminalreporter.write_line(f"UNMARKED: {problem}", red=True)
+
+
+@pytest.fixture(scope="session")
+def _prefect_test_server() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture
+def prefect_harness(_prefect_test_server) -> None:
+    """Prefect's test server (SQLite in a temporary folder), started on first use and kept
+    for the session; every test marked ``prefect`` gets it."""
+
+
+@pytest.fixture(scope="session")
+def _tripwire() -> Iterator[Tripwire]:
+    tripwire = Tripwire()
+    yield tripwire
+    tripwire.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_prefect_unless_marked(request, _tripwire: Tripwire, monkeypatch) -> Iterator[None]:
+    """A test not marked ``prefect`` that reaches for a Prefect API fails: the API it finds
+    refuses every request and reports the test."""
+    if request.node.get_closest_marker("prefect"):
+        yield
+        return
+    monkeypatch.setenv("PREFECT_API_URL", _tripwire.api_url)
+    monkeypatch.setenv("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
+    _tripwire.take()
+    if "prefect.settings" in sys.modules:  # a settings context already made: override it
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: _tripwire.api_url}):
+            yield
+    else:
+        yield
+    if hits := _tripwire.take():
+        problem = (f"{request.node.nodeid} reached for the Prefect API ({', '.join(hits[:3])}) "
+                   "but is not marked @pytest.mark.prefect: mark it, so it gets the test server")
+        servers.unmarked.append(problem)
+        pytest.fail(problem)
 
 
 @pytest.fixture(scope="session")

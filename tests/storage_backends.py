@@ -16,11 +16,15 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from tests.servers import require_marker
 from tests.servers.sftp import SFTPServer, sftp_unavailable_reason
 
-BACKENDS = ["local", "file", "s3", "sftp"]
+#: Each with the marker of the server it starts (`make test-fast` runs the local ones).
+S3 = pytest.param("s3", marks=pytest.mark.s3)
+SFTP = pytest.param("sftp", marks=pytest.mark.sftp)
+BACKENDS = ["local", "file", S3, SFTP]
 #: Those with folders, modes and links (an object store has none of them).
-FILE_SYSTEMS = ["local", "file", "sftp"]
+FILE_SYSTEMS = ["local", "file", SFTP]
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +116,20 @@ class Backend:
         return found
 
 
+def server_for(name: str, request):
+    """The running server of back-end ``name`` (``s3``, ``sftp``), for a test carrying its
+    marker (a fixture asked for by name is checked by tests/conftest.py; this one is not)."""
+    require_marker(request.node, f"the {name} server", name)
+    return request.getfixturevalue(f"{name}_server")
+
+
 def make_backend(name: str, request, monkeypatch, tmp_path: Path) -> Backend:
     if name == "s3":
-        server = request.getfixturevalue("s3_server")
+        server = server_for("s3", request)
         location = use_s3(server, monkeypatch)
         return Backend(name, location, None, (server, location[len("s3://"):].split("/")[0]))
     if name == "sftp":
-        server = request.getfixturevalue("sftp_server")
+        server = server_for("sftp", request)
         location = use_sftp(server, monkeypatch)
         return Backend(name, location, Path(location.split(str(server.port), 1)[1]))
     root = tmp_path / "save"
@@ -140,13 +151,13 @@ def file_system(request, monkeypatch, tmp_path) -> Backend:
 def break_parsing_of_poison(monkeypatch) -> None:
     """The store's parsing fails (a bug) for messages whose subject is "poison", run after
     run: what sets a message aside in quarantine."""
-    from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
+    from prefect_pop3mail.tasks.pop3.message.contents import ContentWriter
 
-    write_contents = MessageStore.write_contents
+    write = ContentWriter.write
 
-    def breaks_on_poison(self, original, folder, findings, uidl, head=None):
+    def breaks_on_poison(self, original, folder, findings, uidl, **kwargs):
         if b"Subject: poison" in Path(original).read_bytes():
             raise ValueError("a parser bug")
-        return write_contents(self, original, folder, findings, uidl, head)
+        return write(self, original, folder, findings, uidl, **kwargs)
 
-    monkeypatch.setattr(MessageStore, "write_contents", breaks_on_poison)
+    monkeypatch.setattr(ContentWriter, "write", breaks_on_poison)

@@ -18,10 +18,10 @@ from prefect_pop3mail.tasks.pop3.errors import (
     WrongSecurityModeError,
 )
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import sample_message
 
-pytestmark = pytest.mark.dovecot
+pytestmark = [pytest.mark.dovecot, pytest.mark.prefect]
 
 #: Far longer than any of these runs may take: waiting it out would show.
 TIMEOUT = 120

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import asn1, smime
-from prefect_pop3mail.tasks.pop3.asn1 import (
+from prefect_pop3mail.tasks.pop3.errors import SMIMEError
+from prefect_pop3mail.tasks.pop3.trust import asn1, smime
+from prefect_pop3mail.tasks.pop3.trust.asn1 import (
     MAX_ARC_BYTES,
     MAX_DEPTH,
     MAX_ELEMENTS,
@@ -24,7 +25,6 @@ from prefect_pop3mail.tasks.pop3.asn1 import (
     ASN1Error,
     ASN1LimitError,
 )
-from prefect_pop3mail.tasks.pop3.errors import SMIMEError
 from tests.test_smime_trust import (
     ALICE,
     DIGESTS,

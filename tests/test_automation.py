@@ -22,6 +22,7 @@ from prefect_pop3mail.tasks.pop3.models import Security
 from tests.conftest import sample_message
 
 
+@pytest.mark.prefect
 def test_the_automation_is_created_through_the_api_and_watches_fetching_runs():
     name = f"quiet-{uuid.uuid4().hex[:8]}"
     created = quiet_mailbox_automation(name).create()
@@ -54,6 +55,7 @@ def summaries(configuration: str, count: int, timeout: float = 20.0) -> list:
         time.sleep(0.3)
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_runs_label_their_summary_by_whether_they_fetched_mail(mailbox, tmp_path):
     mailbox.deliver(sample_message(1))

@@ -13,8 +13,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     LoginMethod,
     Security,
     Status,
-    TokenSource,
 )
+from prefect_pop3mail.tasks.pop3.tokens import TokenSource
 
 SEED_FIELDS = [
     "description", "status", "server", "user", "password", "port", "security",
@@ -174,6 +174,7 @@ def test_inactive_is_refused_by_name():
         c.ensure_active()
 
 
+@pytest.mark.prefect
 def test_round_trip_masks_secrets():
     c = make(password="pw-round-trip", client_secret="cs-round-trip",
              public_key_name="me", public_key_password="pk-round-trip")

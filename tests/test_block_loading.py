@@ -23,6 +23,8 @@ from prefect_pop3mail.flows import receive_all_mail
 from prefect_pop3mail.tasks.activities import resolve_configuration
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
 
+pytestmark = pytest.mark.prefect
+
 MARK = uuid.uuid4().hex[:10]
 PASSWORD = f"pw/{MARK}+Pass word=1"
 CLIENT_SECRET = f"cs~{MARK}:Secret&2"

@@ -99,6 +99,7 @@ def test_an_unreachable_prefect_api_is_named_not_a_traceback(tmp_path):
 # --- check -----------------------------------------------------------------------------
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 @pytest.mark.parametrize("security", [Security.IMPLICIT, Security.EXPLICIT])
 def test_check_reports_a_working_mailbox_and_leaves_it_alone(capsys, mailbox, tmp_path,
@@ -123,6 +124,7 @@ def test_check_reports_a_working_mailbox_and_leaves_it_alone(capsys, mailbox, tm
     assert not (tmp_path / "mail").exists()
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_check_says_when_the_password_crosses_in_clear_text(capsys, mailbox, tmp_path):
     # Dovecot refuses a plain-text login without TLS, except from loopback.
@@ -132,6 +134,7 @@ def test_check_says_when_the_password_crosses_in_clear_text(capsys, mailbox, tmp
     assert re.search(r"^TLS +none: the password crosses the network in clear text$", out, re.M)
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_check_with_a_wrong_password_fails_without_showing_it(capsys, mailbox, tmp_path):
     # Dovecot delays repeated failed logins from one address: time enough for that.
@@ -145,6 +148,7 @@ def test_check_with_a_wrong_password_fails_without_showing_it(capsys, mailbox, t
     assert "not-the-password-42" not in out + err
 
 
+@pytest.mark.prefect
 def test_check_of_an_unknown_name_fails_naming_it(capsys):
     code, out, err = run(capsys, "check", "no-such-mailbox")
     assert code == FAILED
@@ -152,6 +156,7 @@ def test_check_of_an_unknown_name_fails_naming_it(capsys):
     assert "no POP3 Mail Configuration named 'no-such-mailbox' is saved" in err
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_check_refuses_an_inactive_configuration(capsys, mailbox, tmp_path):
     name = saved(mailbox, tmp_path, status="Inactive")
@@ -160,6 +165,7 @@ def test_check_refuses_an_inactive_configuration(capsys, mailbox, tmp_path):
     assert name in err and "nactive" in err
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_check_of_an_unreachable_server_fails_naming_it(capsys, mailbox, tmp_path):
     from tests.servers.dovecot import free_port
@@ -176,6 +182,7 @@ def test_check_of_an_unreachable_server_fails_naming_it(capsys, mailbox, tmp_pat
 # --- receive ---------------------------------------------------------------------------
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_dry_run_lists_and_changes_nothing(capsys, mailbox, tmp_path):
     mailbox.deliver(sample_message(1, Subject="Invoice 7"), sample_message(2))
@@ -190,6 +197,7 @@ def test_dry_run_lists_and_changes_nothing(capsys, mailbox, tmp_path):
     assert not list((tmp_path / "mail").rglob("*.eml"))
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_receive_saves_at_most_n_and_lists_the_files(capsys, mailbox, tmp_path):
     mailbox.deliver(*(sample_message(i) for i in range(3)))
@@ -213,6 +221,7 @@ def test_receive_saves_at_most_n_and_lists_the_files(capsys, mailbox, tmp_path):
     assert mailbox.count() == 0
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_receive_from_an_empty_mailbox_is_fine(capsys, mailbox, tmp_path):
     code, out, _ = run(capsys, "receive", saved(mailbox, tmp_path))
@@ -220,6 +229,7 @@ def test_receive_from_an_empty_mailbox_is_fine(capsys, mailbox, tmp_path):
     assert out == "0 message(s) received:\n"
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_receive_fails_at_once_when_the_server_is_unreachable(capsys, mailbox, tmp_path):
     from tests.servers.dovecot import free_port
@@ -232,6 +242,7 @@ def test_receive_fails_at_once_when_the_server_is_unreachable(capsys, mailbox, t
     assert "received:" not in out
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_receive_exits_1_and_names_the_messages_left_on_the_server(capsys, mailbox, tmp_path):
     from tests.test_faults import mounted_tmpfs
@@ -251,6 +262,7 @@ def test_receive_exits_1_and_names_the_messages_left_on_the_server(capsys, mailb
         assert mailbox.count() == 8 - received  # the rest waits for the next run
 
 
+@pytest.mark.prefect
 def test_a_dry_run_that_could_not_list_a_message_exits_1_and_names_it(capsys, monkeypatch):
     """A message whose headers the server would not give (TOP answered -ERR) is a failed
     message of the dry run. Dovecot cannot be made to refuse TOP for one message on demand,

@@ -25,7 +25,7 @@ from prefect_pop3mail.tasks.lock import lock_name
 from prefect_pop3mail.tasks.pop3.models import Security
 from tests.conftest import sample_message
 
-pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
+pytestmark = [pytest.mark.dovecot, pytest.mark.slow, pytest.mark.prefect]
 
 MESSAGES = int(os.environ.get("POP3MAIL_CRASH_MESSAGES", "300"))
 KILLS = int(os.environ.get("POP3MAIL_CRASH_KILLS", "30"))
@@ -87,6 +87,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(mailbox, tmp_pat
                MESSAGES, KILLS, MOMENTS)
 
 
+@pytest.mark.s3
 def test_sigkill_with_s3_storage_loses_and_duplicates_nothing(mailbox, tmp_path, monkeypatch):
     """The same promises with the save directory on S3 (a real S3-compatible server): no
     rename, no append; a folder counts once its marker is there."""

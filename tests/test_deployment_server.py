@@ -16,7 +16,7 @@ import pytest
 from prefect_pop3mail.flows.downstream_example import MANIFEST_NAME
 from tests.servers.prefect_server import PROJECT_ROOT, PrefectServer, shared_prefect_server
 
-pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
+pytestmark = [pytest.mark.dovecot, pytest.mark.slow, pytest.mark.prefect]
 
 CONFIGURATION = "server-test-mailbox"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -13,6 +13,8 @@ from prefect_pop3mail.blocks import POP3MailConfiguration
 from prefect_pop3mail.flows.downstream_example import MANIFEST_NAME, record_received_mail
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
 
+pytestmark = pytest.mark.prefect  # each test saves its configuration
+
 
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[str, Path]:

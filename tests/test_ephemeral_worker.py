@@ -21,7 +21,7 @@ from prefect.settings import PREFECT_API_URL
 from tests import storage_backends
 from tests.conftest import sample_message
 
-pytestmark = [pytest.mark.dovecot]
+pytestmark = [pytest.mark.dovecot, pytest.mark.prefect, pytest.mark.s3]
 
 CHILD = """
 import json, sys

@@ -183,6 +183,7 @@ def many_attachments(count: int) -> bytes:
                                     for i in range(count)})
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_a_message_with_600_attachments_is_announced_and_the_next_run_is_not_blocked(
         mailbox, tmp_path):

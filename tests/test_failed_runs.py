@@ -54,6 +54,7 @@ def progress_description(configuration: str) -> str | None:
     return None
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_a_wrong_password_sends_one_failed_event_and_no_received_event(mailbox, tmp_path):
     name = f"failed-{uuid.uuid4().hex[:8]}"
@@ -74,6 +75,7 @@ def test_a_wrong_password_sends_one_failed_event_and_no_received_event(mailbox, 
     assert "failed: POP3Auth" in (progress_description(name) or "")
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_a_failed_cli_receive_sends_the_failed_event_too(mailbox, tmp_path, capsys):
     from prefect_pop3mail.flows.cli import FAILED, main
@@ -105,6 +107,7 @@ class SilentServer:
         self.socket.close()
 
 
+@pytest.mark.prefect
 def test_a_failure_retried_twice_sends_one_failed_event_with_three_attempts(tmp_path):
     """A silent server (a timeout, which is retried): three attempts, one event."""
     from prefect_pop3mail.blocks import POP3MailConfiguration

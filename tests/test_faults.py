@@ -31,8 +31,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     SaveOptions,
     Security,
 )
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
-from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import sample_message
 from tests.servers.faultserver import FaultServer, raw, trickle
 

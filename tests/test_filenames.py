@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3.filenames import (
+from prefect_pop3mail.tasks.pop3.message.filenames import (
     MAX_NAME_BYTES,
     NameAllocator,
     decode_rfc2047,

@@ -49,7 +49,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3TimeoutError,
 )
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session, connect_error
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session, connect_error
 from tests.conftest import sample_message
 from tests.servers.dovecot import free_port
 from tests.servers.faultserver import FaultServer, drop, reply
@@ -103,6 +103,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "httpx", "
     assert done.stdout.strip() == "[]", done.stdout
 
 
+@pytest.mark.prefect
 def test_register_by_the_top_package_as_prefect_integrations_do(prefect_server):
     output = prefect_server.cli("block", "register", "-m", "prefect_pop3mail")
     assert "Successfully registered 1 block" in output, output
@@ -258,6 +259,7 @@ def block_for(tmp_path: Path, **fields) -> POP3MailConfiguration:
     return POP3MailConfiguration(**{**values, **fields})
 
 
+@pytest.mark.prefect
 def test_an_unknown_host_fails_at_once_naming_it(tmp_path):
     # A name with a space: the resolver refuses it without asking the network.
     error = failed_run(block_for(tmp_path, server="no such host", port=110))
@@ -267,12 +269,14 @@ def test_an_unknown_host_fails_at_once_naming_it(tmp_path):
     assert "'POP3 Mail Server' (server)" in str(error)
 
 
+@pytest.mark.prefect
 def test_a_malformed_host_name_fails_at_once_naming_it(tmp_path):
     error = failed_run(block_for(tmp_path, server="mail..example.org"))
     assert isinstance(error, POP3HostNotFoundError)
     assert "'mail..example.org' is not a valid host name" in str(error)
 
 
+@pytest.mark.prefect
 def test_a_refused_connection_fails_at_once_naming_host_and_port(tmp_path):
     port = free_port()  # nothing listens there
     error = failed_run(block_for(tmp_path, port=port))
@@ -281,6 +285,7 @@ def test_a_refused_connection_fails_at_once_naming_host_and_port(tmp_path):
     assert "'POP3 port' (port)" in str(error)
 
 
+@pytest.mark.prefect
 def test_a_missing_ca_file_names_its_path(tmp_path, ca):
     missing = tmp_path / "no-such-ca.pem"
     with FaultServer([sample_message(1)], security="implicit", ca=ca) as server:
@@ -291,6 +296,7 @@ def test_a_missing_ca_file_names_its_path(tmp_path, ca):
                           "No such file or directory")
 
 
+@pytest.mark.prefect
 def test_a_transient_network_error_is_still_retried(tmp_path):
     with FaultServer([sample_message(1)], pipelining=False) as server:
         server.on("GREETING", drop(), times=1)  # the first connection breaks
@@ -367,6 +373,7 @@ def _noise(stderr: str) -> list[str]:
             if "Traceback" in line or "EventsWorker" in line or "Finished in state Failed" in line]
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_a_wrong_password_is_one_line_naming_the_configuration(prefect_server, mailbox,
                                                                tmp_path):
@@ -381,6 +388,7 @@ def test_a_wrong_password_is_one_line_naming_the_configuration(prefect_server, m
     assert "not-the-password-7" not in stderr
 
 
+@pytest.mark.prefect
 def test_an_unknown_configuration_points_at_the_current_uis_form(prefect_server):
     import prefect
 
@@ -402,6 +410,7 @@ def test_an_unknown_configuration_points_at_the_current_uis_form(prefect_server)
 HOSTILE = "\x1b[2J\x1b]0;owned\x07\u202eevil\r"
 
 
+@pytest.mark.prefect
 def test_server_and_message_text_reach_the_terminal_escaped(prefect_server, tmp_path):
     from email.header import Header
 

@@ -55,6 +55,7 @@ def run_logs(flow_run_id) -> list[str]:
     return [log.message for log in logs]
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_the_engines_warnings_reach_the_runs_logs(mailbox, tmp_path):
     mailbox.deliver(sample_message(1))
@@ -67,6 +68,7 @@ def test_the_engines_warnings_reach_the_runs_logs(mailbox, tmp_path):
     assert mailbox.password not in " ".join(messages)
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_an_empty_run_leaves_no_table_artifact(mailbox, tmp_path):
     name = f"ux-{uuid.uuid4().hex[:8]}"
@@ -78,6 +80,7 @@ def test_an_empty_run_leaves_no_table_artifact(mailbox, tmp_path):
     assert artifact_key(name, "failed") not in keys
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_a_save_directory_that_cannot_be_made_names_the_setting_and_path(mailbox, tmp_path):
     blocker = tmp_path / "a-file"

@@ -24,7 +24,7 @@ from prefect_pop3mail.tasks.pop3.errors import POP3AuthError, POP3ConnectionErro
 from prefect_pop3mail.tasks.pop3.models import ListedMessage, ReceivedMail, Security
 from tests.conftest import sample_message
 
-pytestmark = pytest.mark.dovecot
+pytestmark = [pytest.mark.dovecot, pytest.mark.prefect]
 
 
 def saved(mailbox, tmp_path, **fields) -> str:
@@ -195,7 +195,7 @@ def test_connection_check_reports_without_retrieving(mailbox, tmp_path):
 
 
 def test_connection_check_reports_a_refused_login(mailbox, failing_login_source):
-    from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox
+    from prefect_pop3mail.tasks.pop3.protocol.diagnostics import check_mailbox
 
     settings = mailbox.settings(
         Security.EXPLICIT, password=__import__("pydantic").SecretStr("wrong-password"),

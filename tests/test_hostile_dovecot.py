@@ -11,6 +11,8 @@ from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
 from tests.conftest import sample_message
 from tests.hostile import CLASSES
 
+pytestmark = pytest.mark.dovecot
+
 SIZE = 64 * 1024
 
 

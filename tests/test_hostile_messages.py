@@ -15,9 +15,9 @@ from email.utils import getaddresses
 
 import pytest
 
-from prefect_pop3mail.tasks.pop3 import charsets, headers, htmltext, layout, mime
-from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047
-from prefect_pop3mail.tasks.pop3.headers import (
+from prefect_pop3mail.tasks.pop3.message import charsets, decoders, headers, htmltext, layout, mime
+from prefect_pop3mail.tasks.pop3.message.filenames import NameAllocator, decode_rfc2047
+from prefect_pop3mail.tasks.pop3.message.headers import (
     header_fields,
     parse_date,
     parse_headers,
@@ -300,11 +300,11 @@ class _Collect:
 
 def test_quoted_printable_without_line_breaks_is_decoded_in_pieces():
     out = _Collect()
-    decoder = mime.QuotedPrintableDecoder(out)
+    decoder = decoders.QuotedPrintableDecoder(out)
     block = b"=41=" * 65536  # escapes cut at every possible place across blocks
     for _ in range(8):
         decoder.write(block)
-        assert len(decoder._carry) <= mime.MAX_QP_LINE + len(block)
+        assert len(decoder._carry) <= decoders.MAX_QP_LINE + len(block)
     decoder.close()
     import binascii
 
@@ -316,7 +316,7 @@ def test_base64_with_padding_everywhere_decodes_as_binascii_does():
 
     data = b"AAAA=!" * 100_000
     out = _Collect()
-    decoder = mime.Base64Decoder(out)
+    decoder = decoders.Base64Decoder(out)
     for i in range(0, len(data), 4096):
         decoder.write(data[i:i + 4096])
     decoder.close()

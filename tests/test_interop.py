@@ -32,8 +32,8 @@ from prefect_pop3mail.tasks.pop3.models import (
     SaveOptions,
     Security,
 )
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from prefect_pop3mail.tasks.pop3.receiver import MailboxReceiver
-from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.conftest import require_server, sample_message
 from tests.servers import matrix
 
@@ -256,6 +256,7 @@ def test_pipelining_used_where_offered(server, box, tmp_path, pipelining):
     assert box.count() == 0
 
 
+@pytest.mark.prefect
 def test_flow_receive_all_mail(server, box, tmp_path):
     """One run of the flow per server, through a saved POP3MailConfiguration block."""
     from prefect_pop3mail.blocks import POP3MailConfiguration

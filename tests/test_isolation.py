@@ -59,6 +59,7 @@ def events_named(name: str, configuration: str) -> list:
         ).events
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_a_poison_message_fails_alone_then_is_set_aside(mailbox, tmp_path, poison_reader):
     mailbox.deliver(sample_message(1), sample_message(2, Subject=POISON), sample_message(3))
@@ -175,6 +176,7 @@ def test_messages_a_dead_run_never_announced_are_announced_by_the_next(tmp_path)
             assert rx.run().late == []
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_every_run_emits_one_summary_event_even_when_nothing_arrived(mailbox, tmp_path):
     name = f"summary-{uuid.uuid4().hex[:8]}"

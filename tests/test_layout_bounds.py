@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import layout, smime
-from prefect_pop3mail.tasks.pop3.layout import (
+from prefect_pop3mail.tasks.pop3.message import contents, layout
+from prefect_pop3mail.tasks.pop3.message.layout import (
     MAX_COPY_FACTOR,
     MAX_SIGNED_PARTS,
     MAX_WRITE_FACTOR,
@@ -31,8 +31,8 @@ from prefect_pop3mail.tasks.pop3.layout import (
     write_budget,
 )
 from prefect_pop3mail.tasks.pop3.models import SaveOptions
-from prefect_pop3mail.tasks.pop3.storage import store as store_module
 from prefect_pop3mail.tasks.pop3.storage.store import ORIGINAL_NAME, MessageStore
+from prefect_pop3mail.tasks.pop3.trust import smime
 from tests.hostile import CLASSES, CRLF, _filler, message
 from tests.test_smime_trust import SIGNED_TYPE, _message, _signed_body, pki  # noqa: F401
 
@@ -52,7 +52,7 @@ def work(monkeypatch) -> Work:
     """Counts the bytes every parse reads, the bytes every digest takes, and the
     signatures checked."""
     counted = Work()
-    parse_file = store_module.parse_file
+    parse_file = contents.parse_file
 
     def parse(path, visitor, **kwargs):
         counted.parsed += os.path.getsize(path)
@@ -70,7 +70,7 @@ def work(monkeypatch) -> Work:
         counted.verified += 1
         return verify(*args, **kwargs)
 
-    monkeypatch.setattr(store_module, "parse_file", parse)
+    monkeypatch.setattr(contents, "parse_file", parse)
     monkeypatch.setattr(layout._MultiDigest, "write", hash_bytes)
     monkeypatch.setattr(smime, "verify_detached", verify_counted)
     return counted

@@ -15,14 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import lineio
 from prefect_pop3mail.tasks.pop3.errors import (
     MessageTooLargeError,
     POP3ConnectionError,
     POP3ProtocolError,
     POP3TimeoutError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import (
+from prefect_pop3mail.tasks.pop3.protocol import lineio
+from prefect_pop3mail.tasks.pop3.protocol.lineio import (
     CHUNK,
     MAX_STATUS_LINE,
     MIN_TRANSFER_RATE,

@@ -20,16 +20,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import lineio
 from prefect_pop3mail.tasks.pop3.errors import (
     DuplicateUIDLError,
     InvalidUIDLError,
     POP3MailError,
     POP3ProtocolError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import LineReader
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
-from prefect_pop3mail.tasks.pop3.session import _NUMBER, POP3Session, _uidl_problem
+from prefect_pop3mail.tasks.pop3.protocol import lineio
+from prefect_pop3mail.tasks.pop3.protocol.lineio import LineReader
+from prefect_pop3mail.tasks.pop3.protocol.session import _NUMBER, POP3Session, _uidl_problem
 from prefect_pop3mail.tasks.pop3.storage import journal
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL
 from prefect_pop3mail.tasks.pop3.storage.journal import Journal, Saved, _line

@@ -20,7 +20,7 @@ from prefect_pop3mail.tasks.pop3.models import Security
 from tests.conftest import sample_message
 from tests.test_many_mailboxes import log_sessions, saved_originals, wait_until
 
-pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
+pytestmark = [pytest.mark.dovecot, pytest.mark.slow, pytest.mark.prefect]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,10 +16,10 @@ from prefect_pop3mail.flows import receive_all_mail, receive_from_mailboxes
 from prefect_pop3mail.flows.receiving import MailboxesFailedError
 from prefect_pop3mail.tasks.lock import mailbox_lock
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import Mailbox, sample_message
 
-pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
+pytestmark = [pytest.mark.dovecot, pytest.mark.slow, pytest.mark.prefect]
 
 MAILBOXES = 20
 MESSAGES_EACH = 3

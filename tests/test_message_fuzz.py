@@ -18,7 +18,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3.headers import header_fields, parse_headers
+from prefect_pop3mail.tasks.pop3.message.headers import header_fields, parse_headers
 from tests import tnef_writer as tw
 from tests.hostile import CLASSES
 from tests.test_mime_differential import mime_leaf, mime_tree

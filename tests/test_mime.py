@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import mime
+from prefect_pop3mail.tasks.pop3.message import decoders, mime
 from tests.test_mime_differential import lay_out
 from tests.test_store_corpus import CORPUS
 
@@ -53,7 +53,7 @@ def test_base64_decoder_matches_the_email_package_in_any_chunks(text, cuts):
     data = text.encode()
     expected, defects = decode_b(b"".join(data.splitlines()))
     out = io.BytesIO()
-    decoder = mime.Base64Decoder(out)
+    decoder = decoders.Base64Decoder(out)
     for chunk in _chunked(data, cuts):
         decoder.write(chunk)
     decoder.close()
@@ -70,7 +70,7 @@ def test_base64_decoder_matches_the_email_package_in_any_chunks(text, cuts):
 def test_quoted_printable_decoder_matches_binascii_in_any_chunks(payload, cuts):
     data = binascii.b2a_qp(payload).replace(b"\n", b"\r\n")
     out = io.BytesIO()
-    decoder = mime.QuotedPrintableDecoder(out)
+    decoder = decoders.QuotedPrintableDecoder(out)
     for chunk in _chunked(data, cuts):
         decoder.write(chunk)
     decoder.close()
@@ -79,10 +79,10 @@ def test_quoted_printable_decoder_matches_binascii_in_any_chunks(payload, cuts):
 
 def test_base64_junk_is_reported_but_whitespace_is_not():
     clean, junky = io.BytesIO(), io.BytesIO()
-    good = mime.Base64Decoder(clean)
+    good = decoders.Base64Decoder(clean)
     good.write(b"SGVs\r\n bG8=\t\r\n")
     good.close()
-    bad = mime.Base64Decoder(junky)
+    bad = decoders.Base64Decoder(junky)
     bad.write(b"SGVs!!bG8=")
     bad.close()
     assert clean.getvalue() == junky.getvalue() == b"Hello"

@@ -24,14 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3.layout import FolderLayout, LayoutOptions
-from prefect_pop3mail.tasks.pop3.mime import (
-    DECODED_ENCODINGS,
-    UUENCODE,
-    Part,
-    parse_file,
-    parse_headers,
-)
+from prefect_pop3mail.tasks.pop3.message.decoders import DECODED_ENCODINGS, UUENCODE
+from prefect_pop3mail.tasks.pop3.message.layout import FolderLayout, LayoutOptions
+from prefect_pop3mail.tasks.pop3.message.mime import Part, parse_file, parse_headers
 from tests.test_store_corpus import CASES, CORPUS
 
 # A small fixed budget in CI; POP3MAIL_SOAK=1 for a long run.

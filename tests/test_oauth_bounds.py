@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from prefect_pop3mail.tasks.pop3 import oauth
 from prefect_pop3mail.tasks.pop3.errors import OAuth2EndpointUnreachableError, OAuth2ResponseError
+from prefect_pop3mail.tasks.pop3.protocol.oauth import transport
 from tests.test_oauth_tokens import ENDPOINTS, fresh_providers, idp, provider_for  # noqa: F401
 
 
@@ -33,7 +33,7 @@ def test_a_token_reply_over_the_size_cap_is_refused(idp, kind, monkeypatch):  # 
     provider = provider_for(idp, kind, client)
     if kind == "entra":
         provider._application()  # discovery as usual; the token reply is the huge one
-    monkeypatch.setattr(idp, "pad_reply", oauth.MAX_REPLY_BYTES)
+    monkeypatch.setattr(idp, "pad_reply", transport.MAX_REPLY_BYTES)
     with pytest.raises(OAuth2ResponseError) as caught:
         provider()
     assert "over 1 MB (MAX_REPLY_BYTES)" in str(caught.value)
@@ -43,5 +43,5 @@ def test_a_token_reply_over_the_size_cap_is_refused(idp, kind, monkeypatch):  # 
 @pytest.mark.parametrize("kind", ENDPOINTS)
 def test_a_reply_just_under_the_cap_still_gives_a_token(idp, kind, monkeypatch):  # noqa: F811
     client = idp.register("big@example.org")
-    monkeypatch.setattr(idp, "pad_reply", oauth.MAX_REPLY_BYTES - 64 * 1024)
+    monkeypatch.setattr(idp, "pad_reply", transport.MAX_REPLY_BYTES - 64 * 1024)
     assert provider_for(idp, kind, client)().get_secret_value()

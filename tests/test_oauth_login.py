@@ -11,11 +11,11 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import oauth
-from prefect_pop3mail.tasks.pop3.diagnostics import check_mailbox, token_scopes
 from prefect_pop3mail.tasks.pop3.errors import OAuth2InvalidClientError, POP3AuthError
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.diagnostics import check_mailbox, token_scopes
+from prefect_pop3mail.tasks.pop3.protocol.oauth import providers
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests import test_oauth_tokens as token_tests
 from tests.conftest import Mailbox, require_dovecot, sample_message
 from tests.servers.dovecot import Dovecot, start_dovecot
@@ -57,7 +57,7 @@ class OAuthMailbox:
     def endpoint(self, kind: str) -> str:
         return self.idp.entra_token_endpoint if kind == "entra" else self.idp.generic_token_endpoint
 
-    def provider(self, kind: str, **overrides) -> oauth.TokenProvider:
+    def provider(self, kind: str, **overrides) -> providers.TokenProvider:
         values = dict(
             token_endpoint=self.endpoint(kind),
             client_id=self.client.client_id,
@@ -67,7 +67,7 @@ class OAuthMailbox:
             timeout=10,
         )
         values.update(overrides)
-        return oauth.client_credentials(**values)
+        return providers.client_credentials(**values)
 
     def settings(self, kind: str = "entra", provider=None, **overrides) -> ConnectionSettings:
         return self.box.settings(
@@ -178,7 +178,7 @@ def test_check_hints_at_the_usual_microsoft_365_mistakes(
     # POP.AccessAsApp role: the token is valid, and the server refuses it.
     box = Mailbox(oauth_dovecot)
     client = idp.register("someone-else@example.org", roles=[])
-    provider = oauth.client_credentials(
+    provider = providers.client_credentials(
         token_endpoint=idp.entra_token_endpoint, client_id=client.client_id,
         client_secret=SecretStr(client.secret), ca_file=str(idp.ca_file), timeout=10,
     )
@@ -222,7 +222,7 @@ def test_check_reports_a_refused_token_request_with_what_to_fix(account, secret_
 def test_check_says_when_the_server_lacks_the_mechanism(dovecot, idp):
     box = Mailbox(dovecot)  # the shared Dovecot offers PLAIN and LOGIN only
     client = idp.register(box.user)
-    provider = oauth.client_credentials(
+    provider = providers.client_credentials(
         token_endpoint=idp.entra_token_endpoint, client_id=client.client_id,
         client_secret=SecretStr(client.secret), ca_file=str(idp.ca_file), timeout=10,
     )
@@ -236,6 +236,7 @@ def test_check_says_when_the_server_lacks_the_mechanism(dovecot, idp):
 # --- through Prefect ----------------------------------------------------------------------
 
 
+@pytest.mark.prefect
 @pytest.mark.parametrize("kind", ENDPOINTS)
 def test_receive_all_mail_flow_with_an_oauth2_configuration(account, kind, tmp_path,
                                                            secret_logs):
@@ -254,6 +255,7 @@ def test_receive_all_mail_flow_with_an_oauth2_configuration(account, kind, tmp_p
     )
 
 
+@pytest.mark.prefect
 def test_check_pop3_connection_flow_reports_the_token(account, tmp_path, secret_logs):
     from prefect_pop3mail.flows import check_pop3_connection
 
@@ -284,10 +286,10 @@ def oauth_block(account: OAuthMailbox, kind: str, save_directory):
     )
 
 
-def oauth_provider_for(config) -> oauth.TokenProvider:
+def oauth_provider_for(config) -> providers.TokenProvider:
     """The provider the tasks used: the process-wide one for this configuration."""
     provider = config.connection_settings().token_provider
-    assert isinstance(provider, oauth.TokenProvider)
+    assert isinstance(provider, providers.TokenProvider)
     return provider
 
 
@@ -299,6 +301,7 @@ def assert_no_secrets(*texts_then_secret_and_provider) -> None:
         assert token not in text
 
 
+@pytest.mark.prefect
 def test_a_wrong_secret_fails_the_flow_at_once_naming_the_field(account, tmp_path, secret_logs):
     from prefect.states import State
 

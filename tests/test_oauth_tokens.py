@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import quote, quote_plus
@@ -16,8 +17,7 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import oauth
-from prefect_pop3mail.tasks.pop3.diagnostics import token_scopes
+from prefect_pop3mail.tasks.pop3 import tokens
 from prefect_pop3mail.tasks.pop3.errors import (
     ConfigurationError,
     OAuth2EndpointUnreachableError,
@@ -27,6 +27,8 @@ from prefect_pop3mail.tasks.pop3.errors import (
     OAuth2ResponseError,
     OAuth2TLSError,
 )
+from prefect_pop3mail.tasks.pop3.protocol.diagnostics import token_scopes
+from prefect_pop3mail.tasks.pop3.protocol.oauth import endpoints, providers
 from tests.servers.dovecot import free_port
 from tests.servers.idp import (
     ENTRA_RESOURCE,
@@ -48,9 +50,9 @@ def idp(ca: trustme.CA):
 
 @pytest.fixture(autouse=True)
 def fresh_providers():
-    oauth.forget_providers()
+    providers.forget_providers()
     yield
-    oauth.forget_providers()
+    providers.forget_providers()
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def endpoint_of(idp: IdentityProvider, kind: str) -> str:
     return idp.entra_token_endpoint if kind == "entra" else idp.generic_token_endpoint
 
 
-def provider_for(idp: IdentityProvider, kind: str, client, **overrides) -> oauth.TokenProvider:
+def provider_for(idp: IdentityProvider, kind: str, client, **overrides) -> providers.TokenProvider:
     values = dict(
         token_endpoint=endpoint_of(idp, kind),
         client_id=client.client_id,
@@ -76,7 +78,7 @@ def provider_for(idp: IdentityProvider, kind: str, client, **overrides) -> oauth
         timeout=5,
     )
     values.update(overrides)
-    return oauth.client_credentials(**values)
+    return providers.client_credentials(**values)
 
 
 def token_requests(idp: IdentityProvider, kind: str) -> int:
@@ -92,9 +94,9 @@ def test_entra_endpoint_goes_through_msal_with_the_exchange_default_scope(idp):
 
     token = provider.fetch()
 
-    assert isinstance(provider, oauth.EntraClientCredentials)
+    assert isinstance(provider, providers.EntraClientCredentials)
     assert provider.authority == f"{idp.base}/{idp.tenant}"
-    assert idp.last_token_request["form"]["scope"] == oauth.ENTRA_DEFAULT_SCOPE
+    assert idp.last_token_request["form"]["scope"] == endpoints.ENTRA_DEFAULT_SCOPE
     claims = token.claims()
     assert claims["aud"] == ENTRA_RESOURCE and claims["appid"] == client.client_id
     assert token_scopes(claims) == ["POP.AccessAsApp"]
@@ -130,15 +132,15 @@ def test_a_corrected_secret_gets_its_own_provider(idp):
 def test_generic_token_is_renewed_shortly_before_it_expires(idp, monkeypatch):
     client = idp.register("clock@example.org")
     provider = provider_for(idp, "generic", client)
-    start = oauth._now()
+    start = providers._now()
     first = provider.fetch()
     before = token_requests(idp, "generic")
 
-    monkeypatch.setattr(oauth, "_now", lambda: start + 3600 - 301)
+    monkeypatch.setattr(providers, "_now", lambda: start + 3600 - 301)
     assert provider.fetch().from_cache
     assert token_requests(idp, "generic") == before
 
-    monkeypatch.setattr(oauth, "_now", lambda: start + 3600 - 299)
+    monkeypatch.setattr(providers, "_now", lambda: start + 3600 - 299)
     renewed = provider.fetch()
     assert not renewed.from_cache
     assert token_requests(idp, "generic") == before + 1
@@ -157,12 +159,12 @@ def test_a_forgotten_token_is_fetched_anew(idp, kind):
 
 
 def test_short_lived_tokens_keep_a_tenth_of_their_life_as_margin():
-    assert oauth.refresh_margin(3600) == 300
-    assert oauth.refresh_margin(60) == 6
-    token = oauth.AccessToken(SecretStr("t"), expires_at=1000.0, obtained_at=940.0)
+    assert tokens.refresh_margin(3600) == 300
+    assert tokens.refresh_margin(60) == 6
+    token = tokens.AccessToken(SecretStr("t"), expires_at=1000.0, obtained_at=940.0)
     assert token.fresh_at(993.0)  # 7 s left of a 60 s token: margin 6 s
     assert not token.fresh_at(995.0)
-    assert not oauth.AccessToken(SecretStr("t")).fresh_at(0)  # no expiry: never cached
+    assert not tokens.AccessToken(SecretStr("t")).fresh_at(0)  # no expiry: never cached
 
 
 def test_generic_endpoint_uses_client_secret_basic_first(idp):
@@ -185,7 +187,7 @@ def test_generic_endpoint_falls_back_to_client_secret_post_and_remembers_it(idp,
     assert token_requests(idp, "generic") == before + 2  # basic refused, then post
     assert idp.last_token_request["form"]["client_secret"] == client.secret
 
-    monkeypatch.setattr(oauth, "_now", lambda: oauth.time.time() + 7200)  # cache expired
+    monkeypatch.setattr(providers, "_now", lambda: time.time() + 7200)  # cache expired
     assert provider().get_secret_value()
     assert token_requests(idp, "generic") == before + 3  # straight to post
 
@@ -235,7 +237,7 @@ def test_wrong_scope(idp, kind):
         provider_for(idp, kind, client, scope=scope)()
     error = caught.value
     assert error.error == "invalid_scope" and scope in str(error)
-    assert oauth.ENTRA_DEFAULT_SCOPE in str(error)  # what to use instead
+    assert endpoints.ENTRA_DEFAULT_SCOPE in str(error)  # what to use instead
     assert ("AADSTS1002012" if kind == "entra" else "unknown scope: admin") in str(error)
 
 
@@ -304,7 +306,7 @@ def test_a_secret_echoed_by_the_provider_is_masked(idp, kind, monkeypatch, secre
 )
 def test_configuration_mistakes_name_the_field(endpoint, field, words):
     with pytest.raises(ConfigurationError) as caught:
-        oauth.client_credentials(
+        providers.client_credentials(
             token_endpoint=endpoint, client_id="app", client_secret=SecretStr("s")
         )
     assert caught.value.field == field and words in str(caught.value)
@@ -313,10 +315,10 @@ def test_configuration_mistakes_name_the_field(endpoint, field, words):
 def test_missing_client_id_and_secret_are_named():
     endpoint = "https://idp.example/oauth/token"
     with pytest.raises(ConfigurationError, match="client_id"):
-        oauth.client_credentials(token_endpoint=endpoint, client_id=" ",
+        providers.client_credentials(token_endpoint=endpoint, client_id=" ",
                                  client_secret=SecretStr("s"))
     with pytest.raises(ConfigurationError, match="client_secret"):
-        oauth.client_credentials(token_endpoint=endpoint, client_id="app",
+        providers.client_credentials(token_endpoint=endpoint, client_id="app",
                                  client_secret=SecretStr(""))
 
 
@@ -340,8 +342,8 @@ def test_secret_and_token_never_reach_logs_or_reprs(idp, kind, secret_logs):
 
 
 def test_jwt_claims_of_an_opaque_token_are_none():
-    assert oauth.jwt_claims(SecretStr("opaque-token")) is None
-    assert oauth.jwt_claims(SecretStr("a.!!!.c")) is None
+    assert tokens.jwt_claims(SecretStr("opaque-token")) is None
+    assert tokens.jwt_claims(SecretStr("a.!!!.c")) is None
 
 
 

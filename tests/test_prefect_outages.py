@@ -38,7 +38,7 @@ from tests.servers.latency_proxy import LatencyProxy
 from tests.servers.prefect_server import PrefectServer, start_prefect_server
 from tests.test_many_mailboxes import log_sessions, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prefect]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The lock's waits, shortened for the children (the real ones are minutes; see

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
+from prefect_pop3mail.tasks.pop3.locations import public_url
 from prefect_pop3mail.tasks.pop3.models import ReceivedMail, ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from prefect_pop3mail.tasks.pop3.storage import objects
@@ -25,7 +26,6 @@ from prefect_pop3mail.tasks.pop3.storage.connect import connect
 from prefect_pop3mail.tasks.pop3.storage.journal import PRUNE_AT, Journal, Saved, mailbox_digest
 from prefect_pop3mail.tasks.pop3.storage.objects import FsspecStorage
 from prefect_pop3mail.tasks.pop3.storage.outbox import Outbox
-from prefect_pop3mail.tasks.pop3.storage.protocols import public_url
 from tests import storage_backends
 from tests.conftest import sample_message
 from tests.storage_backends import use_s3, use_sftp
@@ -37,12 +37,11 @@ HEAD = "0123456789abcdef" * 2
 KEY = "me@host:110"
 
 
-@pytest.fixture(params=["s3", "sftp"])
+@pytest.fixture(params=[storage_backends.S3, storage_backends.SFTP])
 def storage(request, monkeypatch) -> str:
     """A storage URL on a fresh bucket or folder of each remote back-end."""
-    if request.param == "s3":
-        return use_s3(request.getfixturevalue("s3_server"), monkeypatch)
-    return use_sftp(request.getfixturevalue("sftp_server"), monkeypatch)
+    server = storage_backends.server_for(request.param, request)
+    return (use_s3 if request.param == "s3" else use_sftp)(server, monkeypatch)
 
 
 @pytest.fixture
@@ -79,6 +78,7 @@ def folder(i: int) -> str:
     return f"20261125-110200-{i:012x}"
 
 
+@pytest.mark.prefect
 def test_flow_saves_to_storage_and_a_rerun_saves_no_duplicate(mailbox, storage):
     from prefect_pop3mail.flows import receive_all_mail
 
@@ -109,11 +109,12 @@ def test_flow_saves_to_storage_and_a_rerun_saves_no_duplicate(mailbox, storage):
 
 
 def objects_options(url: str) -> dict:
-    from prefect_pop3mail.tasks.pop3.storage.connect import connection_options
+    from prefect_pop3mail.tasks.pop3.locations import connection_options
 
     return connection_options(url.split(":")[0], {})
 
 
+@pytest.mark.s3
 def test_a_run_costs_the_same_requests_whatever_the_journal_holds(mailbox, s3_server,
                                                                   monkeypatch):
     """The journal and outbox are read in a bounded number of requests (a listing, the
@@ -143,6 +144,7 @@ def test_a_run_costs_the_same_requests_whatever_the_journal_holds(mailbox, s3_se
     assert len(counts[40]) <= 6, counts[40]
 
 
+@pytest.mark.s3
 def test_a_large_attachment_is_uploaded_in_parts(mailbox, s3_url, s3_server):
     payload = hashlib.sha256(b"seed").digest() * (17 * 1024 * 1024 // 32 + 1)
     mailbox.deliver(with_attachment(1, payload))
@@ -205,6 +207,7 @@ def test_the_journal_on_storage_keeps_latest_records_failures_and_prunes(storage
     close_state(*state)
 
 
+@pytest.mark.s3
 def test_a_journal_in_many_segments_is_read_as_one_after_the_run(s3_url):
     for i in range(objects.MAX_SEGMENTS + 2):  # a run per record: a segment each
         state = open_state(s3_url)
@@ -237,6 +240,7 @@ def test_pending_announcements_survive_runs_in_order(storage):
     close_state(*state)
 
 
+@pytest.mark.s3
 def test_the_state_the_previous_release_kept_on_storage_is_adopted(mailbox, s3_url, s3_server):
     """The release before kept one object per record (``S~stamp~uidl~folder~size~head``,
     the UIDL in base32), with a pending announcement (``*_url`` fields) as its content."""
@@ -270,6 +274,7 @@ def test_the_state_the_previous_release_kept_on_storage_is_adopted(mailbox, s3_u
     assert left == [], "the old records stay beside the adopted ones"
 
 
+@pytest.mark.sftp
 def test_sftp_refuses_a_server_whose_host_key_is_not_known(sftp_server, monkeypatch, tmp_path):
     use_sftp(sftp_server, monkeypatch)
     empty = tmp_path / "known_hosts"
@@ -294,6 +299,7 @@ def test_a_password_in_the_url_never_shows_and_the_block_refuses_it(mailbox):
     assert "s3cret-pw" not in str(refused.value.errors(include_input=False))
 
 
+@pytest.mark.s3
 def test_a_missing_bucket_is_named_and_never_created(mailbox, s3_server, s3_url):
     missing = f"mail-missing-{uuid.uuid4().hex[:8]}"
     mailbox.deliver(sample_message(1))
@@ -325,6 +331,7 @@ def test_a_local_folder_or_file_url_is_a_directory_and_storage_a_url(mailbox, tm
     assert mailbox.block("s3://bucket/prefix").save_options().url == "s3://bucket/prefix"
 
 
+@pytest.mark.s3
 def test_a_message_failing_run_after_run_is_quarantined_on_storage(mailbox, s3_url,
                                                                    monkeypatch):
     storage_backends.break_parsing_of_poison(monkeypatch)

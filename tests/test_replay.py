@@ -35,20 +35,21 @@ from tests import storage_backends
 from tests.conftest import sample_message
 from tests.storage_backends import use_s3, use_sftp
 
-pytestmark = pytest.mark.dovecot
+#: Dovecot for every test; the flows, the events and the CLI reach Prefect's API.
+pytestmark = [pytest.mark.dovecot, pytest.mark.prefect]
 
 s3_server, sftp_server = storage_backends.s3_server, storage_backends.sftp_server
 
 
-@pytest.fixture(params=["local", "s3", "sftp"])
+@pytest.fixture(params=["local", storage_backends.S3, storage_backends.SFTP])
 def where(request, tmp_path, monkeypatch) -> SaveOptions:
     """A save directory: a local folder, a bucket of moto's S3 server, or a folder of a
     private OpenSSH sftp server."""
     if request.param == "local":
         return SaveOptions(directory=tmp_path / "mail")
     if request.param == "s3":
-        return SaveOptions(url=use_s3(request.getfixturevalue("s3_server"), monkeypatch))
-    return SaveOptions(url=use_sftp(request.getfixturevalue("sftp_server"), monkeypatch))
+        return SaveOptions(url=use_s3(storage_backends.server_for("s3", request), monkeypatch))
+    return SaveOptions(url=use_sftp(storage_backends.server_for("sftp", request), monkeypatch))
 
 
 def receive(mailbox, save: SaveOptions, *messages: bytes, **options) -> list[ReceivedMail]:

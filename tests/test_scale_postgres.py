@@ -52,7 +52,7 @@ from tests.fleet import (
 )
 from tests.servers.postgres import postgres_unavailable_reason
 
-pytestmark = [pytest.mark.postgres, pytest.mark.dovecot, pytest.mark.slow,
+pytestmark = [pytest.mark.postgres, pytest.mark.dovecot, pytest.mark.prefect, pytest.mark.slow,
               pytest.mark.timeout(1200)]
 
 MAILBOXES = 200

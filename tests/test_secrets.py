@@ -24,7 +24,7 @@ from tests.conftest import Mailbox, sample_message
 from tests.servers.faultserver import FaultServer
 from tests.test_oauth_login import idp, oauth_dovecot  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.dovecot
+pytestmark = [pytest.mark.dovecot, pytest.mark.prefect]
 
 MARK = uuid.uuid4().hex[:12]
 PASSWORD = f"pw-{MARK}-Correct"

@@ -16,9 +16,9 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3ReplyError,
     POP3TLSError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import CHUNK
 from prefect_pop3mail.tasks.pop3.models import LoginMethod, Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.lineio import CHUNK
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import Mailbox, require_dovecot, sample_message
 from tests.servers.dovecot import start_dovecot
 from tests.servers.latency_proxy import LatencyProxy

@@ -34,9 +34,9 @@ from prefect_pop3mail.tasks.pop3.errors import (
     UntrustedCertificateError,
     WrongSecurityModeError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import CHUNK, MAX_CAPA_BYTES, MAX_LISTING_BYTES
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, LoginMethod, Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.lineio import CHUNK, MAX_CAPA_BYTES, MAX_LISTING_BYTES
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import sample_message
 from tests.servers.faultserver import (
     FaultServer,

@@ -21,10 +21,10 @@ from prefect_pop3mail.tasks.pop3.errors import (
     POP3MailError,
     POP3ProtocolError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import QUOTE
 from prefect_pop3mail.tasks.pop3.models import LoginMethod
+from prefect_pop3mail.tasks.pop3.protocol.lineio import QUOTE
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from prefect_pop3mail.tasks.pop3.redaction import secret_forms
-from prefect_pop3mail.tasks.pop3.session import POP3Session
 from tests.servers.faultserver import FaultServer, raw
 from tests.test_session_faults import settings_for
 

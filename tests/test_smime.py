@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import smime
 from prefect_pop3mail.tasks.pop3.errors import (
     SMIMEDecryptError,
     SMIMEKeyNotFoundError,
@@ -24,6 +23,7 @@ from prefect_pop3mail.tasks.pop3.errors import (
 )
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
+from prefect_pop3mail.tasks.pop3.trust import smime
 from tests.conftest import sample_message
 from tests.test_store_corpus import CORPUS, KEY_PASSWORD
 
@@ -188,10 +188,10 @@ def test_an_undecryptable_message_stays_on_the_server_and_the_batch_goes_on(mail
 
 
 def test_an_smime_container_over_the_memory_cap_keeps_only_the_original(tmp_path, monkeypatch):
-    from prefect_pop3mail.tasks.pop3.storage import store
+    from prefect_pop3mail.tasks.pop3.message import contents
     from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
-    monkeypatch.setattr(store, "MAX_SMIME_BYTES", 4096)  # the real cap is 64 MB
+    monkeypatch.setattr(contents, "MAX_SMIME_BYTES", 4096)  # the real cap is 64 MB
     big = (CORPUS / "smime_signed_opaque_ber" / "message.eml").read_bytes()  # over 4 kB
     keeper = MessageStore(SaveOptions(directory=tmp_path), "m@h:1", "c")
     incoming = keeper.incoming()

@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from prefect_pop3mail.tasks.pop3 import smime, trust
+from prefect_pop3mail.tasks.pop3.trust import certificates, smime
 from tests.test_smime_trust import DIGESTS, issue, sign
 
 CEO = "The CEO <ceo@corp.example>"
@@ -37,15 +37,15 @@ def test_a_subject_address_beside_a_subject_alt_name_for_another_is_not_the_sign
     assert info.signature_valid and info.signer_trusted
     assert info.signer_matches_from is False and not info.verified
     assert "bob@partner.example does not match From ceo@corp.example" in info.detail
-    assert trust.addresses(signer.cert) == ["bob@partner.example"]
+    assert certificates.addresses(signer.cert) == ["bob@partner.example"]
 
 
 def test_the_subject_address_counts_only_without_a_subject_alt_name():
     root = issue("Root", ca=True, eku=())
     plain = issue("CEO", root, subject_email="ceo@corp.example")
-    assert trust.addresses(plain.cert) == ["ceo@corp.example"]
-    assert trust.matches_sender(plain.cert, CEO)[0] is True
-    assert trust.matches_sender(plain.cert, "x@corp.example")[0] is False
+    assert certificates.addresses(plain.cert) == ["ceo@corp.example"]
+    assert certificates.matches_sender(plain.cert, CEO)[0] is True
+    assert certificates.matches_sender(plain.cert, "x@corp.example")[0] is False
 
 
 @pytest.mark.parametrize("constraint", [
@@ -87,14 +87,14 @@ def test_a_ca_limited_to_partner_example_cannot_vouch_for_corp_example(tmp_path,
 def test_name_constraint_forms(subtree, inside, outside):
     root = issue("Root", ca=True, eku=(), constraints=limited(subtree))
     for email in inside:
-        assert trust.outside_constraints([email], [root.cert]) is None, email
+        assert certificates.outside_constraints([email], [root.cert]) is None, email
     for email in outside:
-        assert "outside the name constraints of Root" in trust.outside_constraints(
+        assert "outside the name constraints of Root" in certificates.outside_constraints(
             [email], [root.cert]), email
-    assert trust.outside_constraints(inside + outside[:1], [root.cert]) is not None
+    assert certificates.outside_constraints(inside + outside[:1], [root.cert]) is not None
 
 
 def test_constraints_on_other_name_types_say_nothing_of_mail():
     root = issue("Root", ca=True, eku=(),
                  constraints=limited(x509.DirectoryName(x509.Name([]))))
-    assert trust.outside_constraints(["a@anywhere.example"], [root.cert]) is None
+    assert certificates.outside_constraints(["a@anywhere.example"], [root.cert]) is None

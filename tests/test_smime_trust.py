@@ -23,10 +23,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
 from prefect_pop3mail.blocks import POP3MailConfiguration
-from prefect_pop3mail.tasks.pop3 import asn1, smime, trust
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
 from prefect_pop3mail.tasks.pop3.models import SaveOptions, SignatureInfo
 from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
+from prefect_pop3mail.tasks.pop3.trust import asn1, certificates, smime
 
 NOW = datetime.datetime.now(datetime.UTC)
 CONTENT = b"Content-Type: text/plain\r\n\r\nPay invoice 42 today.\r\n"
@@ -357,11 +357,11 @@ def test_an_unusable_trust_store_names_the_field(tmp_path, content):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ConfigurationError, match="^smime_trust_store: "):
-        trust.check_trust_store(path)
+        certificates.check_trust_store(path)
 
 
 def test_system_roots_are_read_from_the_system_bundle():
-    assert trust.system_roots(), "the system CA bundle (ca-certificates) gave no roots"
+    assert certificates.system_roots(), "the system CA bundle (ca-certificates) gave no roots"
 
 
 def test_signature_info_is_verified_only_when_every_fact_holds():

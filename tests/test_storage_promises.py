@@ -26,8 +26,8 @@ import pytest
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
-from prefect_pop3mail.tasks.pop3.session import POP3Session
 from prefect_pop3mail.tasks.pop3.storage import manifest
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, MARKER
 from prefect_pop3mail.tasks.pop3.storage.journal import Journal, _line, head_digest

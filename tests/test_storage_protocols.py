@@ -22,12 +22,12 @@ from pydantic import ValidationError
 
 from prefect_pop3mail.blocks import POP3MailConfiguration
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
-from prefect_pop3mail.tasks.pop3.models import Location, ReceivedMail, SaveOptions
-from prefect_pop3mail.tasks.pop3.storage.protocols import (
+from prefect_pop3mail.tasks.pop3.locations import (
     LOCAL_PROTOCOLS,
     REMOTE_PROTOCOLS,
     location_problem,
 )
+from prefect_pop3mail.tasks.pop3.models import Location, ReceivedMail, SaveOptions
 from tests.conftest import sample_message
 
 REFUSED = ["memory://mail", "http://collector.example/mail", "https://collector.example/x",
@@ -78,6 +78,7 @@ def test_only_the_allow_list_passes_whatever_the_scheme(scheme):
         assert "not durable storage" in problem
 
 
+@pytest.mark.prefect
 def test_a_saved_configuration_with_such_a_directory_fails_to_load_naming_it():
     from tests.test_block_loading import BASE, save_unchecked
 
@@ -87,6 +88,7 @@ def test_a_saved_configuration_with_such_a_directory_fails_to_load_naming_it():
         POP3MailConfiguration.load_checked(name)
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 def test_a_run_given_such_a_directory_fails_before_touching_the_mailbox(mailbox, tmp_path):
     from prefect_pop3mail.flows import receive_all_mail

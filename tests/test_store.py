@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from prefect_pop3mail.tasks.pop3 import layout
 from prefect_pop3mail.tasks.pop3.errors import DiskFullError
+from prefect_pop3mail.tasks.pop3.message import layout
 from prefect_pop3mail.tasks.pop3.models import ReceiveOptions, SaveOptions
 from prefect_pop3mail.tasks.pop3.receiver import receive_mailbox
 from prefect_pop3mail.tasks.pop3.storage.store import ORIGINAL_NAME, MessageStore
@@ -42,7 +42,7 @@ def test_corpus_messages_received_from_dovecot_save_their_expected_files(mailbox
 
 
 def _decoded(subject: str) -> str:
-    from prefect_pop3mail.tasks.pop3.filenames import decode_rfc2047
+    from prefect_pop3mail.tasks.pop3.message.filenames import decode_rfc2047
 
     return decode_rfc2047(subject)
 

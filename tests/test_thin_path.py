@@ -9,12 +9,13 @@ import pytest
 from prefect_pop3mail.flows import receive_all_mail
 from prefect_pop3mail.tasks.pop3.errors import InactiveConfigurationError
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
 from tests.conftest import sample_message
 
 MODES = [Security.NONE, Security.EXPLICIT, Security.IMPLICIT]
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 @pytest.mark.parametrize("security", MODES, ids=lambda s: s.name.lower())
 def test_session_commands_in_every_security_mode(mailbox, security):
@@ -32,6 +33,7 @@ def test_session_commands_in_every_security_mode(mailbox, security):
     assert mailbox.count() == 1
 
 
+@pytest.mark.prefect
 @pytest.mark.dovecot
 @pytest.mark.parametrize("security", MODES, ids=lambda s: s.name.lower())
 def test_receive_all_flow_saves_originals(mailbox, tmp_path, security):
@@ -47,6 +49,7 @@ def test_receive_all_flow_saves_originals(mailbox, tmp_path, security):
     assert mailbox.count() == 0
 
 
+@pytest.mark.prefect
 def test_inactive_configuration_fails_before_connecting(tmp_path):
     from prefect_pop3mail.blocks import POP3MailConfiguration
 

@@ -1,4 +1,4 @@
-"""The one TLS client context (tasks/pop3/tls.py): the system's CAs, plus tls_ca_file when set,
+"""The one TLS client context (tasks/pop3/protocol/tls.py): the system's CAs, plus tls_ca_file when set,
 for the POP3 server and the token endpoint alike. "The system's CAs" are a throwaway CA put
 in place through OpenSSL's SSL_CERT_FILE, so the tests stay offline."""
 
@@ -16,8 +16,8 @@ import trustme
 
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError, POP3TLSError
 from prefect_pop3mail.tasks.pop3.models import Security
-from prefect_pop3mail.tasks.pop3.session import POP3Session
-from prefect_pop3mail.tasks.pop3.tls import client_context
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.tls import client_context
 from tests.conftest import Mailbox
 
 

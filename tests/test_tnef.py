@@ -1,4 +1,4 @@
-"""Outlook's winmail.dat: the bounded reader (tasks/pop3/tnef.py), against tnefparse on
+"""Outlook's winmail.dat: the bounded reader (tasks/pop3/message/tnef.py), against tnefparse on
 well-formed streams, and on hostile ones by class; and the files through the store.
 
 The streams are written by tests/tnef_writer.py in the situations of tnefparse's own test
@@ -19,7 +19,7 @@ import tnefparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import tnef
+from prefect_pop3mail.tasks.pop3.message import tnef
 from prefect_pop3mail.tasks.pop3.models import SaveOptions
 from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 from tests import tnef_writer as tw
@@ -336,7 +336,7 @@ def test_a_reader_bug_costs_only_the_winmail_dats_contents(tmp_path, monkeypatch
 def test_files_from_a_winmail_dat_count_against_the_write_budget(tmp_path, monkeypatch):
     """The files copied out of a winmail.dat are bytes written for the message too: past the
     budget, the file being copied is dropped and the rest stays in the winmail.dat."""
-    from prefect_pop3mail.tasks.pop3 import layout
+    from prefect_pop3mail.tasks.pop3.message import layout
 
     big = os.urandom(300_000)
     stream = tw.tnef([tw.File("first.bin", big), tw.File("second.bin", big)])

@@ -20,7 +20,7 @@ from prefect_pop3mail.blocks import POP3MailConfiguration
 from tests.conftest import require_server
 from tests.servers.prefect_server import PrefectServer, shared_prefect_server
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.prefect]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

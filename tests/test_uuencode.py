@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_pop3mail.tasks.pop3 import mime
-from prefect_pop3mail.tasks.pop3.mime import MAX_UU_LINE, OctalToken, UUDecoder
+from prefect_pop3mail.tasks.pop3.message import decoders
+from prefect_pop3mail.tasks.pop3.message.decoders import MAX_UU_LINE, OctalToken, UUDecoder
 
 EXAMPLES = 5000 if os.environ.get("POP3MAIL_SOAK") else 400
 
@@ -137,23 +137,23 @@ def test_a_line_of_megabytes_costs_no_memory(line):
     try:
         out = io.BytesIO()
         decoder = UUDecoder(out)
-        for i in range(0, len(payload), mime.BLOCK):
-            decoder.write(payload[i:i + mime.BLOCK])
+        for i in range(0, len(payload), decoders.HELD_BYTES):
+            decoder.write(payload[i:i + decoders.HELD_BYTES])
         decoder.close()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert out.getvalue() == want
     # Blocks, the held bytes (a block in memory), the output: never the line.
-    assert peak - len(out.getvalue()) < 6 * mime.BLOCK, peak
+    assert peak - len(out.getvalue()) < 6 * decoders.HELD_BYTES, peak
 
 
 def test_held_bytes_spill_to_the_visitors_work_folder(tmp_path):
     """A large uuencoded body waits in scratch files of the layout's work folder."""
-    data = os.urandom(3 * mime.BLOCK)
+    data = os.urandom(3 * decoders.HELD_BYTES)
     payload = b"\r\n".join([b"begin 644 big.bin", *encoded_lines(data), b"`", b"end", b""])
     out = io.BytesIO()
-    decoder = mime.decoder_for("x-uuencode", out, str(tmp_path))
+    decoder = decoders.decoder_for("x-uuencode", out, str(tmp_path))
     decoder.write(payload[:len(payload) // 2])
     # Unnamed temporary files: the folder shows nothing, the descriptors point into it.
     held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
@@ -165,7 +165,7 @@ def test_held_bytes_spill_to_the_visitors_work_folder(tmp_path):
     assert out.getvalue() == data
 
 
-@pytest.mark.parametrize("encoding", sorted(mime.UUENCODE))
+@pytest.mark.parametrize("encoding", sorted(decoders.UUENCODE))
 def test_every_uuencode_name_is_decoded(encoding):
-    assert isinstance(mime.decoder_for(encoding, io.BytesIO()), UUDecoder)
-    assert encoding in mime.DECODED_ENCODINGS
+    assert isinstance(decoders.decoder_for(encoding, io.BytesIO()), UUDecoder)
+    assert encoding in decoders.DECODED_ENCODINGS

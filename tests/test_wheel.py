@@ -22,7 +22,7 @@ import pytest
 from tests.servers.prefect_server import PROJECT_ROOT, PrefectServer, shared_prefect_server
 from tests.test_deployment_server import TERMINAL, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prefect]
 
 SUBPACKAGES = ("blocks", "tasks", "tasks/pop3", "flows")
 # What a checkout has that a build must not see: other builds, caches, virtualenvs.
@@ -114,6 +114,11 @@ def test_the_wheel_holds_the_plugin_and_nothing_of_the_checkout(wheel_venv):
     assert "prefect_pop3mail/__init__.py" in names and "prefect_pop3mail/py.typed" in names
     assert not [n for n in names if "package-root" in n]
     assert "prefect_pop3mail/flows/cli.py" in names
+    # Every module of the engine's sub-packages: pyproject.toml lists the packages by hand.
+    engine = PROJECT_ROOT / "tasks" / "pop3"
+    modules = {f"prefect_pop3mail/tasks/pop3/{p.relative_to(engine).as_posix()}"
+               for p in engine.rglob("*.py")}
+    assert modules - set(names) == set()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
     assert "Requires-Dist: prefect<4,>=3.4.10" in metadata

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, get_args, runtime_checkable
+from typing import Annotated, Any, get_args
 
 from pydantic import (
     BaseModel,
@@ -23,15 +23,14 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from prefect_pop3mail.tasks.pop3.storage.protocols import (
+from prefect_pop3mail.tasks.pop3.locations import (
     is_remote,
     is_url,
     local_path,
     location_problem,
+    open_url,
 )
-
-if TYPE_CHECKING:
-    from prefect_pop3mail.tasks.pop3.oauth import AccessToken
+from prefect_pop3mail.tasks.pop3.tokens import CallableTokenSource, TokenSource
 
 
 class _CaseInsensitiveEnum(StrEnum):
@@ -76,31 +75,11 @@ class LoginMethod(_CaseInsensitiveEnum):
     OAUTHBEARER = "oauthbearer"
 
 
-@runtime_checkable
-class TokenSource(Protocol):
-    """Where OAuth2 access tokens come from: ``tasks/pop3/oauth.py``'s providers."""
-
-    client_id: str
-    #: Microsoft Entra ID issues the tokens: the connection check's hints are Microsoft's.
-    is_microsoft: bool
-
-    def __call__(self) -> SecretStr:
-        """A token that is valid now."""
-
-    def fetch(self) -> AccessToken:
-        """That token with what is known about it (expiry, scope, from the cache or not)."""
-
-    def forget_token(self) -> None:
-        """Drop a cached token the server refused, so the next one is new."""
-
-
 def _token_source(value: Any) -> TokenSource | None:
     """A plain function returning a token is accepted too, wrapped as a TokenSource."""
     if value is None or isinstance(value, TokenSource):
         return value
     if callable(value):
-        from prefect_pop3mail.tasks.pop3.oauth import CallableTokenSource
-
         return CallableTokenSource(value)
     raise ValueError("token_provider: must be a TokenSource or a function returning a token")
 
@@ -142,7 +121,7 @@ class SaveOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     directory: Path | None = None
-    #: An fsspec URL of a protocol storage/protocols.py allows (s3://, gs://, az://, sftp://).
+    #: An fsspec URL of a protocol locations.py allows (s3://, gs://, az://, sftp://).
     url: str | None = None
     #: Extra arguments for the fsspec file system (endpoint, key file...); not secrets.
     storage_options: dict[str, Any] = {}
@@ -272,8 +251,6 @@ class Location(str):
         """Open it: a local file, or through fsspec (with the worker's credentials)."""
         if not self.is_url:
             return open(self, mode)  # noqa: SIM115 - the caller closes it
-        from prefect_pop3mail.tasks.pop3.storage.connect import open_url
-
         return open_url(self, mode)
 
     def read_bytes(self) -> bytes:

@@ -43,8 +43,8 @@ from prefect_pop3mail.tasks.pop3.errors import (
     StorageError,
     UIDLNotSupportedError,
 )
-from prefect_pop3mail.tasks.pop3.headers import header_fields
-from prefect_pop3mail.tasks.pop3.mime import MAX_HEADER_BYTES, parse_headers
+from prefect_pop3mail.tasks.pop3.message.headers import header_fields
+from prefect_pop3mail.tasks.pop3.message.mime import MAX_HEADER_BYTES, parse_headers
 from prefect_pop3mail.tasks.pop3.models import (
     ConnectionSettings,
     ListedMessage,
@@ -54,9 +54,10 @@ from prefect_pop3mail.tasks.pop3.models import (
     ReceiveReport,
     SaveOptions,
 )
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
+from prefect_pop3mail.tasks.pop3.storage.incoming import IncomingMessage
 from prefect_pop3mail.tasks.pop3.storage.journal import Saved, head_digest
-from prefect_pop3mail.tasks.pop3.storage.store import IncomingMessage, MessageStore
+from prefect_pop3mail.tasks.pop3.storage.store import MessageStore
 
 log = logging.getLogger("pop3mail.receiver")
 

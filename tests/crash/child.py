@@ -46,8 +46,9 @@ def record_announcements() -> None:
 
 def arm(moment: str, n: int) -> None:
     from prefect_pop3mail.tasks import activities
-    from prefect_pop3mail.tasks.pop3 import receiver, session
-    from prefect_pop3mail.tasks.pop3.storage import objects, store
+    from prefect_pop3mail.tasks.pop3 import receiver
+    from prefect_pop3mail.tasks.pop3.protocol import session
+    from prefect_pop3mail.tasks.pop3.storage import incoming, objects, store
     from prefect_pop3mail.tasks.pop3.storage.manifest import folder_files
 
     record_announcements()
@@ -59,7 +60,7 @@ def arm(moment: str, n: int) -> None:
         return count["n"] == n
 
     if moment == "retr":
-        write = store.IncomingMessage.write
+        write = incoming.IncomingMessage.write
 
         def dying_write(self, data):
             if due():
@@ -68,7 +69,7 @@ def arm(moment: str, n: int) -> None:
                 die()
             write(self, data)
 
-        store.IncomingMessage.write = dying_write
+        incoming.IncomingMessage.write = dying_write
     elif moment == "mid-upload":
         upload = objects.FsspecStorage._upload
 

@@ -72,7 +72,7 @@ def record_requests() -> None:
 
     import httpx
 
-    from prefect_pop3mail.tasks.pop3 import session
+    from prefect_pop3mail.tasks.pop3.protocol import session
 
     seen: dict[str, list] = {"requests": [], "sessions": []}
     lock = threading.Lock()

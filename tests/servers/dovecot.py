@@ -22,6 +22,8 @@ from pathlib import Path
 
 import trustme
 
+from tests.servers import started
+
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 _unique = itertools.count()
 
@@ -79,6 +81,7 @@ class Dovecot:
         return self.root / "dovecot.log"
 
     def start(self) -> Dovecot:
+        started("Dovecot", "dovecot", "interop")
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         nobody = pwd.getpwnam("nobody")

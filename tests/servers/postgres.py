@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.servers import started
 from tests.servers.dovecot import free_port
 
 
@@ -70,6 +71,7 @@ class Postgres:
                 f"{self.database}")
 
     def start(self, timeout: float = 60.0) -> Postgres:
+        started("PostgreSQL", "postgres")
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise RuntimeError(postgres_unavailable_reason())

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.servers import started
 from tests.servers.dovecot import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,7 @@ class PrefectServer:
     def start(self, timeout: float = 90.0) -> PrefectServer:
         """Start the server; again on the same port and home (the same database) once it
         has been stopped or killed."""
+        started("a Prefect server", "prefect")
         self.port = self.port or free_port()
         log = open(self.log_file, "ab")
         self.process = subprocess.Popen(

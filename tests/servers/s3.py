@@ -11,12 +11,15 @@ import sys
 import time
 import uuid
 
+from tests.servers import started
+
 
 class S3Server:
     """``separate_process``: run moto in its own interpreter (benchmarks: the server's work
     then shares no GIL with the client measured); otherwise a thread of this process."""
 
     def __init__(self, *, separate_process: bool = False):
+        started("moto's S3 server", "s3")
         self._process = None
         if separate_process:
             self._start_process()

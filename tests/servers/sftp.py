@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.servers import started
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -35,6 +37,7 @@ def _free_port() -> int:
 
 class SFTPServer:
     def __init__(self):
+        started("sshd (SFTP)", "sftp")
         self.root = Path(tempfile.mkdtemp(prefix="pop3mail-sshd-"))
         self.user = getpass.getuser()
         self.port = _free_port()

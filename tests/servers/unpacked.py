@@ -26,6 +26,7 @@ from typing import ClassVar
 import trustme
 
 from prefect_pop3mail.tasks.pop3.models import LoginMethod, Security
+from tests.servers import started
 
 SERVERS_ROOT = Path(os.environ.get("POP3MAIL_SERVERS_ROOT", "/var/cache/pop3mail-servers"))
 SETUP = "tests/setup/pop3-servers.sh"
@@ -190,6 +191,7 @@ class UnpackedServer:
         return self.root / "server.log"
 
     def start(self) -> UnpackedServer:
+        started(f"{type(self).__name__} (a real POP3 server)", "interop")
         os.chmod(self.root, 0o755)
         self.ca.cert_pem.write_to_path(str(self.ca_file))
         cert = self.ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")

@@ -17,10 +17,9 @@ each, tests/test_storage_promises.py):
 - **No followed links** in the state area (``.pop3mail``).
 - **One message's storage fault is that message's failure**; an unreachable store is the
   run's.
-- **Only durable protocols** (``protocols``).
+- **Only durable protocols** (``tasks/pop3/locations.py``).
 - **Verified removal**: DELE only after the journal record and the folder's marker have been
   read back and match the message.
 
-Import the submodules (``storage.store``...); this package itself imports nothing, so that
-``models`` can use ``protocols`` without a cycle.
+Import the submodules (``storage.store``...); this package itself imports nothing.
 """

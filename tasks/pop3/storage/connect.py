@@ -1,53 +1,20 @@
-"""Reaching fsspec storage: the file system for a URL, SFTP host keys checked, and the
-errors that name the URL without its password. Used by the storage and by whoever opens a
-saved file's URL (``Location.open``).
+"""Reaching fsspec storage: the file system for a URL (SFTP host keys checked as
+``locations.connection_options`` says), and the errors that name the URL without its
+password.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError, SaveError
-from prefect_pop3mail.tasks.pop3.storage.protocols import REMOTE_PROTOCOLS, protocol, public_url
-
-
-class KnownHostsPolicy:
-    """Accept an SFTP server's host key only when it is in the known_hosts file ``path``,
-    never on first sight (fsspec's own default)."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def missing_host_key(self, client, hostname: str, key) -> None:
-        import paramiko
-
-        known = paramiko.HostKeys()
-        try:
-            known.load(self.path)
-        except OSError as exc:
-            raise paramiko.SSHException(f"cannot read known hosts {self.path}: {exc}") from exc
-        entry = known.lookup(hostname)
-        if entry is None or entry.get(key.get_name()) != key:
-            raise paramiko.SSHException(f"host key of {hostname} is not in {self.path}; add it "
-                                        "(ssh-keyscan) to trust this server")
-
-
-def connection_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` for fsspec, with the known-hosts check for SFTP unless the user chose a
-    policy (FSSPEC_SFTP_HOST_KEY_POLICY, or in code)."""
-    if scheme not in ("sftp", "ssh"):
-        return options
-    import fsspec.config
-    import paramiko
-
-    if "host_key_policy" in options or "host_key_policy" in fsspec.config.conf.get(scheme, {}):
-        return options
-    known = options.pop("known_hosts", None) or os.environ.get("POP3MAIL_SFTP_KNOWN_HOSTS") \
-        or os.path.expanduser("~/.ssh/known_hosts")
-    policy = type("KnownHosts", (KnownHostsPolicy, paramiko.MissingHostKeyPolicy), {})(known)
-    return {**options, "host_key_policy": policy}
+from prefect_pop3mail.tasks.pop3.locations import (
+    REMOTE_PROTOCOLS,
+    connection_options,
+    protocol,
+    public_url,
+)
 
 
 def storage_error(url: str, doing: str, exc: BaseException,
@@ -75,10 +42,3 @@ def connect(url: str, storage_options: dict[str, Any] | None = None):
                                  f"{scheme}:// is installed{hint}") from exc
     except Exception as exc:
         raise storage_error(url, "connect", exc) from exc
-
-
-def open_url(url: str, mode: str = "rb"):
-    """Open a saved file's URL as the store reached it (SFTP: the same known hosts)."""
-    import fsspec
-
-    return fsspec.open(url, mode, **connection_options(protocol(url) or "", {}))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_pop3mail.tasks.pop3.errors import SaveDirectoryError, SaveError, StorageError
+from prefect_pop3mail.tasks.pop3.locations import protocol, public_url
 from prefect_pop3mail.tasks.pop3.storage import legacy
 from prefect_pop3mail.tasks.pop3.storage.base import (
     CHUNK,
@@ -43,7 +44,6 @@ from prefect_pop3mail.tasks.pop3.storage.base import (
 )
 from prefect_pop3mail.tasks.pop3.storage.connect import connect, storage_error
 from prefect_pop3mail.tasks.pop3.storage.manifest import MAX_MARKER_BYTES, folder_files
-from prefect_pop3mail.tasks.pop3.storage.protocols import protocol, public_url
 
 log = logging.getLogger("pop3mail.storage")
 

@@ -10,37 +10,26 @@ folder is complete or absent, never half-written. Written once for every storage
         long-names/...     files whose full names would pass the storage's limit
         .complete          the manifest (manifest.py)
 
-What goes where is layout.py; the parsing is mime.py; S/MIME is smime.py. The store also
-keeps the mailbox's journal and outbox, and verifies a saved message (its journal record and
-its marker, read back) before the receiver may delete it from the server.
+What the folder holds besides the original is message/contents.py's (S/MIME opened, parts
+laid out); a message arrives through storage/incoming.py. The store also keeps the mailbox's journal and outbox, and verifies a saved
+message (its journal record and its marker, read back) before the receiver may delete it
+from the server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import os
 import shutil
 import uuid
 from datetime import UTC, datetime
-from email.message import Message
-from pathlib import Path
 
-from prefect_pop3mail.tasks.pop3 import smime
 from prefect_pop3mail.tasks.pop3.errors import POP3MailError, SaveDirectoryError
-from prefect_pop3mail.tasks.pop3.headers import header_fields
-from prefect_pop3mail.tasks.pop3.headers import read_head as _read_head
-from prefect_pop3mail.tasks.pop3.layout import (
-    ATTACHMENTS_DIR,
-    HTML_NAME,
-    TEXT_NAME,
-    Findings,
-    FolderLayout,
-    LayoutOptions,
-)
-from prefect_pop3mail.tasks.pop3.mime import Part, parse_file
+from prefect_pop3mail.tasks.pop3.message.contents import ContentWriter
+from prefect_pop3mail.tasks.pop3.message.headers import header_fields
+from prefect_pop3mail.tasks.pop3.message.headers import read_head as _read_head
+from prefect_pop3mail.tasks.pop3.message.layout import Findings
 from prefect_pop3mail.tasks.pop3.models import (
     ReceivedMail,
     SavedAttachment,
@@ -49,11 +38,10 @@ from prefect_pop3mail.tasks.pop3.models import (
 )
 from prefect_pop3mail.tasks.pop3.storage import manifest
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, OUTBOX, QUARANTINE_DIR, Storage
+from prefect_pop3mail.tasks.pop3.storage.incoming import IncomingMessage
 from prefect_pop3mail.tasks.pop3.storage.journal import (
-    HEAD_DIGEST_BYTES,
     Journal,
     Saved,
-    head_digest,
     mailbox_digest,
     saved_stamp,
 )
@@ -65,64 +53,6 @@ from prefect_pop3mail.tasks.pop3.storage.statedir import save_errors
 log = logging.getLogger("pop3mail.store")
 
 ORIGINAL_NAME = "message.eml"
-#: Encrypted inside signed inside encrypted...: more layers than this are not unwrapped.
-MAX_SMIME_LAYERS = 4
-#: S/MIME is opened in memory (the cryptography package takes bytes): a larger container is
-#: kept as the original only, so one message cannot take more than a few times this.
-MAX_SMIME_BYTES = 64 << 20
-
-
-class IncomingMessage:
-    """A sink for one message as it arrives: written to a temp file, hashed on the way."""
-
-    def __init__(self, path: str, mode: int):
-        self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._file = os.fdopen(os.open(path, flags, mode), "wb", buffering=256 * 1024)
-        self._hash = hashlib.sha256()
-        self._head = bytearray()  # the start of the message, until its header ends
-        self.size = 0
-        self._error: OSError | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._error is not None:
-            return  # the disk failed: drop the rest, but let the session read it to the end
-        self._hash.update(data)
-        if len(self._head) < HEAD_DIGEST_BYTES and not _header_ended(self._head):
-            self._head += data[:HEAD_DIGEST_BYTES]
-        try:
-            self._file.write(data)
-        except OSError as exc:
-            self._error = exc
-            return
-        self.size += len(data)
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    @property
-    def head_digest(self) -> str:
-        return head_digest(bytes(self._head))
-
-    def finish(self) -> None:
-        """Flush to the OS, so a crash of this process cannot lose it."""
-        with save_errors(self.path):
-            if self._error is not None:
-                raise self._error
-            self._file.close()
-
-    def discard(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass  # a full disk fails the flush too; the file goes anyway
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
-def _header_ended(head: bytes | bytearray) -> bool:
-    return b"\n\n" in head or b"\n\r\n" in head
 
 
 def open_storage(options: SaveOptions, mailbox_key: str, *, read_only: bool = False
@@ -148,7 +78,7 @@ class MessageStore:
         self._mailbox = mailbox_key
         self.file_mode = 0o600 if options.private else 0o644
         self.dir_mode = 0o700 if options.private else 0o755
-        self._keys = smime.KeyStore(options.key_store, options.key_password) if options.key_store else None
+        self.contents = ContentWriter(options, self.file_mode, self.dir_mode)
         self.storage = open_storage(options, mailbox_key)
         try:
             if self.storage.name_limit < manifest.MIN_NAME_ROOM:
@@ -267,7 +197,7 @@ class MessageStore:
         def lay_out(staging: str) -> None:
             original = os.path.join(staging, ORIGINAL_NAME)
             os.replace(incoming.path, original)
-            self.write_contents(original, staging, findings, uidl, head)
+            self.contents.write(original, staging, findings, uidl, work=self._work, head=head)
             if not self.options.save_original:
                 os.unlink(original)
 
@@ -373,136 +303,6 @@ class MessageStore:
             warnings=findings.warnings,
             saved_at=datetime.now(UTC),
         ).model_dump(mode="json")
-
-    def write_contents(self, original: str, folder: str, findings: Findings, uidl: str,
-                       head: Message | None = None) -> None:
-        """Write the text, HTML and attachments of ``original`` (whose top headers are
-        ``head``, when already read) into ``folder``."""
-        opts = self.options
-        if not (opts.save_text or opts.save_attachments):
-            return
-        plaintexts: list[Path] = []
-        try:
-            unwrapped = self._unwrap(original, findings, plaintexts, head)
-            if unwrapped is not None:
-                self._lay_out(*unwrapped, folder, findings, uidl, os.path.getsize(original))
-        finally:
-            for path in plaintexts:  # decrypted content lives on only in the saved files
-                path.unlink(missing_ok=True)
-
-    def _lay_out(self, source: str | Path, root: Part, folder: str, findings: Findings,
-                 uidl: str, message_size: int | None = None) -> None:
-        opts = self.options
-        layout = FolderLayout(
-            folder,
-            LayoutOptions(opts.save_text, opts.save_attachments, self.file_mode, self.dir_mode),
-            self._work,
-            parse=parse_file,
-            verify=lambda signature, digests, covers: smime.verify_detached(
-                signature, digests, covers, sender=findings.sender, trust_store=opts.trust_store),
-            findings=findings,
-            message_size=message_size,
-        )
-        warned, signature = len(findings.warnings), findings.signature
-        try:
-            parse_file(source, layout, root=root)
-            layout.finish()
-        except (OSError, POP3MailError):
-            layout.abort()
-            raise
-        except Exception as exc:  # a parser bug must cost this message's parts, not the batch
-            layout.abort()
-            log.exception("Laying out message %s failed", uidl)
-            for name in (TEXT_NAME, HTML_NAME, ATTACHMENTS_DIR):
-                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
-            findings.text = findings.html = None
-            findings.attachments.clear()
-            findings.signature = signature
-            del findings.warnings[warned:]
-            findings.warnings.append(f"internal error reading the message "
-                                     f"({type(exc).__name__}); only the original is saved")
-
-    def _unwrap(self, source: str | Path, findings: Findings, plaintexts: list[Path],
-                headers: Message | None) -> tuple[str | Path, Part] | None:
-        """Decrypt and open S/MIME layers: the content to lay out and its top part; None
-        when there is nothing more to save."""
-        for _ in range(MAX_SMIME_LAYERS):
-            root = _RootBody()
-            if headers is None:
-                with open(source, "rb") as f:
-                    headers = _read_head(f)
-            head = Part(headers=headers, number="")
-            headers = None
-            kind = smime.smime_kind(head.content_type, head.param("smime-type"), head.param("name"))
-            if kind is None:
-                return source, head
-            parse_file(source, root)
-            if root.overflow:
-                findings.warnings.append(
-                    f"S/MIME content over {MAX_SMIME_BYTES >> 20} MB (MAX_SMIME_BYTES) is not "
-                    "opened; only the original is saved")
-                return None
-            der = root.data.getvalue()
-            if kind == "unknown":
-                kind = "signed" if smime.is_signed_data(der) else "enveloped"
-            if kind == "enveloped":
-                if self._keys is None:
-                    findings.warnings.append("the message is S/MIME encrypted and the "
-                                             "configuration names no public key; only the "
-                                             "original is saved")
-                    return None
-                content = self._keys.decrypt(der)
-                findings.decrypted = True
-            else:
-                content, info = smime.verify_opaque(der, sender=findings.sender,
-                                                    trust_store=self.options.trust_store)
-                findings.signature = findings.signature or info
-                if not info.verified:
-                    findings.warnings.append(f"S/MIME signature not verified: {info.detail}")
-                if content is None:
-                    return None
-            source = self._work / f"plain-{uuid.uuid4().hex}.eml"
-            plaintexts.append(source)
-            fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(fd, "wb") as f:
-                f.write(content)
-        findings.warnings.append("too many S/MIME layers; the innermost content is not saved")
-        return None
-
-
-class _RootBody:
-    """A visitor that keeps the decoded body of a single-part message in memory, up to
-    MAX_SMIME_BYTES (``overflow`` says when it was more)."""
-
-    def __init__(self):
-        self.data = io.BytesIO()
-        self.overflow = False
-
-    def write(self, data: bytes) -> None:
-        if self.data.tell() + len(data) > MAX_SMIME_BYTES:
-            self.overflow = True
-            return
-        self.data.write(data)
-
-    def begin_leaf(self, part: Part):
-        return self if part.parent is None else None
-
-    def end_leaf(self, part, sink) -> None:
-        pass
-
-    def begin_multipart(self, part) -> None:
-        pass
-
-    def end_multipart(self, part) -> None:
-        pass
-
-    def raw_tap(self, part):
-        return None
-
-    def warn(self, part, text) -> None:
-        pass
 
 
 def _folder_name(mail: ReceivedMail) -> str:

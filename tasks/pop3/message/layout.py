@@ -32,11 +32,15 @@ from email.utils import unquote
 from mimetypes import MimeTypes
 from typing import NamedTuple
 
-from prefect_pop3mail.tasks.pop3 import charsets, htmltext, tnef
-from prefect_pop3mail.tasks.pop3.filenames import NameAllocator, decode_rfc2047, safe_filename
-from prefect_pop3mail.tasks.pop3.headers import MAX_TEXT_CHARS, clip
-from prefect_pop3mail.tasks.pop3.htmltext import HTMLToText
-from prefect_pop3mail.tasks.pop3.mime import Part, parse_headers
+from prefect_pop3mail.tasks.pop3.message import charsets, htmltext, tnef
+from prefect_pop3mail.tasks.pop3.message.filenames import (
+    NameAllocator,
+    decode_rfc2047,
+    safe_filename,
+)
+from prefect_pop3mail.tasks.pop3.message.headers import MAX_TEXT_CHARS, clip
+from prefect_pop3mail.tasks.pop3.message.htmltext import HTMLToText
+from prefect_pop3mail.tasks.pop3.message.mime import Part, parse_headers
 from prefect_pop3mail.tasks.pop3.models import SignatureInfo
 from prefect_pop3mail.tasks.pop3.sinks import WRITE_BLOCK, FileWriter, Sink, Spool
 

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import probes
 from prefect_pop3mail.tasks.pop3.errors import (
     RESPONSE_CODE_ERRORS,
     TIMEOUT_HINT,
@@ -42,21 +41,22 @@ from prefect_pop3mail.tasks.pop3.errors import (
     UntrustedCertificateError,
     WrongSecurityModeError,
 )
-from prefect_pop3mail.tasks.pop3.lineio import (
-    MAX_CAPA_BYTES,
-    MAX_LISTING_BYTES,
-    QUOTE,
-    LineReader,
-)
 from prefect_pop3mail.tasks.pop3.models import (
     DEFAULT_PORTS,
     ConnectionSettings,
     LoginMethod,
     Security,
 )
+from prefect_pop3mail.tasks.pop3.protocol import probes
+from prefect_pop3mail.tasks.pop3.protocol.lineio import (
+    MAX_CAPA_BYTES,
+    MAX_LISTING_BYTES,
+    QUOTE,
+    LineReader,
+)
+from prefect_pop3mail.tasks.pop3.protocol.tls import client_context
 from prefect_pop3mail.tasks.pop3.redaction import Redactor
 from prefect_pop3mail.tasks.pop3.sinks import DISCARD, Sink
-from prefect_pop3mail.tasks.pop3.tls import client_context
 
 log = logging.getLogger("pop3mail.session")
 

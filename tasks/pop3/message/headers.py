@@ -17,8 +17,8 @@ from email.utils import parsedate_tz
 from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from prefect_pop3mail.tasks.pop3 import charsets
-from prefect_pop3mail.tasks.pop3.filenames import decode_rfc2047
+from prefect_pop3mail.tasks.pop3.message import charsets
+from prefect_pop3mail.tasks.pop3.message.filenames import decode_rfc2047
 
 #: A header section (top-level or of one part) is read up to this many bytes; the rest is
 #: read as body.

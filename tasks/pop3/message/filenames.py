@@ -12,7 +12,7 @@ import quopri
 import re
 import unicodedata
 
-from prefect_pop3mail.tasks.pop3.charsets import text_codec
+from prefect_pop3mail.tasks.pop3.message.charsets import text_codec
 
 #: Bytes, not characters: file systems cap a component at 255 bytes. Room is left for a
 #: " (NNN)" suffix.

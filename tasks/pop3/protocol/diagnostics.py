@@ -23,14 +23,10 @@ from prefect_pop3mail.tasks.pop3.models import (
     ConnectionReport,
     ConnectionSettings,
     LoginMethod,
-    TokenSource,
 )
-from prefect_pop3mail.tasks.pop3.oauth import (
-    ENTRA_DEFAULT_SCOPE,
-    AccessToken,
-    CallableTokenSource,
-)
-from prefect_pop3mail.tasks.pop3.session import POP3Session
+from prefect_pop3mail.tasks.pop3.protocol.oauth.endpoints import ENTRA_DEFAULT_SCOPE
+from prefect_pop3mail.tasks.pop3.protocol.session import POP3Session
+from prefect_pop3mail.tasks.pop3.tokens import AccessToken, CallableTokenSource, TokenSource
 
 EXCHANGE_AUDIENCES = {"https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"}
 POP_ROLE = "POP.AccessAsApp"

@@ -30,7 +30,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from prefect_pop3mail.tasks.pop3.charsets import text_codec
+from prefect_pop3mail.tasks.pop3.message.charsets import text_codec
 from prefect_pop3mail.tasks.pop3.sinks import Sink
 
 SIGNATURE = 0x223E9F78

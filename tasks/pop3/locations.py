@@ -1,4 +1,5 @@
-"""Which save directories are allowed: a local folder, or a URL of durable storage.
+"""Which save directories are allowed (a local folder, or a URL of durable storage), how
+they are shown (never with a password), and how a saved file's URL is opened.
 
 A save directory may be chosen per run (the flows' ``save_directory`` parameter), so this
 is checked when a configuration is validated and again when a run starts. Only protocols
@@ -9,8 +10,10 @@ web server the worker reaches.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -80,3 +83,50 @@ def public_url(url: str) -> str:
     if parts.username:
         netloc = f"{parts.username}@{netloc}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- opening a location on storage -------------------------------------------------------
+
+
+class KnownHostsPolicy:
+    """Accept an SFTP server's host key only when it is in the known_hosts file ``path``,
+    never on first sight (fsspec's own default)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def missing_host_key(self, client, hostname: str, key) -> None:
+        import paramiko
+
+        known = paramiko.HostKeys()
+        try:
+            known.load(self.path)
+        except OSError as exc:
+            raise paramiko.SSHException(f"cannot read known hosts {self.path}: {exc}") from exc
+        entry = known.lookup(hostname)
+        if entry is None or entry.get(key.get_name()) != key:
+            raise paramiko.SSHException(f"host key of {hostname} is not in {self.path}; add it "
+                                        "(ssh-keyscan) to trust this server")
+
+
+def connection_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for fsspec, with the known-hosts check for SFTP unless the user chose a
+    policy (FSSPEC_SFTP_HOST_KEY_POLICY, or in code)."""
+    if scheme not in ("sftp", "ssh"):
+        return options
+    import fsspec.config
+    import paramiko
+
+    if "host_key_policy" in options or "host_key_policy" in fsspec.config.conf.get(scheme, {}):
+        return options
+    known = options.pop("known_hosts", None) or os.environ.get("POP3MAIL_SFTP_KNOWN_HOSTS") \
+        or os.path.expanduser("~/.ssh/known_hosts")
+    policy = type("KnownHosts", (KnownHostsPolicy, paramiko.MissingHostKeyPolicy), {})(known)
+    return {**options, "host_key_policy": policy}
+
+
+def open_url(url: str, mode: str = "rb"):
+    """Open a saved file's URL as the store reached it (SFTP: the same known hosts)."""
+    import fsspec
+
+    return fsspec.open(url, mode, **connection_options(protocol(url) or "", {}))

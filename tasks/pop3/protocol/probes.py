@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import socket
 
-from prefect_pop3mail.tasks.pop3.lineio import LineReader
 from prefect_pop3mail.tasks.pop3.models import ConnectionSettings, Security
-from prefect_pop3mail.tasks.pop3.tls import client_context
+from prefect_pop3mail.tasks.pop3.protocol.lineio import LineReader
+from prefect_pop3mail.tasks.pop3.protocol.tls import client_context
 
 #: How long one look may take, at most (the connection's timeout, if shorter).
 PROBE_TIMEOUT = 3.0

@@ -7,7 +7,7 @@ cryptography cannot verify PKCS#7 signatures, so this module reads the SignedDat
 - ``signature_valid``: the message digest in the signed attributes equals the digest of
   the content, and the signature over them (or over the content) matches the signer's
   certificate (RSA PKCS#1 v1.5, RSA-PSS, ECDSA). SHA-1 and MD5 are refused as broken.
-- ``signer_trusted``: the certificate chains to a trusted root (trust.py).
+- ``signer_trusted``: the certificate chains to a trusted root (certificates.py).
 - ``covers``: the whole message, or only one part of it (the caller knows which).
 - ``signer_matches_from``: one of the certificate's addresses is the From address.
 
@@ -27,13 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from pydantic import SecretStr
 
-from prefect_pop3mail.tasks.pop3 import asn1, trust
 from prefect_pop3mail.tasks.pop3.errors import (
     SMIMEDecryptError,
     SMIMEKeyNotFoundError,
     SMIMEKeyPasswordError,
 )
 from prefect_pop3mail.tasks.pop3.models import SignatureInfo
+from prefect_pop3mail.tasks.pop3.trust import asn1, certificates
 
 ENVELOPED_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
 WHOLE_MESSAGE = "whole message"
@@ -227,10 +227,10 @@ class _SignedData:
         valid, integrity = _integrity(cert, digest_oid, sig_alg, attrs, values, digests, signature)
         if cert is None:
             return SignatureInfo(covers=covers, signed_at=signed_at, detail=integrity)
-        trusted, chain = trust.chain_to_root(cert, self.certificates, trust_store, signed_at)
-        matches, address = trust.matches_sender(cert, sender)
+        trusted, chain = certificates.chain_to_root(cert, self.certificates, trust_store, signed_at)
+        matches, address = certificates.matches_sender(cert, sender)
         return SignatureInfo(
-            signer=trust.describe(cert), signature_valid=valid, signer_trusted=trusted,
+            signer=certificates.describe(cert), signature_valid=valid, signer_trusted=trusted,
             covers=covers, signer_matches_from=matches, signed_at=signed_at,
             detail="; ".join((integrity, chain, address)),
         )
