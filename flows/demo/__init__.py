@@ -128,7 +128,8 @@ def run_demo() -> None:
               f"saved under {output}:")
         for mail in received:
             print(f"\n  {mail.subject!r} from {mail.sender}")
-            for path in mail.saved_paths:
+            for location in mail.saved_paths:  # local: the save directory is a folder
+                path = location.path
                 print(f"    {path.relative_to(output)}  ({path.stat().st_size} bytes)")
         print(f"\nLeft on the server: {mailbox.remaining()} message(s).")
     finally:
