@@ -74,6 +74,7 @@ def _template(root: Path) -> tuple[dict, str, str]:
 def fill(root: Path, count: int) -> None:
     """A save directory as ``count`` saved messages leave it (markers and journal)."""
     from prefect_pop3mail.tasks.pop3.storage.journal import Saved, _save_line, mailbox_digest
+    from prefect_pop3mail.tasks.pop3.storage.store import stable_id
 
     marker, template, head = _template(root)
     text = json.dumps(marker)
@@ -82,7 +83,7 @@ def fill(root: Path, count: int) -> None:
     saved_at = datetime(2026, 12, 1, tzinfo=UTC)
     with open(state / f"journal-{mailbox_digest(KEY)}.log", "wb") as journal:
         for i in range(count):  # bounded by count
-            mail_id = f"{i:012x}{marker['id'][12:]}"
+            mail_id = stable_id(KEY, f"u{i}", marker["sha256"])  # as replay checks it
             folder = f"{template[:15]}-{mail_id[:12]}"
             data = (text.replace(template, folder).replace(marker["id"], mail_id)
                     .replace('"uidl": "template"', f'"uidl": "u{i}"'))

@@ -192,10 +192,14 @@ def _receive(name: str, call: CallOptions, dry_run: bool) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from prefect_pop3mail.tasks.pop3.replay import window
+    from prefect_pop3mail.tasks.pop3.replay import ReplayWindowError, window
     from prefect_pop3mail.tasks.replaying import replay_report
 
-    chosen = window(args.since, args.until, args.message_ids, quarantined=args.quarantined)
+    try:
+        chosen = window(args.since, args.until, args.message_ids, quarantined=args.quarantined)
+    except ReplayWindowError as exc:  # wrong usage, as argparse's own errors
+        say(f"pop3mail replay {args.name}: {exc}", error=True)
+        return USAGE
     # Not a task run: nothing changes, and the events go out from here all the same.
     _, report = replay_report(args.name, chosen, announce=args.announce, each=_say_replayed,
                               keep=False)

@@ -50,7 +50,7 @@ def replay_event(mail: ReceivedMail, configuration_id: str | None = None) -> Eve
                  related=first.related, payload={**first.payload, "replay": True})
 
 
-def replay_summary(report: ReplayReport, sent: list[ReceivedMail], left_out: int,
+def replay_summary(report: ReplayReport, sent: list[tuple[str, str]], left_out: int,
                    configuration_id: str | None = None) -> Event:
     """The replay's ``pop3mail.mailbox.received``: marked ``replay: true`` (and not
     "mail fetched": nothing came from the server), with the numbers sent and left out."""
@@ -67,7 +67,7 @@ def replay_summary(report: ReplayReport, sent: list[ReceivedMail], left_out: int
             "not_announced": left_out,
             "quarantined": report.quarantined_count,
             "problems": report.problems_count,
-            "messages": [{"id": m.id, "folder": m.location or None} for m in sent],
+            "messages": [{"id": id, "folder": folder or None} for id, folder in sent],
         }),
     )
 
@@ -77,21 +77,29 @@ class _Announcer:
 
     def __init__(self, configuration_id: str | None):
         self.configuration_id = configuration_id
-        self.sent: list[ReceivedMail] = []  # at most MAX_REPLAY_EVENTS
+        #: (id, folder) of each message announced: at most MAX_REPLAY_EVENTS.
+        self.sent: list[tuple[str, str]] = []
         self.left_out = 0
-        self._batch: list[ReceivedMail] = []
+        self._batch: list[tuple[tuple[str, str], Event]] = []  # events are bounded in size
 
     def __call__(self, mail: ReceivedMail) -> None:
         if len(self.sent) + len(self._batch) >= MAX_REPLAY_EVENTS:
             self.left_out += 1
             return
-        self._batch.append(mail)
+        try:
+            event = replay_event(mail, self.configuration_id)
+        except Exception as exc:  # one message's event, not the replay
+            self.left_out += 1
+            _logger().warning("%s: replay: no event for %s: %s: %s", mail.configuration,
+                              mail.id, type(exc).__name__, str(exc)[:200])
+            return
+        self._batch.append(((mail.id, mail.location), event))
         if len(self._batch) >= EVENT_BATCH:
             self.flush()
 
     def flush(self) -> None:
-        send([replay_event(m, self.configuration_id) for m in self._batch])
-        self.sent += self._batch
+        send([event for _, event in self._batch])
+        self.sent += [sent for sent, _ in self._batch]
         self._batch = []
 
     def finish(self, report: ReplayReport) -> None:

@@ -207,6 +207,9 @@ def test_the_engine_never_contacts_the_server(mailbox, where, monkeypatch):
     ({"message_ids": ["0" * 32] * 10_001}, "message_ids"),
     ({"date_since": "2026-12-02", "date_until": "2026-11-01"}, "date_until"),
     ({"date_until": "soon"}, "date_until"),
+    ({"message_ids": []}, "message_ids"),
+    ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+    ({"until": "9999-12-31T23:59:59-01:00"}, "until"),
 ])
 def test_a_bad_window_names_its_field(arguments, field):
     with pytest.raises(ReplayWindowError) as caught:
@@ -241,6 +244,87 @@ def test_a_damaged_marker_is_that_message_s_problem(mailbox, tmp_path):
     assert replay.report.problems_count == 1
     assert replay.report.problems[0].uidl == saved[0].uidl
     assert "cannot be read" in replay.report.problems[0].problem
+
+
+def _tampered(result: dict, folder: str, record_quarantined: bool, id_of) -> dict:
+    """Ways a writer of the save directory may change one saved result (a marker is plain
+    JSON): each must make that message a problem, never something handed on."""
+    other = "0" * 32
+    return {
+        "legacy URL fields out of the folder": {
+            **result, "original_path": None, "original_url": "/etc/passwd",
+            "text_url": "s3://other-bucket/secret.txt"},
+        "an attachment's legacy URL": {
+            **result, "attachments": [{**a, "path": None, "url": "https://evil.example/x",
+                                       "parent_url": "../../../../etc/shadow"}
+                                      for a in result["attachments"]] or [
+                {"url": "https://evil.example/x", "filename": "x", "content_type": "a/b",
+                 "size": 1, "sha256": "0"}]},
+        "a path out of the folder": {**result, "text_path": f"{folder}/../../etc/passwd"},
+        "an id that is not hex": {**result, "id": "not-hex\x1b[31m"},
+        "another message's id": {**result, "id": id_of},
+        "an id the mailbox did not give": {**result, "id": other},
+        "another content": {**result, "sha256": "f" * 64},
+        "the quarantine flag flipped": {**result, "quarantined": not record_quarantined},
+    }
+
+
+def test_a_tampered_result_is_that_message_s_problem_never_handed_on(mailbox, tmp_path):
+    import json
+
+    save = SaveOptions(directory=tmp_path / "mail")
+    saved = receive(mailbox, save, sample_message(1, Subject="first"),
+                    sample_message(2, Subject="second"))
+    target = Path(saved[0].folder) / ".complete"
+    original = json.loads(target.read_bytes())
+    os.chmod(target, 0o600)
+    ways = _tampered(original["result"], original["result"]["folder"], False, saved[1].id)
+    for how, result in ways.items():
+        marker = {**original, "result": result}
+        if how in ("an id that is not hex", "another message's id",
+                   "an id the mailbox did not give"):
+            marker["id"] = result["id"]  # the marker's identity changed along with it
+        target.write_text(json.dumps(marker))
+        mails, report = replay_saved("cfg", save, mailbox.settings().mailbox_key)
+        assert [m.id for m in mails] == [saved[1].id], how
+        assert report.problems_count == 1 and report.problems[0].uidl == saved[0].uidl, how
+        assert report.quarantined_count == 0, how
+
+
+def test_a_link_planted_in_a_saved_folder_is_not_handed_on(mailbox, tmp_path):
+    save = SaveOptions(directory=tmp_path / "mail")
+    saved = receive(mailbox, save, sample_message(1), sample_message(2))
+    planted = Path(saved[0].original_path)
+    planted.unlink()
+    planted.symlink_to("/etc/passwd")
+
+    mails, report = replay_saved("cfg", save, mailbox.settings().mailbox_key)
+
+    assert [m.id for m in mails] == [saved[1].id]
+    assert "not a file of the save directory" in report.problems[0].problem
+
+
+def test_archive_pieces_named_again_are_read_once(mailbox, tmp_path, monkeypatch):
+    """A journal naming one archive piece many times costs one read of it, not one per
+    line (linear in the journal)."""
+    from prefect_pop3mail.tasks.pop3.storage.local import LocalStorage
+
+    save = SaveOptions(directory=tmp_path / "mail")
+    receive(mailbox, save, sample_message(1))
+    opened = []
+    real = LocalStorage.open_archive
+
+    def counting(self, name, piece):
+        opened.append(piece)
+        return real(self, name, piece)
+
+    monkeypatch.setattr(LocalStorage, "open_archive", counting)
+    records = iter([("piece-1", object())] * 500)
+    monkeypatch.setattr("prefect_pop3mail.tasks.pop3.replay.read_records",
+                        lambda chunks: records)
+    with SavedMail("cfg", save, mailbox.settings().mailbox_key) as replay:
+        assert list(replay) == []
+    assert opened == ["piece-1"]
 
 
 # --- through the flows, with a downstream step and the Prefect server's events ------------
@@ -373,7 +457,7 @@ def test_replay_events_stay_under_the_event_bound():
                          attachments=[{"path": "/" + "\x1b" * 5000, "filename": "x",
                                        "content_type": "a/b", "size": 1,
                                        "sha256": "0"}] * 2000)
-    sent = [worst] * 1000
+    sent = [(worst.id, worst.location)] * 1000
     report = ReplayReport(configuration="c" * 5000, replayed=5000)
 
     event = replay_event(worst)
@@ -419,12 +503,12 @@ def test_the_command_replays_a_window_of_an_inactive_configuration(capsys, mailb
     (("--message-id", "nope"), "message_ids[0]"),
 ])
 def test_the_command_names_a_bad_window_in_one_line(capsys, mailbox, tmp_path, argv, field):
-    from tests.test_cli import FAILED, run
+    from tests.test_cli import USAGE, run
 
     name = f"cli-replay-{uuid.uuid4().hex[:8]}"
     mailbox.block(tmp_path / "mail").save(name)
     code, out, err = run(capsys, "replay", name, *argv)
-    assert code == FAILED and out == ""
+    assert code == USAGE and out == ""
     assert err.startswith(f"pop3mail replay {name}: {field}: ") and err.count("\n") == 1
 
 

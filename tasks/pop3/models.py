@@ -392,6 +392,10 @@ def locate_result(data: dict[str, Any], folder: str, locate: Callable[[str], str
     the one that does not."""
 
     def place(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+        for name in _LEGACY_URL_FIELDS:  # read into the location fields by the models
+            if item.get(name):
+                raise ValueError(f"{name}: a saved result keeps no URL field (its locations "
+                                 "are relative to the save directory)")
         placed = dict(item)
         for name in fields:
             relative = item.get(name)
@@ -413,6 +417,11 @@ def locate_result(data: dict[str, Any], folder: str, locate: Callable[[str], str
     placed["attachments"] = [place(a, _ATTACHMENT_LOCATIONS) if isinstance(a, dict) else a
                              for a in attachments]
     return placed
+
+
+#: Where the release before kept storage locations (see ``_moved_url_fields``).
+_LEGACY_URL_FIELDS = ("folder_url", "original_url", "text_url", "html_url", "url",
+                      "parent_url")
 
 
 def _within(relative: str, folder: str) -> bool:

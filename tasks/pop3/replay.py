@@ -25,7 +25,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import os
 import re
+import stat
 from array import array
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -38,13 +40,16 @@ from prefect_pop3mail.tasks.pop3.models import ReceivedMail, SaveOptions, locate
 from prefect_pop3mail.tasks.pop3.storage import manifest
 from prefect_pop3mail.tasks.pop3.storage.base import JOURNAL, Storage
 from prefect_pop3mail.tasks.pop3.storage.journal import Saved, read_records, saved_stamp
-from prefect_pop3mail.tasks.pop3.storage.store import open_storage, record_folder
+from prefect_pop3mail.tasks.pop3.storage.store import open_storage, record_folder, stable_id
 
 #: Markers read at a time: one call to an object store for many folders, and what a replay
-#: holds at once.
-MARKER_BATCH = 256
+#: holds at once (each at most manifest.MAX_MARKER_BYTES).
+MARKER_BATCH = 64
 #: Quarantined messages and problems listed in a report, at most; the rest are counted.
 MAX_LISTED = 1000
+#: The markers of the quarantined messages listed take at most this much in all: a listed
+#: one is a whole result, and a marker may be large.
+MAX_LISTED_BYTES = 16 << 20
 #: Message ids one replay may ask for.
 MAX_MESSAGE_IDS = 10_000
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -82,7 +87,10 @@ def _moment(field: str, value: Any) -> datetime | None:
                                            "8601, e.g. 2026-12-01T08:00:00+00:00") from None
     if not isinstance(value, datetime):
         raise ReplayWindowError(field, f"expected a date and time, got {type(value).__name__}")
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:  # compared with times of saving, which are UTC
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise ReplayWindowError(field, f"{value.isoformat()} is out of range in UTC") from None
 
 
 def _ids(value: Any) -> frozenset[str] | None:
@@ -93,6 +101,9 @@ def _ids(value: Any) -> frozenset[str] | None:
     if not isinstance(value, list | tuple | set | frozenset):
         raise ReplayWindowError("message_ids", f"expected a list of message ids, got "
                                                f"{type(value).__name__}")
+    if not value:
+        raise ReplayWindowError("message_ids", "an empty list selects nothing; leave it out "
+                                               "(null) to replay every message of the window")
     if len(value) > MAX_MESSAGE_IDS:
         raise ReplayWindowError("message_ids", f"{len(value)} ids; at most {MAX_MESSAGE_IDS} "
                                                "per replay (use a window of time for more)")
@@ -197,6 +208,7 @@ class SavedMail:
     def __init__(self, configuration: str, options: SaveOptions, mailbox_key: str,
                  chosen: Window = Window()):
         self.configuration = configuration
+        self._mailbox = mailbox_key
         self.window = chosen
         self.report = ReplayReport(configuration=configuration)
         self._since = saved_stamp(chosen.since)
@@ -206,7 +218,13 @@ class SavedMail:
         #: Folders handed on: a message journalled twice (saved again into its folder) is
         #: replayed once. The one thing that grows with the replay: 8 bytes a message.
         self._seen = Digests()
+        self._listed_bytes = 0
         self.storage: Storage = open_storage(options, mailbox_key, read_only=True)
+        #: A local save directory (resolved): what a result names must be a file in it,
+        #: reached without a link.
+        self._root = (os.path.realpath(options.directory) if options.directory is not None
+                      else None)
+        self._directory = options.directory
 
     def __enter__(self) -> SavedMail:
         return self
@@ -234,11 +252,13 @@ class SavedMail:
         journal = self.storage.copy_log(JOURNAL)
         if journal is None:
             return  # nothing was ever saved here
+        pieces: set[str] = set()  # each read once, however often the journal names it
         with journal:
             for key, value in read_records(journal.chunks()):
                 if isinstance(value, Saved):
                     yield key, value
-                else:
+                elif key not in pieces:
+                    pieces.add(key)
                     yield from self._archived(key)
 
     def _archived(self, piece: str) -> Iterator[tuple[str, Saved]]:
@@ -282,7 +302,9 @@ class SavedMail:
             self._seen.add(key)
             if mail.quarantined and not self.window.quarantined:
                 self.report.quarantined_count += 1
-                if len(self.report.quarantined) < MAX_LISTED:
+                if (len(self.report.quarantined) < MAX_LISTED
+                        and self._listed_bytes + len(data or b"") <= MAX_LISTED_BYTES):
+                    self._listed_bytes += len(data or b"")
                     self.report.quarantined.append(mail)
                 continue
             self.report.replayed += 1
@@ -302,13 +324,44 @@ class SavedMail:
                                         "before replay saved it, or it has too many files)")
             return None
         mail = ReceivedMail.model_validate(locate_result(result, folder, self.storage.locate))
-        if mail.id != marker.get("id") or mail.uidl != uidl:
-            self._problem(uidl, folder, "its .complete marker's result names another message")
+        if problem := self._not_as_saved(mail, marker, uidl, record):
+            self._problem(uidl, folder, f"its .complete marker's result {problem}")
             return None
         ids = self.window.message_ids
         if ids is not None and mail.id not in ids:
             return None
         return mail if _dated_in(mail, self.window) else None
+
+    def _not_as_saved(self, mail: ReceivedMail, marker: dict, uidl: str, record: Saved
+                      ) -> str | None:
+        """Why a rebuilt result is not what this mailbox's run saved in its folder (a
+        marker is plain JSON that anyone who can write there can change); None when it is."""
+        sha256 = marker.get("sha256")
+        if mail.uidl != uidl or mail.sha256 != sha256 or not isinstance(sha256, str):
+            return "names another message"
+        if mail.id != marker.get("id") or mail.id != stable_id(self._mailbox, uidl, sha256) \
+                or not record.folder.endswith(f"-{mail.id[:12]}"):
+            return "has an id this mailbox did not give it"
+        if mail.quarantined != record.quarantined:
+            return "says quarantined where the journal does not, or the other way round"
+        return self._outside(mail)
+
+    def _outside(self, mail: ReceivedMail) -> str | None:
+        """Locally: a file the result names that is not a regular file reached without a
+        link in the save directory (objects have no links). A file gone since is handed on
+        as named: reading it fails where it is read, and nothing else is reached."""
+        if self._root is None:
+            return None
+        for location in mail.saved_paths:  # bounded by the result (the marker's size)
+            path = os.path.abspath(location.path)
+            below = os.path.relpath(path, self._directory)
+            try:
+                regular = stat.S_ISREG(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                continue
+            if not regular or os.path.realpath(path) != os.path.join(self._root, below):
+                return f"names {below}, which is not a file of the save directory (a link?)"
+        return None
 
     def _problem(self, uidl: str, folder: str, problem: str) -> None:
         self.report.problems_count += 1

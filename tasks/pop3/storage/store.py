@@ -182,7 +182,7 @@ class MessageStore:
 
     def stable_id(self, uidl: str, sha256: str) -> str:
         """The id a message keeps across runs: a reused UIDL gets another one."""
-        return hashlib.sha256(f"{self._mailbox}\0{uidl}\0{sha256}".encode()).hexdigest()[:32]
+        return stable_id(self._mailbox, uidl, sha256)
 
     def save(self, incoming: IncomingMessage, uidl: str) -> ReceivedMail:
         """Save everything for one message; the incoming file is consumed."""
@@ -303,6 +303,12 @@ class MessageStore:
             warnings=findings.warnings,
             saved_at=datetime.now(UTC),
         ).model_dump(mode="json")
+
+
+def stable_id(mailbox_key: str, uidl: str, sha256: str) -> str:
+    """The id of a message of mailbox ``mailbox_key`` with ``uidl`` and content ``sha256``:
+    the same in every run, another one for a reused UIDL."""
+    return hashlib.sha256(f"{mailbox_key}\0{uidl}\0{sha256}".encode()).hexdigest()[:32]
 
 
 def _folder_name(mail: ReceivedMail) -> str:
