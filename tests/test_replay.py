@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_pop3mail.tasks.pop3.errors import ConfigurationError
@@ -289,6 +289,60 @@ def test_a_tampered_result_is_that_message_s_problem_never_handed_on(mailbox, tm
         assert [m.id for m in mails] == [saved[1].id], how
         assert report.problems_count == 1 and report.problems[0].uidl == saved[0].uidl, how
         assert report.quarantined_count == 0, how
+
+
+_RESULT_FIELDS = ("id", "uidl", "sha256", "folder", "original_path", "text_path",
+                  "html_path", "quarantined", "original_url", "text_url", "folder_url")
+_HOSTILE_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=40),
+    st.sampled_from(["/etc/passwd", "../../etc/passwd", "s3://other-bucket/x",
+                     "https://evil.example/x", "0" * 32, "f" * 64, "\x1b[31m", ""]),
+    st.builds(lambda tail: "{folder}/" + tail, st.sampled_from(
+        ["../x", "./text.txt", "text.txt/..", "/abs", "a//b", "message.eml"])))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(_RESULT_FIELDS), _HOSTILE_VALUES,
+                               min_size=1, max_size=4))
+def test_any_change_to_a_saved_result_is_handed_on_as_saved_or_is_a_problem(
+        tampering, changes):
+    """The class of the examples above: whatever a writer of the save directory changes in
+    a result, replay hands on the message it saved (its identity as saved, every location
+    inside its own folder; a location blanked or pointed at another file of the folder is
+    the marker's word), or reports it as a problem; never an error for the whole replay."""
+    import json
+
+    save, saved, target, original, key = tampering
+    folder = original["result"]["folder"]
+    result = {**original["result"], **{
+        name: value.replace("{folder}", folder) if isinstance(value, str) else value
+        for name, value in changes.items()}}
+    marker = {**original, "result": result}
+    if "id" in changes:
+        marker["id"] = result["id"]
+    target.write_text(json.dumps(marker))
+
+    mails, report = replay_saved("cfg", save, key)
+
+    assert len(mails) + report.problems_count == 1
+    for mail in mails:
+        first = saved[0]
+        assert (mail.id, mail.uidl, mail.sha256, mail.quarantined, mail.folder) == \
+            (first.id, first.uidl, first.sha256, first.quarantined, first.folder)
+        assert all(str(p).startswith(f"{first.folder}/") and ".." not in str(p).split("/")
+                   for p in mail.saved_paths)
+
+
+@pytest.fixture
+def tampering(mailbox, tmp_path):
+    import json
+
+    save = SaveOptions(directory=tmp_path / "mail")
+    saved = receive(mailbox, save, sample_message(1))
+    target = Path(saved[0].folder) / ".complete"
+    os.chmod(target, 0o600)
+    return save, saved, target, json.loads(target.read_bytes()), mailbox.settings().mailbox_key
 
 
 def test_a_link_planted_in_a_saved_folder_is_not_handed_on(mailbox, tmp_path):
